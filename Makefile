@@ -1,0 +1,55 @@
+# llmfleet — the targets the README, CI and reviewers use. Each installs what it needs.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+VENV := .venv
+PY := $(VENV)/bin/python
+export LLMFLEET_CACHE ?= $(HOME)/.cache/llmfleet
+PYTEST_ARGS ?=
+
+.PHONY: help setup venv tools apt lint test test-unit test-integration test-e2e \
+        cluster-up cluster-down cluster-status crds demo bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+venv: ## the Python virtual environment in .venv
+	@bash hack/python-env.sh
+
+tools: ## build/cache etcd, kube-*, kubectl, helm, kwok
+	@bash hack/tools.sh >/dev/null
+
+apt: ## Debian packages (prometheus, openssl)
+	@bash hack/apt.sh
+
+setup: venv tools apt ## everything the tests need
+
+lint: venv ## ruff, mypy strict, import layers, hadolint
+	$(PY) -m ruff check operator worker tests bench hack
+	$(PY) -m ruff format --check operator worker tests bench hack
+	$(PY) -m mypy
+	$(VENV)/bin/lint-imports
+	@if ls Dockerfile.* >/dev/null 2>&1; then $(VENV)/bin/hadolint Dockerfile.*; fi
+
+test: setup lint ## lint + unit + integration + e2e (what CI runs)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: venv ## unit tests only (no cluster)
+	$(PY) -m pytest -m "not integration and not e2e" $(PYTEST_ARGS)
+
+test-integration: setup ## integration tests against the local cluster
+	$(PY) -m pytest -m integration $(PYTEST_ARGS)
+
+test-e2e: setup ## closed-loop tests (cluster + workers + Prometheus)
+	$(PY) -m pytest -m e2e $(PYTEST_ARGS)
+
+cluster-up: tools apt ## start the local cluster; kubeconfig in .cluster/kubeconfig
+	@python3 hack/localcluster.py up
+
+cluster-down: ## stop every process cluster-up started
+	@python3 hack/localcluster.py down
+
+cluster-status: ## show the local cluster's processes
+	@python3 hack/localcluster.py status
+
+clean: cluster-down ## remove build outputs (keeps the tool cache)
+	rm -rf .cluster .mypy_cache .ruff_cache .pytest_cache

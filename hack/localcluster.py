@@ -1,0 +1,585 @@
+#!/usr/bin/env python3
+"""A real, local Kubernetes control plane with simulated GPU nodes.
+
+Starts etcd, kube-apiserver (RBAC, ServiceAccount tokens, PodSecurity admission),
+kube-controller-manager, kube-scheduler and kwok as host processes on free loopback ports,
+and registers kwok nodes that advertise ``nvidia.com/gpu`` capacity. The scheduler really
+places pods and really leaves them Pending when GPUs run out; kwok marks scheduled pods
+Running and Ready, except pods annotated ``sim.llmfleet.io/never-ready: "true"``.
+
+Standard library only (plus the ``openssl`` command for certificates), so it runs before any
+virtual environment exists. Used by ``make cluster-up``/``cluster-down`` and by the pytest
+fixtures in ``tests/``.
+
+    python3 hack/localcluster.py up [--dir .cluster] [--gpu-nodes 4] [--gpus-per-node 8]
+    python3 hack/localcluster.py down [--dir .cluster]
+    python3 hack/localcluster.py status [--dir .cluster]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+HACK = Path(__file__).resolve().parent
+ROOT = HACK.parent
+
+GPU_RESOURCE = "nvidia.com/gpu"
+NEVER_READY_ANNOTATION = "sim.llmfleet.io/never-ready"
+KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+# Order matters: started in this order, stopped in reverse.
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+SERVICE_CIDR = "10.96.0.0/16"
+SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
+
+
+class ClusterError(RuntimeError):
+    """The cluster could not be started, reached or stopped."""
+
+
+@dataclass
+class Topology:
+    """The simulated nodes: GPU nodes as a GPU node pool has them, plus plain CPU nodes."""
+
+    gpu_nodes: int = 4
+    gpus_per_node: int = 8
+    cpu_nodes: int = 1
+    gpu_product: str = "NVIDIA-H100-80GB-HBM3"
+
+    def node_manifests(self) -> list[dict[str, object]]:
+        """Node objects for kwok to manage (capacity lives in the created status)."""
+        nodes: list[dict[str, object]] = []
+        for i in range(self.gpu_nodes):
+            name = f"gpu-node-{i}"
+            nodes.append(
+                _node(
+                    name,
+                    labels={
+                        "nvidia.com/gpu.present": "true",
+                        "nvidia.com/gpu.product": self.gpu_product,
+                        "nvidia.com/gpu.count": str(self.gpus_per_node),
+                        "node.kubernetes.io/instance-type": f"sim-gpu-{self.gpus_per_node}x",
+                    },
+                    taints=[{"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}],
+                    capacity={"cpu": "96", "memory": "1Ti", "pods": "110",
+                              GPU_RESOURCE: str(self.gpus_per_node)},
+                )
+            )
+        for i in range(self.cpu_nodes):
+            nodes.append(
+                _node(
+                    f"cpu-node-{i}",
+                    labels={"node.kubernetes.io/instance-type": "sim-cpu"},
+                    taints=[],
+                    capacity={"cpu": "32", "memory": "128Gi", "pods": "110"},
+                )
+            )
+        return nodes
+
+
+def _node(
+    name: str,
+    labels: dict[str, str],
+    taints: list[dict[str, str]],
+    capacity: dict[str, str],
+) -> dict[str, object]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {KWOK_NODE_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
+            "labels": {
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "type": "kwok",
+                **labels,
+            },
+        },
+        "spec": {"taints": taints},
+        "status": {"capacity": capacity, "allocatable": capacity},
+    }
+
+
+@dataclass
+class State:
+    """What a running cluster left on disk: ports and process ids."""
+
+    ports: dict[str, int] = field(default_factory=dict)
+    pids: dict[str, int] = field(default_factory=dict)
+    bin_dir: str = ""
+    topology: dict[str, object] = field(default_factory=dict)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours counts as gone.
+    with contextlib.suppress(OSError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        if stat.rsplit(")", 1)[1].split()[0] == "Z":
+            return False
+    return True
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float, on_fail: str = "") -> None:
+    """Poll ``check`` until it is true; raise with ``what`` (and ``on_fail``) on timeout."""
+    deadline = time.monotonic() + timeout
+    delay = 0.05
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.5)
+    raise ClusterError(f"timed out after {timeout:.0f}s waiting for {what}. {on_fail}".strip())
+
+
+class LocalCluster:
+    """One local cluster whose files live in ``state_dir``."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        topology: Topology | None = None,
+        bin_dir: Path | None = None,
+    ) -> None:
+        self.dir = state_dir.resolve()
+        self.topology = topology or Topology()
+        self._bin_dir = bin_dir
+
+    # --- paths -----------------------------------------------------------------------------
+    @property
+    def kubeconfig(self) -> Path:
+        """The admin kubeconfig (group system:masters)."""
+        return self.dir / "kubeconfig"
+
+    @property
+    def pki(self) -> Path:
+        return self.dir / "pki"
+
+    @property
+    def logs(self) -> Path:
+        return self.dir / "logs"
+
+    @property
+    def state_file(self) -> Path:
+        return self.dir / "state.json"
+
+    def bin(self, tool: str) -> str:
+        """Absolute path of a cluster tool."""
+        assert self._bin_dir is not None
+        return str(self._bin_dir / tool)
+
+    def load_state(self) -> State | None:
+        if not self.state_file.exists():
+            return None
+        return State(**json.loads(self.state_file.read_text()))
+
+    def _save_state(self, state: State) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(state), indent=2))
+        tmp.replace(self.state_file)
+
+    # --- lifecycle -------------------------------------------------------------------------
+    def running(self) -> bool:
+        """True when a cluster started from this directory still has its API server."""
+        state = self.load_state()
+        return bool(state and pid_alive(state.pids.get("kube-apiserver", -1)))
+
+    def up(self, timeout: float = 120.0) -> State:
+        """Start every component and wait until nodes are Ready. Idempotent."""
+        if self.running():
+            raise AlreadyRunning(f"a cluster is already running from {self.dir}")
+        if self.load_state() is not None:
+            self.down()  # leftovers of a crashed cluster
+        if self._bin_dir is None:
+            self._bin_dir = ensure_tools()
+        if self.dir.exists():
+            shutil.rmtree(self.dir)
+        for d in (self.dir, self.pki, self.logs, self.dir / "etcd"):
+            d.mkdir(parents=True, exist_ok=True)
+        self.dir.chmod(0o700)
+        state = State(bin_dir=str(self._bin_dir), topology=asdict(self.topology))
+        state.ports = {
+            "etcd": free_port(),
+            "etcd-peer": free_port(),
+            "kube-apiserver": free_port(),
+            "kube-controller-manager": free_port(),
+            "kube-scheduler": free_port(),
+            "kwok": free_port(),
+        }
+        self._save_state(state)
+        try:
+            self._make_pki()
+            self._write_kubeconfigs(state.ports["kube-apiserver"])
+            for component in COMPONENTS:
+                state.pids[component] = self._start(component, state)
+                self._save_state(state)
+                self._wait_component(component, state, timeout)
+            self._register_nodes()
+            self._wait_nodes_ready(timeout)
+        except BaseException:
+            self.down()
+            raise
+        return state
+
+    def down(self, timeout: float = 20.0) -> list[str]:
+        """Stop every process this cluster started; return the names stopped."""
+        state = self.load_state()
+        if state is None:
+            return []
+        stopped = []
+        for component in reversed(COMPONENTS):
+            pid = state.pids.get(component)
+            if pid and self._stop_pid(pid, timeout):
+                stopped.append(component)
+        self.state_file.unlink(missing_ok=True)
+        return stopped
+
+    def restart(self, component: str, timeout: float = 60.0) -> None:
+        """Stop and start one component (tests use it for API server restarts)."""
+        state = self.load_state()
+        if state is None:
+            raise ClusterError("cluster is not running")
+        self._stop_pid(state.pids[component], 20.0)
+        state.pids[component] = self._start(component, state)
+        self._save_state(state)
+        self._wait_component(component, state, timeout)
+
+    def stop_component(self, component: str) -> None:
+        """Stop one component and leave it stopped (for fault-injection tests)."""
+        state = self.load_state()
+        if state is None:
+            raise ClusterError("cluster is not running")
+        self._stop_pid(state.pids[component], 20.0)
+
+    @staticmethod
+    def _stop_pid(pid: int, timeout: float) -> bool:
+        if not pid_alive(pid):
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and pid_alive(pid):
+            time.sleep(0.05)
+        if pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            while pid_alive(pid):
+                time.sleep(0.05)
+        # Reap it if it is our own child (the pytest fixture starts it in-process).
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+        return True
+
+    # --- certificates and kubeconfigs --------------------------------------------------------
+    def _openssl(self, *args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=self.pki)
+
+    def _make_pki(self) -> None:
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        self._openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt",
+                      "-days", "3650", "-subj", "/CN=llmfleet-local-ca")
+        self._openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
+                      "-out", "sa.key")
+        self._openssl("pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub")
+        san = ("subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,"
+               "DNS:kubernetes.default,DNS:kubernetes.default.svc,"
+               "DNS:kubernetes.default.svc.cluster.local")
+        leaves = {
+            "apiserver": ("/CN=kube-apiserver", f"{san}\nextendedKeyUsage=serverAuth"),
+            "admin": ("/O=system:masters/CN=llmfleet-admin", "extendedKeyUsage=clientAuth"),
+            "controller-manager": ("/CN=system:kube-controller-manager",
+                                   "extendedKeyUsage=clientAuth"),
+            "scheduler": ("/CN=system:kube-scheduler", "extendedKeyUsage=clientAuth"),
+            "kwok": ("/O=system:masters/CN=kwok", "extendedKeyUsage=clientAuth"),
+        }
+        for name, (subject, ext) in leaves.items():
+            (self.pki / f"{name}.ext").write_text(ext + "\n")
+            self._openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                          "-subj", subject)
+            self._openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt",
+                          "-CAkey", "ca.key", "-CAcreateserial", "-days", "3650",
+                          "-out", f"{name}.crt", "-extfile", f"{name}.ext")
+        for key in self.pki.glob("*.key"):
+            key.chmod(0o600)
+
+    def _write_kubeconfigs(self, port: int) -> None:
+        for user in ("admin", "controller-manager", "scheduler", "kwok"):
+            path = self.kubeconfig if user == "admin" else self.dir / f"{user}.kubeconfig"
+            path.write_text(
+                json.dumps(
+                    {
+                        "apiVersion": "v1",
+                        "kind": "Config",
+                        "clusters": [{"name": "llmfleet-local", "cluster": {
+                            "server": f"https://127.0.0.1:{port}",
+                            "certificate-authority": str(self.pki / "ca.crt")}}],
+                        "users": [{"name": user, "user": {
+                            "client-certificate": str(self.pki / f"{user}.crt"),
+                            "client-key": str(self.pki / f"{user}.key")}}],
+                        "contexts": [{"name": "llmfleet-local", "context": {
+                            "cluster": "llmfleet-local", "user": user}}],
+                        "current-context": "llmfleet-local",
+                    },
+                    indent=2,
+                )
+            )
+            path.chmod(0o600)
+
+    # --- processes ---------------------------------------------------------------------------
+    def _command(self, component: str, state: State) -> list[str]:
+        p, pki = state.ports, self.pki
+        etcd_url = f"http://127.0.0.1:{p['etcd']}"
+        if component == "etcd":
+            peer = f"http://127.0.0.1:{p['etcd-peer']}"
+            return [self.bin("etcd"), "--name=local", f"--data-dir={self.dir / 'etcd'}",
+                    f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
+                    f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
+                    f"--initial-cluster=local={peer}", "--unsafe-no-fsync",
+                    "--quota-backend-bytes=4294967296", "--log-level=warn"]
+        if component == "kube-apiserver":
+            return [self.bin("kube-apiserver"),
+                    f"--etcd-servers={etcd_url}",
+                    "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+                    f"--secure-port={p['kube-apiserver']}",
+                    f"--tls-cert-file={pki / 'apiserver.crt'}",
+                    f"--tls-private-key-file={pki / 'apiserver.key'}",
+                    f"--client-ca-file={pki / 'ca.crt'}",
+                    f"--service-account-issuer={SA_ISSUER}",
+                    f"--api-audiences={SA_ISSUER}",
+                    f"--service-account-key-file={pki / 'sa.pub'}",
+                    f"--service-account-signing-key-file={pki / 'sa.key'}",
+                    "--authorization-mode=RBAC",
+                    f"--service-cluster-ip-range={SERVICE_CIDR}",
+                    # Privileged pods are allowed cluster-wide so that Pod Security admission,
+                    # not this flag, is what rejects them in restricted namespaces.
+                    "--allow-privileged=true",
+                    # A loopback advertise address can't be an Endpoints address.
+                    "--endpoint-reconciler-type=none",
+                    "--profiling=false", "--v=0"]
+        if component in ("kube-controller-manager", "kube-scheduler"):
+            kc = self.dir / ("controller-manager.kubeconfig" if component ==
+                             "kube-controller-manager" else "scheduler.kubeconfig")
+            cmd = [self.bin(component), f"--kubeconfig={kc}",
+                   f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",
+                   "--bind-address=127.0.0.1", f"--secure-port={p[component]}",
+                   f"--cert-dir={self.dir / component}", "--leader-elect=false", "--v=0"]
+            if component == "kube-controller-manager":
+                cmd += [f"--service-account-private-key-file={pki / 'sa.key'}",
+                        f"--root-ca-file={pki / 'ca.crt'}",
+                        "--use-service-account-credentials=true",
+                        f"--service-cluster-ip-range={SERVICE_CIDR}",
+                        "--controllers=*",
+                        # Fast garbage collection and rollouts keep tests short.
+                        "--concurrent-gc-syncs=20", "--concurrent-deployment-syncs=10",
+                        "--concurrent-replicaset-syncs=10"]
+            return cmd
+        if component == "kwok":
+            return [self.bin("kwok"), f"--kubeconfig={self.dir / 'kwok.kubeconfig'}",
+                    "--manage-all-nodes=false",
+                    f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
+                    f"--config={HACK / 'kwok' / 'stages.yaml'}",
+                    "--node-lease-duration-seconds=40",
+                    "--cidr=10.244.0.0/16", "--node-ip=10.240.0.1",
+                    f"--server-address=127.0.0.1:{p['kwok']}"]
+        raise ClusterError(f"unknown component {component}")
+
+    def _start(self, component: str, state: State) -> int:
+        log = (self.logs / f"{component}.log").open("ab")
+        proc = subprocess.Popen(  # noqa: S603 - fixed binaries from our cache
+            self._command(component, state),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=self.dir,
+            start_new_session=True,  # its own process group: down() kills the whole group
+            env={**os.environ, "HOME": str(self.dir)},
+        )
+        log.close()
+        return proc.pid
+
+    def _log_tail(self, component: str, lines: int = 15) -> str:
+        path = self.logs / f"{component}.log"
+        if not path.exists():
+            return ""
+        tail = path.read_text(errors="replace").splitlines()[-lines:]
+        return f"last lines of {path}:\n" + "\n".join(tail)
+
+    def _https_ok(self, port: int, path: str, client_cert: bool) -> bool:
+        ctx = ssl.create_default_context(cafile=str(self.pki / "ca.crt"))
+        if client_cert:
+            ctx.load_cert_chain(str(self.pki / "admin.crt"), str(self.pki / "admin.key"))
+        else:  # controller-manager and scheduler serve self-signed certificates
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        try:
+            with urllib.request.urlopen(  # noqa: S310 - https on loopback
+                f"https://127.0.0.1:{port}{path}", context=ctx, timeout=2
+            ) as r:
+                return int(r.status) == 200
+        except OSError:
+            return False
+
+    def _wait_component(self, component: str, state: State, timeout: float) -> None:
+        pid = state.pids[component]
+
+        def healthy() -> bool:
+            if not pid_alive(pid):
+                raise ClusterError(f"{component} exited during start-up. "
+                                   f"{self._log_tail(component)}")
+            port = state.ports[component]
+            if component == "etcd":
+                try:
+                    with urllib.request.urlopen(  # noqa: S310 - http on loopback
+                        f"http://127.0.0.1:{port}/health", timeout=2
+                    ) as r:
+                        return b'"true"' in r.read()
+                except OSError:
+                    return False
+            if component == "kube-apiserver":
+                return self._https_ok(port, "/readyz", client_cert=True)
+            if component == "kwok":
+                return _port_open(port)
+            return self._https_ok(port, "/healthz", client_cert=False)
+
+        wait_for(f"{component} to become healthy", healthy, timeout, self._log_tail(component))
+
+    # --- nodes -------------------------------------------------------------------------------
+    def kubectl(self, *args: str, stdin: str | None = None, check: bool = True
+                ) -> subprocess.CompletedProcess[str]:
+        """Run our kubectl against this cluster as admin."""
+        return subprocess.run(  # noqa: S603 - our own kubectl
+            [self.bin("kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
+            input=stdin, capture_output=True, text=True, check=check, timeout=120,
+        )
+
+    def _register_nodes(self) -> None:
+        items = self.topology.node_manifests()
+        self.kubectl("create", "-f", "-",
+                     stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+
+    def _wait_nodes_ready(self, timeout: float) -> None:
+        want = self.topology.gpu_nodes + self.topology.cpu_nodes
+
+        def ready() -> bool:
+            out = self.kubectl(
+                "get", "nodes", "-o",
+                "jsonpath={range .items[*]}{.status.conditions[?(@.type=='Ready')].status}"
+                "{'\\n'}{end}", check=False).stdout.split()
+            # The default ServiceAccount shows the controller manager's token controllers work.
+            sa = self.kubectl("get", "serviceaccount", "default", "-n", "default",
+                              check=False).returncode == 0
+            return sa and out.count("True") == want
+
+        wait_for(f"{want} nodes Ready and the default ServiceAccount", ready, timeout,
+                 self._log_tail("kwok"))
+
+
+class AlreadyRunning(ClusterError):
+    """``up`` was asked for while a cluster from the same directory is running."""
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def ensure_tools() -> Path:
+    """Build (first time) or locate the pinned cluster tools; return their directory."""
+    out = subprocess.run(  # noqa: S603 - our own script
+        ["bash", str(HACK / "tools.sh")], check=True, stdout=subprocess.PIPE, text=True
+    ).stdout.strip().splitlines()
+    return Path(out[-1])
+
+
+@contextlib.contextmanager
+def running_cluster(state_dir: Path, topology: Topology | None = None) -> Iterator[LocalCluster]:
+    """Start a cluster for the duration of a ``with`` block."""
+    cluster = LocalCluster(state_dir, topology)
+    cluster.up()
+    try:
+        yield cluster
+    finally:
+        cluster.down()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("action", choices=["up", "down", "status", "restart"])
+    parser.add_argument("component", nargs="?", choices=COMPONENTS)
+    parser.add_argument("--dir", type=Path, default=ROOT / ".cluster")
+    parser.add_argument("--gpu-nodes", type=int,
+                        default=int(os.environ.get("LLMFLEET_GPU_NODES", "4")))
+    parser.add_argument("--gpus-per-node", type=int,
+                        default=int(os.environ.get("LLMFLEET_GPUS_PER_NODE", "8")))
+    parser.add_argument("--cpu-nodes", type=int,
+                        default=int(os.environ.get("LLMFLEET_CPU_NODES", "1")))
+    args = parser.parse_args(argv)
+    cluster = LocalCluster(
+        args.dir, Topology(args.gpu_nodes, args.gpus_per_node, args.cpu_nodes)
+    )
+    if args.action == "up":
+        try:
+            start = time.monotonic()
+            state = cluster.up()
+        except AlreadyRunning as e:
+            print(f"{e}; `make cluster-down` stops it.")
+            return 0
+        except ClusterError as e:
+            print(f"cluster-up failed: {e}", file=sys.stderr)
+            return 1
+        print(f"cluster up in {time.monotonic() - start:.1f}s: "
+              f"API server https://127.0.0.1:{state.ports['kube-apiserver']}, "
+              f"{args.gpu_nodes} GPU nodes x {args.gpus_per_node} {GPU_RESOURCE}, "
+              f"{args.cpu_nodes} CPU nodes")
+        print(f"export KUBECONFIG={cluster.kubeconfig}")
+        return 0
+    if args.action == "down":
+        stopped = cluster.down()
+        print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+        return 0
+    if args.action == "restart":
+        if not args.component:
+            parser.error("restart needs a component")
+        cluster.restart(args.component)
+        return 0
+    state = cluster.load_state()
+    if state is None or not cluster.running():
+        print("no cluster running")
+        return 1
+    for name in COMPONENTS:
+        alive = "running" if pid_alive(state.pids.get(name, -1)) else "STOPPED"
+        print(f"{name:26} pid {state.pids.get(name)}  {alive}")
+    print(f"KUBECONFIG={cluster.kubeconfig}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Builds the cluster tools (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
+# kubectl, kwok, helm) from the Go module proxy into a cache outside the repository, keyed
+# by version, and links them into $LLMFLEET_CACHE/bin. A tool whose pinned version is already
+# built is reused, so a warm run takes well under a second.
+#
+# Usage: hack/tools.sh            build what is missing, print the bin directory
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=versions.env
+source "$HERE/versions.env"
+
+CACHE="${LLMFLEET_CACHE:-$HOME/.cache/llmfleet}"
+BIN="$CACHE/bin"
+mkdir -p "$BIN" "$CACHE/build"
+export GOFLAGS="-mod=mod" GOTOOLCHAIN="${GOTOOLCHAIN:-local}" CGO_ENABLED=0
+
+log() { echo "[tools] $*" >&2; }
+
+# link NAME DIR: point $BIN/NAME at DIR/NAME (atomic replace)
+link() { ln -sfn "$2/$1" "$BIN/$1.tmp" && mv -Tf "$BIN/$1.tmp" "$BIN/$1"; }
+
+# build_in_module KEY VERSION_DIR MODULE@VERSION "EXTRA go.mod LINES" PKG...
+# Builds main packages PKG... of a dependency inside a throwaway wrapper module, so that the
+# dependency's own replace directives (which Go ignores for dependencies) can be restated.
+build_in_module() {
+  local key="$1" out="$2" req="$3" extra="$4"; shift 4
+  if [[ -f "$out/.complete" ]]; then return 0; fi
+  local mod="$CACHE/build/$key"
+  rm -rf "$mod" && mkdir -p "$mod" "$out"
+  log "building $key ($req): $* (first time only; several minutes)"
+  local start=$SECONDS
+  (
+    cd "$mod"
+    printf 'module llmfleet.local/tools/%s\n\ngo 1.26\n\nrequire %s\n%s\n' \
+      "$key" "${req/@/ }" "$extra" > go.mod
+    # The tools.go pattern: a file excluded from every build that imports the main packages,
+    # so `go mod tidy` resolves their whole dependency graph.
+    { printf '//go:build tools\n\npackage tools\n\nimport (\n'
+      for p in "$@"; do printf '\t_ "%s"\n' "$p"; done
+      printf ')\n'; } > tools.go
+    go mod tidy
+    go build -trimpath -ldflags "-s -w ${LDFLAGS:-}" -o "$out/" "$@"
+  )
+  touch "$out/.complete"
+  log "built $key in $((SECONDS - start))s"
+}
+
+# --- Kubernetes: the staging modules k8s.io/* are replaced by their published v0.X.Y ---
+k8s_out="$CACHE/kubernetes-$KUBERNETES_VERSION"
+if [[ ! -f "$k8s_out/.complete" ]]; then
+  modfile="$(go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["GoMod"])')"
+  staging_ver="v0.${KUBERNETES_VERSION#v1.}"
+  replaces="$(sed -n 's#^\s*\(k8s.io/[a-z0-9-]*\) => ./staging/.*#replace \1 => \1 '"$staging_ver"'#p' "$modfile")"
+  LDFLAGS="-X k8s.io/component-base/version.gitVersion=$KUBERNETES_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=${KUBERNETES_VERSION#v1.} -X k8s.io/client-go/pkg/version.gitVersion=$KUBERNETES_VERSION" \
+    build_in_module "kubernetes-$KUBERNETES_VERSION" "$k8s_out" "k8s.io/kubernetes@$KUBERNETES_VERSION" "$replaces" \
+    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
+fi
+for t in kube-apiserver kube-controller-manager kube-scheduler kubectl; do link "$t" "$k8s_out"; done
+
+# --- etcd ---
+etcd_out="$CACHE/etcd-$ETCD_VERSION"
+build_in_module "etcd-$ETCD_VERSION" "$etcd_out" "go.etcd.io/etcd/server/v3@$ETCD_VERSION" "" go.etcd.io/etcd/server/v3
+[[ -e "$etcd_out/etcd" ]] || mv "$etcd_out/v3" "$etcd_out/etcd" 2>/dev/null || mv "$etcd_out/server" "$etcd_out/etcd"
+link etcd "$etcd_out"
+
+# --- kwok ---
+kwok_out="$CACHE/kwok-$KWOK_VERSION"
+LDFLAGS="-X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" \
+  build_in_module "kwok-$KWOK_VERSION" "$kwok_out" "sigs.k8s.io/kwok@$KWOK_VERSION" "" sigs.k8s.io/kwok/cmd/kwok
+link kwok "$kwok_out"
+
+# --- helm ---
+helm_out="$CACHE/helm-$HELM_VERSION"
+LDFLAGS="-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
+  build_in_module "helm-$HELM_VERSION" "$helm_out" "helm.sh/helm/v3@$HELM_VERSION" "" helm.sh/helm/v3/cmd/helm
+link helm "$helm_out"
+
+echo "$BIN"
