@@ -74,8 +74,12 @@ class Topology:
                         "node.kubernetes.io/instance-type": f"sim-gpu-{self.gpus_per_node}x",
                     },
                     taints=[{"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}],
-                    capacity={"cpu": "96", "memory": "1Ti", "pods": "110",
-                              GPU_RESOURCE: str(self.gpus_per_node)},
+                    capacity={
+                        "cpu": "96",
+                        "memory": "1Ti",
+                        "pods": "110",
+                        GPU_RESOURCE: str(self.gpus_per_node),
+                    },
                 )
             )
         for i in range(self.cpu_nodes):
@@ -167,10 +171,16 @@ class LocalCluster:
         state_dir: Path,
         topology: Topology | None = None,
         bin_dir: Path | None = None,
+        tie_to_parent: bool = False,
     ) -> None:
         self.dir = state_dir.resolve()
         self.topology = topology or Topology()
         self._bin_dir = bin_dir
+        # Tests set this so that a killed pytest takes its cluster down with it.
+        self._tie_to_parent = tie_to_parent
+        state = self.load_state()
+        if self._bin_dir is None and state is not None and state.bin_dir:
+            self._bin_dir = Path(state.bin_dir)
 
     # --- paths -----------------------------------------------------------------------------
     @property
@@ -214,7 +224,7 @@ class LocalCluster:
     def up(self, timeout: float = 120.0) -> State:
         """Start every component and wait until nodes are Ready. Idempotent."""
         if self.running():
-            raise AlreadyRunning(f"a cluster is already running from {self.dir}")
+            raise AlreadyRunningError(f"a cluster is already running from {self.dir}")
         if self.load_state() is not None:
             self.down()  # leftovers of a crashed cluster
         if self._bin_dir is None:
@@ -303,29 +313,60 @@ class LocalCluster:
 
     def _make_pki(self) -> None:
         ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-        self._openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt",
-                      "-days", "3650", "-subj", "/CN=llmfleet-local-ca")
-        self._openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
-                      "-out", "sa.key")
+        self._openssl(
+            "req",
+            "-x509",
+            *ec,
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "3650",
+            "-subj",
+            "/CN=llmfleet-local-ca",
+        )
+        self._openssl(
+            "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", "sa.key"
+        )
         self._openssl("pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub")
-        san = ("subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,"
-               "DNS:kubernetes.default,DNS:kubernetes.default.svc,"
-               "DNS:kubernetes.default.svc.cluster.local")
+        san = (
+            "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,"
+            "DNS:kubernetes.default,DNS:kubernetes.default.svc,"
+            "DNS:kubernetes.default.svc.cluster.local"
+        )
         leaves = {
             "apiserver": ("/CN=kube-apiserver", f"{san}\nextendedKeyUsage=serverAuth"),
             "admin": ("/O=system:masters/CN=llmfleet-admin", "extendedKeyUsage=clientAuth"),
-            "controller-manager": ("/CN=system:kube-controller-manager",
-                                   "extendedKeyUsage=clientAuth"),
+            "controller-manager": (
+                "/CN=system:kube-controller-manager",
+                "extendedKeyUsage=clientAuth",
+            ),
             "scheduler": ("/CN=system:kube-scheduler", "extendedKeyUsage=clientAuth"),
             "kwok": ("/O=system:masters/CN=kwok", "extendedKeyUsage=clientAuth"),
         }
         for name, (subject, ext) in leaves.items():
             (self.pki / f"{name}.ext").write_text(ext + "\n")
-            self._openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr",
-                          "-subj", subject)
-            self._openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt",
-                          "-CAkey", "ca.key", "-CAcreateserial", "-days", "3650",
-                          "-out", f"{name}.crt", "-extfile", f"{name}.ext")
+            self._openssl(
+                "req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subject
+            )
+            self._openssl(
+                "x509",
+                "-req",
+                "-in",
+                f"{name}.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "3650",
+                "-out",
+                f"{name}.crt",
+                "-extfile",
+                f"{name}.ext",
+            )
         for key in self.pki.glob("*.key"):
             key.chmod(0o600)
 
@@ -337,14 +378,30 @@ class LocalCluster:
                     {
                         "apiVersion": "v1",
                         "kind": "Config",
-                        "clusters": [{"name": "llmfleet-local", "cluster": {
-                            "server": f"https://127.0.0.1:{port}",
-                            "certificate-authority": str(self.pki / "ca.crt")}}],
-                        "users": [{"name": user, "user": {
-                            "client-certificate": str(self.pki / f"{user}.crt"),
-                            "client-key": str(self.pki / f"{user}.key")}}],
-                        "contexts": [{"name": "llmfleet-local", "context": {
-                            "cluster": "llmfleet-local", "user": user}}],
+                        "clusters": [
+                            {
+                                "name": "llmfleet-local",
+                                "cluster": {
+                                    "server": f"https://127.0.0.1:{port}",
+                                    "certificate-authority": str(self.pki / "ca.crt"),
+                                },
+                            }
+                        ],
+                        "users": [
+                            {
+                                "name": user,
+                                "user": {
+                                    "client-certificate": str(self.pki / f"{user}.crt"),
+                                    "client-key": str(self.pki / f"{user}.key"),
+                                },
+                            }
+                        ],
+                        "contexts": [
+                            {
+                                "name": "llmfleet-local",
+                                "context": {"cluster": "llmfleet-local", "user": user},
+                            }
+                        ],
                         "current-context": "llmfleet-local",
                     },
                     indent=2,
@@ -358,67 +415,97 @@ class LocalCluster:
         etcd_url = f"http://127.0.0.1:{p['etcd']}"
         if component == "etcd":
             peer = f"http://127.0.0.1:{p['etcd-peer']}"
-            return [self.bin("etcd"), "--name=local", f"--data-dir={self.dir / 'etcd'}",
-                    f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
-                    f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
-                    f"--initial-cluster=local={peer}", "--unsafe-no-fsync",
-                    "--quota-backend-bytes=4294967296", "--log-level=warn"]
+            return [
+                self.bin("etcd"),
+                "--name=local",
+                f"--data-dir={self.dir / 'etcd'}",
+                f"--listen-client-urls={etcd_url}",
+                f"--advertise-client-urls={etcd_url}",
+                f"--listen-peer-urls={peer}",
+                f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster=local={peer}",
+                "--unsafe-no-fsync",
+                "--quota-backend-bytes=4294967296",
+                "--log-level=warn",
+            ]
         if component == "kube-apiserver":
-            return [self.bin("kube-apiserver"),
-                    f"--etcd-servers={etcd_url}",
-                    "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
-                    f"--secure-port={p['kube-apiserver']}",
-                    f"--tls-cert-file={pki / 'apiserver.crt'}",
-                    f"--tls-private-key-file={pki / 'apiserver.key'}",
-                    f"--client-ca-file={pki / 'ca.crt'}",
-                    f"--service-account-issuer={SA_ISSUER}",
-                    f"--api-audiences={SA_ISSUER}",
-                    f"--service-account-key-file={pki / 'sa.pub'}",
-                    f"--service-account-signing-key-file={pki / 'sa.key'}",
-                    "--authorization-mode=RBAC",
-                    f"--service-cluster-ip-range={SERVICE_CIDR}",
-                    # Privileged pods are allowed cluster-wide so that Pod Security admission,
-                    # not this flag, is what rejects them in restricted namespaces.
-                    "--allow-privileged=true",
-                    # A loopback advertise address can't be an Endpoints address.
-                    "--endpoint-reconciler-type=none",
-                    "--profiling=false", "--v=0"]
+            return [
+                self.bin("kube-apiserver"),
+                f"--etcd-servers={etcd_url}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={p['kube-apiserver']}",
+                f"--tls-cert-file={pki / 'apiserver.crt'}",
+                f"--tls-private-key-file={pki / 'apiserver.key'}",
+                f"--client-ca-file={pki / 'ca.crt'}",
+                f"--service-account-issuer={SA_ISSUER}",
+                f"--api-audiences={SA_ISSUER}",
+                f"--service-account-key-file={pki / 'sa.pub'}",
+                f"--service-account-signing-key-file={pki / 'sa.key'}",
+                "--authorization-mode=RBAC",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                # Privileged pods are allowed cluster-wide so that Pod Security admission,
+                # not this flag, is what rejects them in restricted namespaces.
+                "--allow-privileged=true",
+                # A loopback advertise address can't be an Endpoints address.
+                "--endpoint-reconciler-type=none",
+                "--profiling=false",
+                "--v=0",
+            ]
         if component in ("kube-controller-manager", "kube-scheduler"):
-            kc = self.dir / ("controller-manager.kubeconfig" if component ==
-                             "kube-controller-manager" else "scheduler.kubeconfig")
-            cmd = [self.bin(component), f"--kubeconfig={kc}",
-                   f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",
-                   "--bind-address=127.0.0.1", f"--secure-port={p[component]}",
-                   f"--cert-dir={self.dir / component}", "--leader-elect=false", "--v=0"]
+            kc = self.dir / (
+                "controller-manager.kubeconfig"
+                if component == "kube-controller-manager"
+                else "scheduler.kubeconfig"
+            )
+            cmd = [
+                self.bin(component),
+                f"--kubeconfig={kc}",
+                f"--authentication-kubeconfig={kc}",
+                f"--authorization-kubeconfig={kc}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={p[component]}",
+                f"--cert-dir={self.dir / component}",
+                "--leader-elect=false",
+                "--v=0",
+            ]
             if component == "kube-controller-manager":
-                cmd += [f"--service-account-private-key-file={pki / 'sa.key'}",
-                        f"--root-ca-file={pki / 'ca.crt'}",
-                        "--use-service-account-credentials=true",
-                        f"--service-cluster-ip-range={SERVICE_CIDR}",
-                        "--controllers=*",
-                        # Fast garbage collection and rollouts keep tests short.
-                        "--concurrent-gc-syncs=20", "--concurrent-deployment-syncs=10",
-                        "--concurrent-replicaset-syncs=10"]
+                cmd += [
+                    f"--service-account-private-key-file={pki / 'sa.key'}",
+                    f"--root-ca-file={pki / 'ca.crt'}",
+                    "--use-service-account-credentials=true",
+                    f"--service-cluster-ip-range={SERVICE_CIDR}",
+                    "--controllers=*",
+                    # Fast garbage collection and rollouts keep tests short.
+                    "--concurrent-gc-syncs=20",
+                    "--concurrent-deployment-syncs=10",
+                    "--concurrent-replicaset-syncs=10",
+                ]
             return cmd
         if component == "kwok":
-            return [self.bin("kwok"), f"--kubeconfig={self.dir / 'kwok.kubeconfig'}",
-                    "--manage-all-nodes=false",
-                    f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
-                    f"--config={HACK / 'kwok' / 'stages.yaml'}",
-                    "--node-lease-duration-seconds=40",
-                    "--cidr=10.244.0.0/16", "--node-ip=10.240.0.1",
-                    f"--server-address=127.0.0.1:{p['kwok']}"]
+            return [
+                self.bin("kwok"),
+                f"--kubeconfig={self.dir / 'kwok.kubeconfig'}",
+                "--manage-all-nodes=false",
+                f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
+                f"--config={HACK / 'kwok' / 'stages.yaml'}",
+                "--node-lease-duration-seconds=40",
+                "--cidr=10.244.0.0/16",
+                "--node-ip=10.240.0.1",
+                f"--server-address=127.0.0.1:{p['kwok']}",
+            ]
         raise ClusterError(f"unknown component {component}")
 
     def _start(self, component: str, state: State) -> int:
         log = (self.logs / f"{component}.log").open("ab")
-        proc = subprocess.Popen(  # noqa: S603 - fixed binaries from our cache
+        proc = subprocess.Popen(
             self._command(component, state),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             cwd=self.dir,
             start_new_session=True,  # its own process group: down() kills the whole group
+            preexec_fn=_die_with_parent if self._tie_to_parent else None,
             env={**os.environ, "HOME": str(self.dir)},
         )
         log.close()
@@ -439,7 +526,7 @@ class LocalCluster:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
         try:
-            with urllib.request.urlopen(  # noqa: S310 - https on loopback
+            with urllib.request.urlopen(
                 f"https://127.0.0.1:{port}{path}", context=ctx, timeout=2
             ) as r:
                 return int(r.status) == 200
@@ -451,14 +538,13 @@ class LocalCluster:
 
         def healthy() -> bool:
             if not pid_alive(pid):
-                raise ClusterError(f"{component} exited during start-up. "
-                                   f"{self._log_tail(component)}")
+                raise ClusterError(
+                    f"{component} exited during start-up. {self._log_tail(component)}"
+                )
             port = state.ports[component]
             if component == "etcd":
                 try:
-                    with urllib.request.urlopen(  # noqa: S310 - http on loopback
-                        f"http://127.0.0.1:{port}/health", timeout=2
-                    ) as r:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
                         return b'"true"' in r.read()
                 except OSError:
                     return False
@@ -471,38 +557,67 @@ class LocalCluster:
         wait_for(f"{component} to become healthy", healthy, timeout, self._log_tail(component))
 
     # --- nodes -------------------------------------------------------------------------------
-    def kubectl(self, *args: str, stdin: str | None = None, check: bool = True
-                ) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self, *args: str, stdin: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         """Run our kubectl against this cluster as admin."""
-        return subprocess.run(  # noqa: S603 - our own kubectl
+        return subprocess.run(
             [self.bin("kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
-            input=stdin, capture_output=True, text=True, check=check, timeout=120,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=120,
         )
 
     def _register_nodes(self) -> None:
         items = self.topology.node_manifests()
-        self.kubectl("create", "-f", "-",
-                     stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+        self.kubectl(
+            "create",
+            "-f",
+            "-",
+            stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}),
+        )
 
     def _wait_nodes_ready(self, timeout: float) -> None:
         want = self.topology.gpu_nodes + self.topology.cpu_nodes
 
         def ready() -> bool:
             out = self.kubectl(
-                "get", "nodes", "-o",
+                "get",
+                "nodes",
+                "-o",
                 "jsonpath={range .items[*]}{.status.conditions[?(@.type=='Ready')].status}"
-                "{'\\n'}{end}", check=False).stdout.split()
+                "{'\\n'}{end}",
+                check=False,
+            ).stdout.split()
             # The default ServiceAccount shows the controller manager's token controllers work.
-            sa = self.kubectl("get", "serviceaccount", "default", "-n", "default",
-                              check=False).returncode == 0
+            sa = (
+                self.kubectl(
+                    "get", "serviceaccount", "default", "-n", "default", check=False
+                ).returncode
+                == 0
+            )
             return sa and out.count("True") == want
 
-        wait_for(f"{want} nodes Ready and the default ServiceAccount", ready, timeout,
-                 self._log_tail("kwok"))
+        wait_for(
+            f"{want} nodes Ready and the default ServiceAccount",
+            ready,
+            timeout,
+            self._log_tail("kwok"),
+        )
 
 
-class AlreadyRunning(ClusterError):
+class AlreadyRunningError(ClusterError):
     """``up`` was asked for while a cluster from the same directory is running."""
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the parent dies (Linux prctl)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _port_open(port: int) -> bool:
@@ -513,9 +628,13 @@ def _port_open(port: int) -> bool:
 
 def ensure_tools() -> Path:
     """Build (first time) or locate the pinned cluster tools; return their directory."""
-    out = subprocess.run(  # noqa: S603 - our own script
-        ["bash", str(HACK / "tools.sh")], check=True, stdout=subprocess.PIPE, text=True
-    ).stdout.strip().splitlines()
+    out = (
+        subprocess.run(
+            ["bash", str(HACK / "tools.sh")], check=True, stdout=subprocess.PIPE, text=True
+        )
+        .stdout.strip()
+        .splitlines()
+    )
     return Path(out[-1])
 
 
@@ -535,30 +654,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=["up", "down", "status", "restart"])
     parser.add_argument("component", nargs="?", choices=COMPONENTS)
     parser.add_argument("--dir", type=Path, default=ROOT / ".cluster")
-    parser.add_argument("--gpu-nodes", type=int,
-                        default=int(os.environ.get("LLMFLEET_GPU_NODES", "4")))
-    parser.add_argument("--gpus-per-node", type=int,
-                        default=int(os.environ.get("LLMFLEET_GPUS_PER_NODE", "8")))
-    parser.add_argument("--cpu-nodes", type=int,
-                        default=int(os.environ.get("LLMFLEET_CPU_NODES", "1")))
-    args = parser.parse_args(argv)
-    cluster = LocalCluster(
-        args.dir, Topology(args.gpu_nodes, args.gpus_per_node, args.cpu_nodes)
+    parser.add_argument(
+        "--gpu-nodes", type=int, default=int(os.environ.get("LLMFLEET_GPU_NODES", "4"))
     )
+    parser.add_argument(
+        "--gpus-per-node", type=int, default=int(os.environ.get("LLMFLEET_GPUS_PER_NODE", "8"))
+    )
+    parser.add_argument(
+        "--cpu-nodes", type=int, default=int(os.environ.get("LLMFLEET_CPU_NODES", "1"))
+    )
+    args = parser.parse_args(argv)
+    cluster = LocalCluster(args.dir, Topology(args.gpu_nodes, args.gpus_per_node, args.cpu_nodes))
     if args.action == "up":
         try:
             start = time.monotonic()
             state = cluster.up()
-        except AlreadyRunning as e:
+        except AlreadyRunningError as e:
             print(f"{e}; `make cluster-down` stops it.")
             return 0
         except ClusterError as e:
             print(f"cluster-up failed: {e}", file=sys.stderr)
             return 1
-        print(f"cluster up in {time.monotonic() - start:.1f}s: "
-              f"API server https://127.0.0.1:{state.ports['kube-apiserver']}, "
-              f"{args.gpu_nodes} GPU nodes x {args.gpus_per_node} {GPU_RESOURCE}, "
-              f"{args.cpu_nodes} CPU nodes")
+        print(
+            f"cluster up in {time.monotonic() - start:.1f}s: "
+            f"API server https://127.0.0.1:{state.ports['kube-apiserver']}, "
+            f"{args.gpu_nodes} GPU nodes x {args.gpus_per_node} {GPU_RESOURCE}, "
+            f"{args.cpu_nodes} CPU nodes"
+        )
         print(f"export KUBECONFIG={cluster.kubeconfig}")
         return 0
     if args.action == "down":

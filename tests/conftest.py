@@ -3,9 +3,15 @@ automatically, so `-m "not integration and not e2e"` selects exactly the fast un
 
 from __future__ import annotations
 
+import os
+import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from localcluster import LocalCluster, Topology
+from support.kube import Kubectl
 
 TESTS = Path(__file__).resolve().parent
 
@@ -15,3 +21,58 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         parts = Path(str(item.path)).resolve().relative_to(TESTS).parts
         if parts and parts[0] in ("integration", "e2e"):
             item.add_marker(getattr(pytest.mark, parts[0]))
+
+
+# --- the local Kubernetes cluster ------------------------------------------------------------
+ROOT = TESTS.parent
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A real control plane with simulated GPU nodes, shared by the whole session.
+
+    With LLMFLEET_REUSE_CLUSTER=1 the tests use the cluster that `make cluster-up` started
+    (and leave it running); otherwise they start their own on free ports and stop it at the
+    end.
+    """
+    if os.environ.get("LLMFLEET_REUSE_CLUSTER") == "1":
+        existing = LocalCluster(ROOT / ".cluster")
+        if not existing.running():
+            pytest.fail("LLMFLEET_REUSE_CLUSTER=1 but no cluster runs; run `make cluster-up`")
+        yield existing
+        return
+    topology = Topology(
+        gpu_nodes=int(os.environ.get("LLMFLEET_GPU_NODES", "4")),
+        gpus_per_node=int(os.environ.get("LLMFLEET_GPUS_PER_NODE", "8")),
+        cpu_nodes=int(os.environ.get("LLMFLEET_CPU_NODES", "1")),
+    )
+    own = LocalCluster(tmp_path_factory.mktemp("cluster"), topology, tie_to_parent=True)
+    own.up()
+    try:
+        yield own
+    finally:
+        own.down()
+
+
+@pytest.fixture(scope="session")
+def kubectl(cluster: LocalCluster) -> Kubectl:
+    """Real kubectl as cluster admin."""
+    return Kubectl(cluster.bin("kubectl"), cluster.kubeconfig)
+
+
+@pytest.fixture
+def namespace(kubectl: Kubectl, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace for one test, deleted afterwards."""
+    base = "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:40]
+    name = f"t-{base.strip('-')}-{secrets.token_hex(3)}"
+    kubectl("create", "namespace", name)
+    try:
+        yield name
+    finally:
+        kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def kube(kubectl: Kubectl, namespace: str) -> Kubectl:
+    """kubectl bound to the test's namespace."""
+    return kubectl.in_namespace(namespace)

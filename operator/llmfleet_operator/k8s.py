@@ -1,0 +1,264 @@
+"""The only module that talks to the Kubernetes API server.
+
+Writes use server-side apply with one field manager, so ``kubectl get --show-managed-fields``
+says who owns what, re-applying the same object is a no-op, and fields that other writers own
+(an HPA, a human with ``kubectl scale``) are not touched unless we declare them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import aiohttp
+
+FIELD_MANAGER = "llmfleet-operator"
+SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+
+# (apiVersion, kind) -> plural; only the kinds the operator reads or writes.
+PLURALS: dict[tuple[str, str], str] = {
+    ("v1", "Pod"): "pods",
+    ("v1", "Service"): "services",
+    ("v1", "Event"): "events",
+    ("v1", "Node"): "nodes",
+    ("v1", "Secret"): "secrets",
+    ("apps/v1", "Deployment"): "deployments",
+    ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
+    ("llmfleet.io/v1alpha1", "LLMDeployment"): "llmdeployments",
+}
+CLUSTER_SCOPED = {"Node"}
+
+
+class ApiError(Exception):
+    """The API server answered with an error status."""
+
+    def __init__(self, status: int, method: str, path: str, body: str) -> None:
+        try:
+            message = json.loads(body).get("message", body)
+        except ValueError:
+            message = body
+        super().__init__(f"{method} {path}: {status} {message}")
+        self.status = status
+        self.message = str(message)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """How to reach and authenticate to the API server (from a kubeconfig or in-cluster)."""
+
+    server: str
+    ca_path: str | None = None
+    ca_data: bytes | None = None
+    insecure: bool = False
+    token: str | None = None
+    token_path: str | None = None  # re-read on 401: projected tokens rotate
+    certificate_path: str | None = None
+    private_key_path: str | None = None
+
+
+def resource_path(
+    api_version: str,
+    kind: str,
+    namespace: str | None = None,
+    name: str | None = None,
+    subresource: str | None = None,
+) -> str:
+    """The REST path of a collection or object."""
+    plural = PLURALS[(api_version, kind)]
+    base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+    if namespace and kind not in CLUSTER_SCOPED:
+        base += f"/namespaces/{quote(namespace)}"
+    path = f"{base}/{plural}"
+    if name:
+        path += f"/{quote(name)}"
+    if subresource:
+        path += f"/{subresource}"
+    return path
+
+
+def object_path(obj: Mapping[str, Any], subresource: str | None = None) -> str:
+    """The REST path of ``obj`` from its apiVersion, kind, namespace and name."""
+    meta = obj["metadata"]
+    return resource_path(
+        obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"], subresource
+    )
+
+
+class Kube:
+    """A small async client: get, list, server-side apply, delete, events."""
+
+    def __init__(self, credentials: Credentials, field_manager: str = FIELD_MANAGER) -> None:
+        self._creds = credentials
+        self._token = credentials.token
+        self.field_manager = field_manager
+        self._session: aiohttp.ClientSession | None = None
+        self.requests_by_verb: dict[str, int] = {}
+
+    def _ssl(self) -> ssl.SSLContext | bool:
+        if self._creds.insecure:
+            return False
+        ctx = ssl.create_default_context(
+            cafile=self._creds.ca_path,
+            cadata=self._creds.ca_data.decode() if self._creds.ca_data else None,
+        )
+        if self._creds.certificate_path and self._creds.private_key_path:
+            ctx.load_cert_chain(self._creds.certificate_path, self._creds.private_key_path)
+        return ctx
+
+    async def _sess(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                base_url=self._creds.server.rstrip("/") + "/",
+                connector=aiohttp.TCPConnector(ssl=self._ssl(), limit=32),
+                timeout=aiohttp.ClientTimeout(total=30),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        """Release the connection pool."""
+        if self._session is not None:
+            await self._session.close()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, str] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+    ) -> Any:
+        """One API call; returns parsed JSON (None for 404 on GET)."""
+        url = path.lstrip("/") + (f"?{urlencode(query)}" if query else "")
+        for attempt in (1, 2):
+            headers = {"Accept": "application/json"}
+            if self._token:
+                headers["Authorization"] = f"Bearer {self._token}"
+            data = None
+            if body is not None:
+                headers["Content-Type"] = content_type
+                data = json.dumps(body)
+            session = await self._sess()
+            verb = method if method != "PATCH" else f"PATCH({content_type.split('/')[-1]})"
+            self.requests_by_verb[verb] = self.requests_by_verb.get(verb, 0) + 1
+            async with session.request(method, url, data=data, headers=headers) as resp:
+                text = await resp.text()
+                if resp.status == 401 and attempt == 1 and self._reload_token():
+                    continue
+                if resp.status == 404 and method == "GET":
+                    return None
+                if resp.status >= 400:
+                    raise ApiError(resp.status, method, path, text)
+                return json.loads(text) if text else None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _reload_token(self) -> bool:
+        path = self._creds.token_path
+        if not path:
+            return False
+        token = Path(path).read_text().strip()
+        changed = token != self._token
+        self._token = token
+        return changed
+
+    async def get(self, path: str) -> dict[str, Any] | None:
+        """The object at ``path`` or None when it does not exist."""
+        result: dict[str, Any] | None = await self.request("GET", path)
+        return result
+
+    async def list(
+        self, path: str, label_selector: str | None = None, field_selector: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Every item of a collection (following continue tokens)."""
+        items: list[dict[str, Any]] = []
+        query: dict[str, str] = {"limit": "500"}
+        if label_selector:
+            query["labelSelector"] = label_selector
+        if field_selector:
+            query["fieldSelector"] = field_selector
+        while True:
+            page = await self.request("GET", path, query=query) or {}
+            items.extend(page.get("items", []))
+            token = page.get("metadata", {}).get("continue")
+            if not token:
+                return items
+            query["continue"] = token
+
+    async def apply(
+        self,
+        obj: Mapping[str, Any],
+        *,
+        subresource: str | None = None,
+        field_manager: str | None = None,
+    ) -> dict[str, Any]:
+        """Server-side apply ``obj`` (force: this manager owns what it declares)."""
+        result: dict[str, Any] = await self.request(
+            "PATCH",
+            object_path(obj, subresource),
+            query={"fieldManager": field_manager or self.field_manager, "force": "true"},
+            body=obj,
+            content_type="application/apply-patch+yaml",
+        )
+        return result
+
+    async def delete(self, obj: Mapping[str, Any]) -> bool:
+        """Delete ``obj`` (background propagation); False if it was already gone."""
+        try:
+            await self.request(
+                "DELETE",
+                object_path(obj),
+                body={"kind": "DeleteOptions", "apiVersion": "v1",
+                      "propagationPolicy": "Background"},
+            )
+        except ApiError as e:
+            if e.status == 404:
+                return False
+            raise
+        return True
+
+    async def event(
+        self,
+        involved: Mapping[str, Any],
+        reason: str,
+        message: str,
+        type_: str = "Normal",
+    ) -> None:
+        """Record a core/v1 Event about ``involved`` (best effort: never fails a reconcile)."""
+        meta = involved["metadata"]
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "name": f"{meta['name']}.{uuid.uuid4().hex[:12]}",
+                "namespace": meta.get("namespace", "default"),
+            },
+            "involvedObject": {
+                "apiVersion": involved["apiVersion"],
+                "kind": involved["kind"],
+                "name": meta["name"],
+                "namespace": meta.get("namespace"),
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": type_,
+            "source": {"component": FIELD_MANAGER},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        path = resource_path("v1", "Event", event["metadata"]["namespace"])
+        try:
+            await self.request("POST", path, body=event)
+        except (ApiError, aiohttp.ClientError, asyncio.TimeoutError):
+            return
