@@ -51,5 +51,8 @@ cluster-down: ## stop every process cluster-up started
 cluster-status: ## show the local cluster's processes
 	@python3 hack/localcluster.py status
 
+crds: venv ## regenerate crds/ from the API models
+	$(PY) -m llmfleet_operator.crdgen --out crds
+
 clean: cluster-down ## remove build outputs (keeps the tool cache)
 	rm -rf .cluster .mypy_cache .ruff_cache .pytest_cache

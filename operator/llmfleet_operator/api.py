@@ -1,0 +1,520 @@
+"""The ``LLMDeployment`` API (``llmfleet.io/v1alpha1``) as typed models.
+
+These pydantic models are the single source of truth: ``crdgen`` turns them into the CRD's
+structural OpenAPI schema, and the operator parses what the API server stores with them.
+Attribute names are snake_case in Python and camelCase on the wire. Field docstrings become
+the descriptions that ``kubectl explain`` shows.
+
+Validation lives in two places that must agree: pydantic constraints and validators (the
+Python side) and, for what ``Field`` constraints cannot express, CEL rules in
+``json_schema_extra`` (the API server side, so users see the error at ``kubectl apply``).
+Each CEL rule below sits next to its Python twin and shares its message.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Annotated, Any, Final, Self
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+from llmfleet_operator._version import __version__
+
+GROUP: Final = "llmfleet.io"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+KIND: Final = "LLMDeployment"
+LIST_KIND: Final = "LLMDeploymentList"
+PLURAL: Final = "llmdeployments"
+SINGULAR: Final = "llmdeployment"
+SHORT_NAMES: Final = ("llmd",)
+#: ``kubectl get llmfleet`` lists every llmfleet resource.
+CATEGORIES: Final = ("llmfleet",)
+CRD_NAME: Final = f"{PLURAL}.{GROUP}"
+
+#: Labels every child object carries; Prometheus relabelling and selectors rely on them.
+LABEL_DEPLOYMENT: Final = f"{GROUP}/deployment"
+LABEL_REVISION: Final = f"{GROUP}/revision"
+
+#: The worker image is released together with the operator, so it carries the same version.
+DEFAULT_WORKER_IMAGE: Final = f"ghcr.io/llmfleet/worker:{__version__}"
+DEFAULT_GPU_RESOURCE: Final = "nvidia.com/gpu"
+
+#: ``spec.model.uri``: ``pvc://CLAIM[/PATH]`` (CLAIM a DNS-1123 name), ``hf://ORG/REPO`` or
+#: ``file:///PATH``. RE2 and Python agree on this syntax, so CEL and pydantic share it.
+MODEL_URI_PATTERN: Final = (
+    r"^(pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?(/\S*)?"
+    r"|hf://[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*"
+    r"|file:///\S+)$"
+)
+MODEL_URI_MESSAGE: Final = "spec.model.uri must be pvc://CLAIM/PATH, hf://ORG/REPO or file:///PATH"
+#: ``spec.model.name`` is the id clients send as ``model`` on the OpenAI API. It must also be a
+#: valid Kubernetes label value (1-63 characters; letters, digits, ``-``, ``_``, ``.``;
+#: alphanumeric at both ends) because it labels pods and metrics. ``gpt-4o-mini`` and
+#: ``Llama-3.1-8B-Instruct`` qualify; ``meta-llama/Llama-3.1-8B`` (a slash) does not.
+MODEL_NAME_PATTERN: Final = r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$"
+MODEL_NAME_MESSAGE: Final = (
+    "spec.model.name must be 1-63 letters, digits, '-', '_' or '.', "
+    "starting and ending with a letter or digit"
+)
+#: metadata.name names the Service (a DNS-1035 label) and is the default served model name.
+OBJECT_NAME_PATTERN: Final = r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$"
+OBJECT_NAME_MESSAGE: Final = (
+    "metadata.name must be a DNS-1035 label (at most 63 lowercase letters, digits and '-', "
+    "starting with a letter) because it names the Service"
+)
+#: Kubernetes resource quantity (``4``, ``500m``, ``32Gi``), as the core API accepts it.
+QUANTITY_PATTERN: Final = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]"
+    r"|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+MAX_REPLICAS_MESSAGE: Final = (
+    "spec.autoscaling.maxReplicas must be greater than or equal to spec.autoscaling.minReplicas"
+)
+REPLICAS_BUILTIN_MESSAGE: Final = (
+    "spec.replicas must not be set when spec.autoscaling.mode is Builtin (the operator sizes "
+    "the fleet); use mode Manual or External to set replicas"
+)
+
+
+class ConditionType(StrEnum):
+    """Condition types in ``status.conditions`` (kstatus: ``Ready`` summarises)."""
+
+    READY = "Ready"
+    RECONCILING = "Reconciling"
+    STALLED = "Stalled"
+    PROGRESSING = "Progressing"
+    SCALING_ACTIVE = "ScalingActive"
+    DEGRADED = "Degraded"
+
+
+class Reason(StrEnum):
+    """Condition reasons (CamelCase, as ``metav1.Condition`` wants them)."""
+
+    AVAILABLE = "Available"
+    RECONCILED = "Reconciled"
+    SUSPENDED = "Suspended"
+    PODS_NOT_READY = "PodsNotReady"
+    ROLLING_OUT = "RollingOut"
+    SCALING = "Scaling"
+    CANARY_IN_PROGRESS = "CanaryInProgress"
+    ROLLED_BACK = "RolledBack"
+    INSUFFICIENT_GPU = "InsufficientGPU"
+    PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
+    CANARY_ANALYSIS_FAILED = "CanaryAnalysisFailed"
+    INVALID_SPEC = "InvalidSpec"
+    METRICS_UNAVAILABLE = "MetricsUnavailable"
+    MANUAL_SCALING = "ManualScaling"
+    EXTERNAL_SCALING = "ExternalScaling"
+
+
+class ConditionStatus(StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class Dtype(StrEnum):
+    AUTO = "auto"
+    BFLOAT16 = "bfloat16"
+    FLOAT16 = "float16"
+    FLOAT32 = "float32"
+
+
+class Quantization(StrEnum):
+    NONE = "none"
+    INT8 = "int8"
+
+
+class Engine(StrEnum):
+    LLMFLEET = "llmfleet"
+    VLLM = "vllm"
+
+
+class PullPolicy(StrEnum):
+    ALWAYS = "Always"
+    IF_NOT_PRESENT = "IfNotPresent"
+    NEVER = "Never"
+
+
+class AutoscalingMode(StrEnum):
+    BUILTIN = "Builtin"
+    EXTERNAL = "External"
+    MANUAL = "Manual"
+
+
+class RolloutStrategy(StrEnum):
+    ROLLING_UPDATE = "RollingUpdate"
+    CANARY = "Canary"
+
+
+class ServiceType(StrEnum):
+    CLUSTER_IP = "ClusterIP"
+    NODE_PORT = "NodePort"
+    LOAD_BALANCER = "LoadBalancer"
+
+
+def cel(
+    rule: str, message: str, *, field_path: str | None = None, reason: str | None = None
+) -> dict[str, str]:
+    """One ``x-kubernetes-validations`` entry; ``field_path`` points the error at a field."""
+    entry = {"rule": rule, "message": message}
+    if field_path is not None:
+        entry["fieldPath"] = field_path
+    if reason is not None:
+        entry["reason"] = reason
+    return entry
+
+
+def _validations(*rules: dict[str, str]) -> dict[str, Any]:
+    return {"x-kubernetes-validations": list(rules)}
+
+
+def _matcher(pattern: str, message: str) -> AfterValidator:
+    compiled = re.compile(pattern)
+
+    def check(value: str) -> str:
+        if not compiled.match(value):
+            raise ValueError(message)
+        return value
+
+    return AfterValidator(check)
+
+
+#: int-or-string quantity; crdgen turns ``int | str`` into ``x-kubernetes-int-or-string``.
+Quantity = int | Annotated[str, Field(pattern=QUANTITY_PATTERN)]
+#: The served model id (see MODEL_NAME_PATTERN).
+ModelName = Annotated[
+    str,
+    Field(
+        max_length=63,
+        json_schema_extra=_validations(
+            cel(f"self.matches('{MODEL_NAME_PATTERN}')", MODEL_NAME_MESSAGE)
+        ),
+    ),
+    _matcher(MODEL_NAME_PATTERN, MODEL_NAME_MESSAGE),
+]
+#: Free-form objects (Kubernetes types we pass through untouched).
+FreeForm = dict[str, Any]
+
+
+class _Model(BaseModel):
+    """Base of every spec model: camelCase on the wire, unknown fields are errors."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        serialize_by_alias=True,
+        use_attribute_docstrings=True,
+        extra="forbid",
+    )
+
+
+class _StatusModel(_Model):
+    """Status is written by the operator; reading tolerates fields a newer one added."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+# --- spec -----------------------------------------------------------------------------------
+
+
+class SecretKeyRef(_Model):
+    """A key in a Secret in the LLMDeployment's namespace (secrets only by reference)."""
+
+    name: str = Field(min_length=1, max_length=253)
+    """Name of the Secret."""
+    key: str = Field(min_length=1, max_length=253)
+    """Key in the Secret's data."""
+
+
+class ModelSpec(_Model):
+    """The model to serve."""
+
+    name: ModelName | None = None
+    """Id served on the OpenAI API ("model" in requests); defaults to metadata.name.
+    1-63 letters, digits, '-', '_' or '.', alphanumeric at both ends."""
+    uri: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=1024,
+            json_schema_extra=_validations(
+                # An empty uri fails minLength already; one message per mistake.
+                cel(f"self.size() == 0 || self.matches('{MODEL_URI_PATTERN}')", MODEL_URI_MESSAGE)
+            ),
+        ),
+        _matcher(MODEL_URI_PATTERN, MODEL_URI_MESSAGE),
+    ]
+    """Where the weights are: pvc://CLAIM/PATH (mounted read-only), hf://ORG/REPO or
+    file:///PATH. Changing it rolls out a new revision."""
+    revision: str | None = Field(default=None, max_length=253)
+    """The model version (a label such as v1, or a Hugging Face revision). Changing it rolls
+    out a new revision."""
+    dtype: Dtype = Dtype.AUTO
+    """Weight and activation dtype."""
+    quantization: Quantization = Quantization.NONE
+    """Weight quantization."""
+    max_model_len: int = Field(default=2048, ge=16)
+    """Longest sequence (prompt + completion) in tokens."""
+    hf_token_secret_ref: SecretKeyRef | None = None
+    """Secret key holding the Hugging Face token for hf:// models."""
+
+    def served_name(self, object_name: str) -> str:
+        """The served model id: ``name``, or the LLMDeployment's metadata.name."""
+        return self.name or object_name
+
+
+class EnvVar(_Model):
+    """An environment variable of the worker container (as in a pod spec)."""
+
+    name: str = Field(min_length=1)
+    value: str | None = None
+    value_from: FreeForm | None = None
+    """A core/v1 EnvVarSource (secretKeyRef, configMapKeyRef, fieldRef, ...)."""
+
+
+class ResourcesSpec(_Model):
+    """What one worker pod gets."""
+
+    gpus: int = Field(default=1, ge=0)
+    """GPUs per worker (tensor parallelism), requested as a limit of gpuResourceName."""
+    gpu_resource_name: str = Field(default=DEFAULT_GPU_RESOURCE, min_length=1)
+    """Extended resource name of the GPUs."""
+    cpu: Quantity = "4"
+    """CPU request of the worker."""
+    memory: Quantity = "32Gi"
+    """Memory request and limit of the worker."""
+
+
+class WorkerSpec(_Model):
+    """The inference server pods."""
+
+    image: str = Field(default=DEFAULT_WORKER_IMAGE, min_length=1)
+    """Worker container image."""
+    image_pull_policy: PullPolicy | None = None
+    """Pull policy; unset leaves Kubernetes' default."""
+    engine: Engine = Engine.LLMFLEET
+    """Inference engine in the image: selects metric queries and probes."""
+    args: list[str] = Field(default_factory=list)
+    """Extra arguments appended to the worker command line."""
+    env: list[EnvVar] = Field(default_factory=list)
+    """Extra environment variables of the worker container."""
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[FreeForm] = Field(default_factory=list)
+    """core/v1 Tolerations, added to the one for the GPU taint."""
+    affinity: FreeForm | None = None
+    """A core/v1 Affinity."""
+    priority_class_name: str | None = None
+    pod_annotations: dict[str, str] = Field(default_factory=dict)
+    pod_labels: dict[str, str] = Field(default_factory=dict)
+    service_account_name: str | None = None
+    """Service account of the worker pods; unset uses the namespace's default."""
+
+
+class AutoscalingSpec(
+    _Model,
+    json_schema_extra=_validations(
+        cel(
+            "self.maxReplicas >= self.minReplicas",
+            MAX_REPLICAS_MESSAGE,
+            field_path=".maxReplicas",
+        )
+    ),
+):
+    """How the number of workers is chosen."""
+
+    mode: AutoscalingMode = AutoscalingMode.BUILTIN
+    """Builtin: the operator scales on queue depth and latency. External: an HPA or KEDA
+    scales through the scale subresource (spec.replicas). Manual: spec.replicas."""
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=8, ge=1)
+    target_queue_depth_per_replica: float = Field(default=4.0, gt=0)
+    """Waiting requests per worker the Builtin autoscaler aims for."""
+    ttft_seconds_p95: float | None = Field(default=None, gt=0)
+    """Optional latency objective: p95 time to first token, in seconds."""
+    scale_down_stabilization_seconds: int = Field(default=300, ge=0)
+    """Scale down only to the highest recommendation of this window."""
+    prometheus_url: str | None = Field(
+        default=None, validation_alias="prometheusURL", serialization_alias="prometheusURL"
+    )
+    """Prometheus to query for this LLMDeployment instead of the operator's default."""
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> Self:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(MAX_REPLICAS_MESSAGE)
+        return self
+
+
+class CanaryStep(_Model):
+    weight: int = Field(ge=1, le=100)
+    """Percent of workers running the candidate at this step."""
+    pause_seconds: int = Field(default=60, ge=0)
+    """How long analysis watches this step before the next."""
+
+
+class CanaryAnalysis(_Model):
+    """Gates between canary steps: the candidate's metrics against the stable revision's."""
+
+    max_error_ratio: float = Field(default=0.05, ge=0, le=1)
+    """Highest tolerated fraction of failed candidate requests."""
+    max_ttft_ratio: float = Field(default=1.5, gt=0)
+    """Highest tolerated candidate/stable ratio of p95 time to first token."""
+    interval_seconds: int = Field(default=30, ge=1)
+    """Seconds between two analysis queries."""
+
+
+class CanarySpec(_Model):
+    steps: list[CanaryStep] = Field(
+        default_factory=lambda: [CanaryStep(weight=10), CanaryStep(weight=50)], max_length=20
+    )
+    analysis: CanaryAnalysis = Field(default_factory=CanaryAnalysis)
+
+
+class RolloutSpec(_Model):
+    """How a new revision (model uri/revision, worker image, ...) replaces the old one."""
+
+    strategy: RolloutStrategy = RolloutStrategy.ROLLING_UPDATE
+    progress_deadline_seconds: int = Field(default=900, gt=0)
+    """A rollout that makes no progress for this long is rolled back (Stalled)."""
+    canary: CanarySpec | None = None
+    """Steps and analysis of the Canary strategy."""
+
+
+class ServiceSpec(_Model):
+    port: int = Field(default=8000, ge=1, le=65535)
+    """Port of the Service and of the worker's HTTP server."""
+    type: ServiceType = ServiceType.CLUSTER_IP
+
+
+class AuthSpec(_Model):
+    api_key_secret_ref: SecretKeyRef | None = None
+    """Secret key holding the API key clients must send as a bearer token."""
+
+
+class LLMDeploymentSpec(
+    _Model,
+    json_schema_extra=_validations(
+        cel(
+            "!has(self.replicas) || (has(self.autoscaling) && has(self.autoscaling.mode)"
+            " && self.autoscaling.mode != 'Builtin')",
+            REPLICAS_BUILTIN_MESSAGE,
+            field_path=".replicas",
+        )
+    ),
+):
+    """Desired state of an LLMDeployment."""
+
+    model: ModelSpec
+    worker: WorkerSpec = Field(default_factory=WorkerSpec)
+    replicas: int | None = Field(default=None, ge=0)
+    """Number of workers, honoured only when autoscaling.mode is Manual or External (the
+    scale subresource writes it)."""
+    autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    service: ServiceSpec = Field(default_factory=ServiceSpec)
+    auth: AuthSpec = Field(default_factory=AuthSpec)
+    suspend: bool = False
+    """True scales to zero and frees the GPUs; the objects stay."""
+
+    @model_validator(mode="after")
+    def _check_replicas(self) -> Self:
+        if self.replicas is not None and self.autoscaling.mode is AutoscalingMode.BUILTIN:
+            raise ValueError(REPLICAS_BUILTIN_MESSAGE)
+        return self
+
+
+# --- status ---------------------------------------------------------------------------------
+
+
+class Condition(_StatusModel):
+    """A kstatus/metav1-style condition."""
+
+    type: str
+    status: ConditionStatus
+    reason: str | None = None
+    message: str | None = None
+    last_transition_time: str | None = Field(
+        default=None, json_schema_extra={"format": "date-time"}
+    )
+    """When status last flipped (RFC 3339). A string, so status round-trips byte for byte."""
+    observed_generation: int | None = Field(default=None, ge=0)
+
+
+class ScaleDecision(_StatusModel):
+    """One decision of the Builtin autoscaler."""
+
+    from_: int = Field(validation_alias="from", serialization_alias="from", ge=0)
+    to: int = Field(ge=0)
+    reason: str | None = None
+    signals: dict[str, float] | None = None
+    """The inputs of the decision (queue depth, TTFT, ...)."""
+    time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
+
+
+class AutoscalerStatus(_StatusModel):
+    last_scale_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
+    last_decision: ScaleDecision | None = None
+
+
+class LLMDeploymentStatus(_StatusModel):
+    """Observed state, written only by the operator."""
+
+    observed_generation: int | None = None
+    replicas: int | None = None
+    """Worker pods that exist (all revisions); the scale subresource reads it."""
+    ready_replicas: int | None = None
+    updated_replicas: int | None = None
+    available_replicas: int | None = None
+    desired_replicas: int | None = None
+    selector: str | None = None
+    """Label selector of the worker pods, for the scale subresource (HPA, KEDA)."""
+    current_revision: str | None = None
+    update_revision: str | None = None
+    endpoint: str | None = None
+    """OpenAI base URL inside the cluster."""
+    conditions: Annotated[
+        list[Condition] | None,
+        Field(
+            json_schema_extra={
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["type"],
+            }
+        ),
+    ] = None
+    autoscaler: AutoscalerStatus | None = None
+
+
+class LLMDeployment(
+    BaseModel,
+    json_schema_extra=_validations(
+        cel(
+            f"self.metadata.name.matches('{OBJECT_NAME_PATTERN}')",
+            OBJECT_NAME_MESSAGE,
+        )
+    ),
+):
+    """LLMDeployment runs a fleet of inference servers for one model."""
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True, extra="ignore")
+
+    api_version: str = Field(default=API_VERSION, alias="apiVersion")
+    kind: str = KIND
+    metadata: FreeForm = Field(default_factory=dict)
+    spec: LLMDeploymentSpec
+    status: LLMDeploymentStatus | None = None
+
+
+def parse_spec(body: Mapping[str, Any]) -> LLMDeploymentSpec:
+    """The typed spec of an LLMDeployment object as the API server stores it."""
+    return LLMDeploymentSpec.model_validate(body["spec"])
+
+
+def parse(body: Mapping[str, Any]) -> LLMDeployment:
+    """The whole typed object (metadata stays a plain mapping)."""
+    return LLMDeployment.model_validate(body)
