@@ -1,0 +1,216 @@
+"""The CRD in a real API server: bad manifests are refused with a message naming the field,
+good ones are defaulted as the models default them, and kubectl's scale and get work."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from llmfleet_operator import api
+from support.kube import Kubectl
+
+pytestmark = pytest.mark.usefixtures("crd_installed")
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
+
+
+def llmd(name: str = "x", **spec: Any) -> dict[str, Any]:
+    """An LLMDeployment with a valid minimal spec, top-level spec keys replaced by ``spec``."""
+    body: dict[str, Any] = {"model": {"uri": "pvc://models/tiny-llama", "revision": "v1"}}
+    body.update(copy.deepcopy(spec))
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
+        "metadata": {"name": name},
+        "spec": body,
+    }
+
+
+BAD = {
+    "maxReplicas below minReplicas": (
+        llmd(autoscaling={"minReplicas": 3, "maxReplicas": 2}),
+        ["spec.autoscaling.maxReplicas", api.MAX_REPLICAS_MESSAGE],
+    ),
+    "negative gpus": (
+        llmd(worker={"resources": {"gpus": -1}}),
+        ["spec.worker.resources.gpus", "greater than or equal to 0"],
+    ),
+    "unknown autoscaling mode": (
+        llmd(autoscaling={"mode": "Sometimes"}),
+        ["spec.autoscaling.mode", 'Unsupported value: "Sometimes"', '"Builtin"'],
+    ),
+    "s3 uri": (
+        llmd(model={"uri": "s3://bucket/llama"}),
+        ["spec.model.uri", api.MODEL_URI_MESSAGE],
+    ),
+    "http uri": (
+        llmd(model={"uri": "http://example.com/llama"}),
+        ["spec.model.uri", api.MODEL_URI_MESSAGE],
+    ),
+    "replicas with Builtin mode": (
+        llmd(replicas=2, autoscaling={"mode": "Builtin"}),
+        ["spec.replicas", api.REPLICAS_BUILTIN_MESSAGE],
+    ),
+    "replicas with the default mode": (
+        llmd(replicas=2),
+        ["spec.replicas", api.REPLICAS_BUILTIN_MESSAGE],
+    ),
+    "empty uri": (
+        llmd(model={"uri": ""}),
+        ["spec.model.uri", "at least 1 chars long"],
+    ),
+    "missing uri": (
+        llmd(model={"name": "chat"}),
+        ["spec.model.uri", "Required value"],
+    ),
+    "model name with a slash": (
+        llmd(model={"uri": "hf://org/repo", "name": "org/repo"}),
+        ["spec.model.name", api.MODEL_NAME_MESSAGE],
+    ),
+    "model name with a space": (
+        llmd(model={"uri": "hf://org/repo", "name": "my model"}),
+        ["spec.model.name", api.MODEL_NAME_MESSAGE],
+    ),
+    "object name that cannot name a Service": (
+        llmd(name="7b.chat"),
+        [api.OBJECT_NAME_MESSAGE],
+    ),
+    "unknown field": (
+        llmd(worker={"gpus": 1}),
+        ['unknown field "spec.worker.gpus"'],
+    ),
+    "cpu that is not a quantity": (
+        llmd(worker={"resources": {"cpu": "lots"}}),
+        ["spec.worker.resources.cpu", "should match"],
+    ),
+}
+
+
+@pytest.mark.parametrize(("manifest", "needles"), list(BAD.values()), ids=list(BAD))
+def test_bad_manifest_is_refused_naming_the_field(
+    kube: Kubectl, manifest: dict[str, Any], needles: list[str]
+) -> None:
+    result = kube.apply(manifest, check=False)
+    assert result.returncode != 0, f"accepted: {json.dumps(manifest)}"
+    for needle in needles:
+        assert needle in result.stderr
+    assert kube("get", "llmd", "-o", "name").stdout == ""
+
+
+def test_the_python_models_refuse_the_same_manifests() -> None:
+    # The server-side (CEL/OpenAPI) and Python-side rules must not drift apart.
+    for name, (manifest, _) in BAD.items():
+        if name == "object name that cannot name a Service":
+            continue  # metadata is the API server's to validate
+        with pytest.raises(ValueError, match=r"\w"):
+            api.parse_spec(manifest)
+
+
+def test_good_manifest_gets_the_model_defaults(kube: Kubectl) -> None:
+    manifest = llmd("chat")
+    kube.apply(manifest)
+    stored = kube.get("llmd", "chat")["spec"]
+    assert stored["autoscaling"] == {
+        "mode": "Builtin",
+        "minReplicas": 1,
+        "maxReplicas": 8,
+        "targetQueueDepthPerReplica": 4,
+        "scaleDownStabilizationSeconds": 300,
+    }
+    assert stored["worker"]["resources"] == {
+        "gpus": 1,
+        "gpuResourceName": "nvidia.com/gpu",
+        "cpu": "4",
+        "memory": "32Gi",
+    }
+    assert stored["worker"]["image"] == api.DEFAULT_WORKER_IMAGE
+    assert stored["model"]["maxModelLen"] == 2048
+    assert stored["rollout"] == {"strategy": "RollingUpdate", "progressDeadlineSeconds": 900}
+    assert stored["service"] == {"port": 8000, "type": "ClusterIP"}
+    assert stored["suspend"] is False
+    assert "replicas" not in stored  # no default: only Manual/External users set it
+    assert "args" not in stored["worker"]  # empty collections are not spelled out
+    # Whatever the server filled in, it is what the models would have filled in.
+    assert api.parse_spec({"spec": stored}) == api.parse_spec(manifest)
+
+
+def test_canary_defaults_reach_into_lists(kube: Kubectl) -> None:
+    manifest = llmd("canary", rollout={"strategy": "Canary", "canary": {}})
+    kube.apply(manifest)
+    canary = kube.get("llmd", "canary")["spec"]["rollout"]["canary"]
+    assert canary["steps"] == [
+        {"weight": 10, "pauseSeconds": 60},
+        {"weight": 50, "pauseSeconds": 60},
+    ]
+    assert canary["analysis"] == {"maxErrorRatio": 0.05, "maxTtftRatio": 1.5, "intervalSeconds": 30}
+
+
+def test_kubectl_scale_in_manual_mode(kube: Kubectl) -> None:
+    kube.apply(llmd("manual", replicas=1, autoscaling={"mode": "Manual"}))
+    kube("scale", "llmd/manual", "--replicas=3")
+    assert kube.get("llmd", "manual")["spec"]["replicas"] == 3
+    scale = kube.get("llmd", "manual", "--subresource=scale")
+    assert scale["kind"] == "Scale"
+    assert scale["spec"]["replicas"] == 3
+
+
+def test_kubectl_scale_is_refused_in_builtin_mode(kube: Kubectl) -> None:
+    kube.apply(llmd("auto"))
+    result = kube("scale", "llmd/auto", "--replicas=3", check=False)
+    assert result.returncode != 0
+    assert api.REPLICAS_BUILTIN_MESSAGE in result.stderr
+
+
+def test_status_subresource_and_printer_columns(kube: Kubectl) -> None:
+    kube.apply(llmd("cols", model={"uri": "pvc://models/tiny-llama", "revision": "v7"}))
+    status = {
+        "observedGeneration": 1,
+        "replicas": 2,
+        "readyReplicas": 1,
+        "desiredReplicas": 2,
+        "selector": "llmfleet.io/deployment=cols",
+        "currentRevision": "5d8f7c",
+        "conditions": [
+            {
+                "type": "Ready",
+                "status": "False",
+                "reason": "InsufficientGPU",
+                "message": "asked 1 GPU per pod, 0 free",
+                "lastTransitionTime": "2025-01-02T03:04:05Z",
+                "observedGeneration": 1,
+            }
+        ],
+        "autoscaler": {"lastDecision": {"from": 1, "to": 2, "signals": {"queue": 9.5}}},
+    }
+    patch = json.dumps({"status": status})
+    kube("patch", "llmd/cols", "--subresource=status", "--type=merge", "-p", patch)
+    assert kube.get("llmd", "cols")["status"] == status
+
+    lines = kube("get", "llmd").stdout.splitlines()
+    assert lines[0].split() == ["NAME", "MODEL", "REVISION", "READY", "DESIRED", "STATUS", "AGE"]
+    assert lines[1].split()[:6] == ["cols", "pvc://models/tiny-llama", "v7", "1", "2", "False"]
+    wide = kube("get", "llmd", "-o", "wide").stdout.splitlines()
+    assert wide[0].split()[6:10] == ["REASON", "SERVED-AS", "MODE", "CURRENT"]
+    assert wide[1].split()[6:] == ["InsufficientGPU", "<none>", "Builtin", "5d8f7c"]
+
+
+def test_status_is_not_writable_through_the_main_resource(kube: Kubectl) -> None:
+    manifest = llmd("nostatus")
+    manifest["status"] = {"replicas": 5}
+    kube.apply(manifest)
+    assert "status" not in kube.get("llmd", "nostatus")
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_example_is_accepted(kube: Kubectl, path: Path) -> None:
+    """Every file in examples/ goes through the real API server (server-side dry run)."""
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    assert docs, f"{path.name} is empty"
+    result = kube("apply", "--server-side", "--dry-run=server", "-f", str(path))
+    applied = [line for line in result.stdout.splitlines() if "serverside-applied" in line]
+    assert len(applied) == len(docs), result.stdout
