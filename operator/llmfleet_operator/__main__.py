@@ -3,20 +3,61 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
 import sys
 
 from llmfleet_operator import __version__
+from llmfleet_operator.settings import OperatorSettings, add_run_arguments, from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser; subcommands are added as the operator grows."""
+    """The argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
         prog="llmfleet-operator",
         description="Kubernetes operator that runs fleets of LLM inference servers.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = sub.add_parser(
+        "run",
+        help="run the operator (in-cluster, or with KUBECONFIG / ~/.kube/config)",
+        description="Watch LLMDeployments and reconcile them into GPU worker fleets.",
+    )
+    add_run_arguments(run)
     return parser
+
+
+def run(config: OperatorSettings) -> int:
+    """Run the kopf operator until SIGINT/SIGTERM."""
+    import kopf
+    from prometheus_client import start_http_server
+
+    # Importing the handlers registers them with kopf's default registry.
+    from llmfleet_operator import handlers, metrics  # noqa: F401
+
+    kopf.configure(
+        log_format=kopf.LogFormat.JSON if config.log_format == "json" else kopf.LogFormat.PLAIN,
+        verbose=config.log_level == "DEBUG",
+    )
+    logging.getLogger().setLevel(config.log_level)
+    # kopf logs every watch event at DEBUG; keep INFO readable.
+    logging.getLogger("kopf.objects").setLevel(
+        max(logging.INFO, logging.getLevelName(config.log_level))
+    )
+    if config.metrics_port:
+        start_http_server(config.metrics_port, addr=config.bind_address, registry=metrics.REGISTRY)
+    memo = kopf.Memo(config=config)
+    asyncio.run(
+        kopf.operator(
+            clusterwide=config.clusterwide,
+            namespaces=list(config.namespaces),
+            standalone=True,
+            liveness_endpoint=f"http://{config.bind_address}:{config.health_port}/healthz",
+            memo=memo,
+        )
+    )
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    return 0
+    if args.command == "run":
+        return run(from_args(args))
+    return 0  # pragma: no cover - argparse rejects unknown commands
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ says who owns what, re-applying the same object is a no-op, and fields that othe
 
 from __future__ import annotations
 
-import asyncio
 import json
 import ssl
 import uuid
@@ -215,8 +214,11 @@ class Kube:
             await self.request(
                 "DELETE",
                 object_path(obj),
-                body={"kind": "DeleteOptions", "apiVersion": "v1",
-                      "propagationPolicy": "Background"},
+                body={
+                    "kind": "DeleteOptions",
+                    "apiVersion": "v1",
+                    "propagationPolicy": "Background",
+                },
             )
         except ApiError as e:
             if e.status == 404:
@@ -233,13 +235,14 @@ class Kube:
     ) -> None:
         """Record a core/v1 Event about ``involved`` (best effort: never fails a reconcile)."""
         meta = involved["metadata"]
+        namespace = str(meta.get("namespace", "default"))
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         event = {
             "apiVersion": "v1",
             "kind": "Event",
             "metadata": {
                 "name": f"{meta['name']}.{uuid.uuid4().hex[:12]}",
-                "namespace": meta.get("namespace", "default"),
+                "namespace": namespace,
             },
             "involvedObject": {
                 "apiVersion": involved["apiVersion"],
@@ -257,8 +260,8 @@ class Kube:
             "lastTimestamp": now,
             "count": 1,
         }
-        path = resource_path("v1", "Event", event["metadata"]["namespace"])
+        path = resource_path("v1", "Event", namespace)
         try:
             await self.request("POST", path, body=event)
-        except (ApiError, aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, ApiError, aiohttp.ClientError):
             return

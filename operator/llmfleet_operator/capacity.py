@@ -1,0 +1,105 @@
+"""Pure: how many GPUs the cluster has free, and which worker pods wait for GPUs.
+
+Used to explain ``Stalled=InsufficientGPU`` ("asks for 4, 3 free on the best node") and, by
+the autoscaler, to avoid piling Pending pods onto a full cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    """What status and the autoscaler need to know about one worker pod."""
+
+    name: str
+    revision: str
+    phase: str
+    ready: bool
+    terminating: bool
+    #: The scheduler said no because of ``gpu_resource`` (Unschedulable, message names it).
+    waiting_for_gpu: bool
+    unschedulable_message: str
+    gpus: int
+
+
+def _gpus_of(pod: Mapping[str, Any], gpu_resource: str) -> int:
+    total = 0
+    for c in pod.get("spec", {}).get("containers", []):
+        limits = c.get("resources", {}).get("limits", {}) or {}
+        total += int(str(limits.get(gpu_resource, "0")) or 0)
+    return total
+
+
+def pod_info(pod: Mapping[str, Any], gpu_resource: str, revision_label: str) -> PodInfo:
+    """Summarise a pod as the API server returns it."""
+    meta = pod.get("metadata", {})
+    status = pod.get("status", {})
+    conds = {c.get("type"): c for c in status.get("conditions", [])}
+    scheduled = conds.get("PodScheduled", {})
+    unschedulable = (
+        scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable"
+    )
+    message = str(scheduled.get("message", "")) if unschedulable else ""
+    return PodInfo(
+        name=str(meta.get("name", "")),
+        revision=str(meta.get("labels", {}).get(revision_label, "")),
+        phase=str(status.get("phase", "Pending")),
+        ready=conds.get("Ready", {}).get("status") == "True",
+        terminating=bool(meta.get("deletionTimestamp")),
+        waiting_for_gpu=unschedulable and gpu_resource in message,
+        unschedulable_message=message,
+        gpus=_gpus_of(pod, gpu_resource),
+    )
+
+
+@dataclass(frozen=True)
+class GpuCapacity:
+    """Free GPUs of one resource name on schedulable nodes."""
+
+    resource: str
+    total: int
+    free: int
+    free_per_node: dict[str, int]
+    nodes: int
+
+    @property
+    def largest_free_block(self) -> int:
+        """The most GPUs one new pod could get (pods cannot span nodes)."""
+        return max(self.free_per_node.values(), default=0)
+
+    def fits(self, gpus_per_pod: int) -> int:
+        """How many more pods asking ``gpus_per_pod`` GPUs each fit right now."""
+        if gpus_per_pod <= 0:
+            return 1 << 30
+        return sum(free // gpus_per_pod for free in self.free_per_node.values())
+
+
+def gpu_capacity(
+    nodes: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]], resource: str
+) -> GpuCapacity:
+    """Allocatable minus what scheduled, unfinished pods request, per schedulable node."""
+    allocatable: dict[str, int] = {}
+    for node in nodes:
+        if node.get("spec", {}).get("unschedulable"):
+            continue
+        amount = int(str(node.get("status", {}).get("allocatable", {}).get(resource, "0")))
+        if amount > 0:
+            allocatable[str(node["metadata"]["name"])] = amount
+    used: dict[str, int] = dict.fromkeys(allocatable, 0)
+    for pod in pods:
+        node_name = pod.get("spec", {}).get("nodeName")
+        phase = pod.get("status", {}).get("phase")
+        if node_name in used and phase not in ("Succeeded", "Failed"):
+            used[node_name] += _gpus_of(pod, resource)
+    free = {n: max(0, allocatable[n] - used[n]) for n in allocatable}
+    return GpuCapacity(
+        resource=resource,
+        total=sum(allocatable.values()),
+        free=sum(free.values()),
+        free_per_node=free,
+        nodes=len(allocatable),
+    )

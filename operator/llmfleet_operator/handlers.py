@@ -1,0 +1,155 @@
+"""Thin kopf wiring: watch events feed the cache and the work queue; nothing else here.
+
+Only ``on.event`` handlers are used: the reconcile is level-based (it looks at the whole
+state each time), so kopf needs no finalizers, no progress annotations and no diff-base on
+our objects, and GitOps tools see no operator-written metadata. Kopf's storage settings still
+point at the ``llmfleet.io/`` prefix so nothing under ``kopf.zalando.org`` ever appears.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import os
+import tempfile
+from typing import Any
+
+import kopf
+
+from llmfleet_operator import metrics
+from llmfleet_operator.api import GROUP, LABEL_DEPLOYMENT, PLURAL, VERSION
+from llmfleet_operator.k8s import SERVICE_ACCOUNT_TOKEN, Credentials, Kube
+from llmfleet_operator.reconciler import Cache, Key, Reconciler
+from llmfleet_operator.settings import OperatorSettings
+from llmfleet_operator.workqueue import WorkQueue
+
+log = logging.getLogger("llmfleet.operator")
+OWNED = {LABEL_DEPLOYMENT: kopf.PRESENT}
+
+
+def credentials_from(info: kopf.ConnectionInfo) -> Credentials:
+    """Our client's credentials from what kopf's login found (kubeconfig or in-cluster)."""
+    tmp = tempfile.mkdtemp(prefix="llmfleet-creds-")
+
+    def materialise(data: Any, name: str) -> str | None:
+        if not data:
+            return None
+        raw = data if isinstance(data, bytes) else base64.b64decode(data)
+        path = os.path.join(tmp, name)
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as f:
+            f.write(raw)
+        return path
+
+    def path_of(value: Any) -> str | None:
+        return os.fsdecode(value) if value else None
+
+    in_cluster = info.token is not None and SERVICE_ACCOUNT_TOKEN.exists()
+    return Credentials(
+        server=str(info.server),
+        ca_path=path_of(info.ca_path) or materialise(info.ca_data, "ca.crt"),
+        insecure=bool(info.insecure),
+        token=info.token,
+        token_path=str(SERVICE_ACCOUNT_TOKEN) if in_cluster else None,
+        certificate_path=path_of(info.certificate_path)
+        or materialise(info.certificate_data, "tls.crt"),
+        private_key_path=path_of(info.private_key_path)
+        or materialise(info.private_key_data, "tls.key"),
+    )
+
+
+def _login(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo:
+    info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
+        settings=settings
+    )
+    if info is None:
+        raise kopf.PermanentError("no in-cluster service account and no kubeconfig found")
+    return info
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """Configure kopf and start the reconcile workers."""
+    config: OperatorSettings = memo.config
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.posting.enabled = False  # we post our own, meaningful Events
+    settings.scanning.disabled = True  # no cluster-wide CRD/namespace listing needed
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 60
+
+    kube = Kube(credentials_from(_login(settings)))
+    cache = Cache()
+    reconciler = Reconciler(kube, cache)
+
+    async def handle(key: Key) -> None:
+        result = await reconciler.reconcile(key)
+        metrics.QUEUE_DEPTH.set(len(queue))
+        if result.requeue_after:
+            queue.add_after(key, result.requeue_after)
+
+    queue: WorkQueue[Key] = WorkQueue(handle, workers=config.workers)
+    memo.kube, memo.cache, memo.reconciler, memo.queue = kube, cache, reconciler, queue
+    memo.queue_task = asyncio.create_task(queue.run(), name="llmfleet-workqueue")
+    log.info("operator started", extra={"namespaces": list(config.namespaces) or "all"})
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    """Stop the workers and close the API client."""
+    task: asyncio.Task[None] | None = memo.get("queue_task")
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    kube: Kube | None = memo.get("kube")
+    if kube is not None:
+        await kube.close()
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def llmdeployment_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """An LLMDeployment changed: remember it and reconcile it."""
+    key = memo.cache.observe_llmd(type, body)
+    metrics.MANAGED.set(len(memo.cache.llmds))
+    if type == "DELETED":
+        memo.queue.forget(key)
+        memo.cache.children.pop(key, None)
+        memo.cache.pods.pop(key, None)
+        return
+    memo.queue.add(key)
+
+
+def _child_event(type_: str | None, body: kopf.Body, memo: kopf.Memo) -> None:
+    key = memo.cache.observe_child(type_, body)
+    if key is not None and key in memo.cache.llmds:
+        memo.queue.add(key)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=OWNED)
+def deployment_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A worker Deployment changed (scaled, rolled, edited, deleted)."""
+    _child_event(type, body, memo)
+
+
+@kopf.on.event("", "v1", "services", labels=OWNED)
+def service_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A worker Service changed."""
+    _child_event(type, body, memo)
+
+
+@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=OWNED)
+def pdb_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A worker PodDisruptionBudget changed."""
+    _child_event(type, body, memo)
+
+
+@kopf.on.event("", "v1", "pods", labels=OWNED)
+def pod_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A worker pod changed (scheduled, ready, Pending for GPUs, gone)."""
+    _child_event(type, body, memo)

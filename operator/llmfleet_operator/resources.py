@@ -1,0 +1,367 @@
+"""Pure builders: one LLMDeployment -> the children it owns (as plain dicts).
+
+One function per child kind, no client in sight (as KubeAI's ``engine_vllm.go``). The
+pods pass Pod Security "restricted": non-root, no privilege escalation, every capability
+dropped, RuntimeDefault seccomp, read-only root filesystem with emptyDirs where the worker
+writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Final
+
+from llmfleet_operator.api import (
+    API_VERSION,
+    KIND,
+    LABEL_DEPLOYMENT,
+    LABEL_REVISION,
+    AutoscalingMode,
+    LLMDeploymentSpec,
+)
+
+LABEL_TRACK: Final = "llmfleet.io/track"
+LABEL_COMPONENT: Final = "app.kubernetes.io/component"
+WORKER_PORT_NAME: Final = "http"
+MODEL_MOUNT: Final = "/models"
+HF_HOME: Final = "/var/cache/huggingface"
+WORKER_UID: Final = 1000
+#: Seconds the worker gets to finish in-flight requests after SIGTERM.
+DRAIN_SECONDS: Final = 120
+#: preStop pause so that endpoints stop routing to the pod before it stops admitting.
+PRESTOP_SECONDS: Final = 5
+#: Startup probe budget for model loading: period * failureThreshold = 30 minutes.
+STARTUP_PERIOD: Final = 10
+STARTUP_FAILURES: Final = 180
+GPU_TOLERATION_EFFECT: Final = "NoSchedule"
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The identity of the LLMDeployment that owns the children."""
+
+    name: str
+    namespace: str
+    uid: str
+    generation: int = 0
+
+    @classmethod
+    def of(cls, body: dict[str, Any]) -> Owner:
+        """From an LLMDeployment object as the API server returns it."""
+        meta = body["metadata"]
+        return cls(meta["name"], meta["namespace"], meta["uid"], int(meta.get("generation", 0)))
+
+
+def owner_reference(owner: Owner) -> dict[str, Any]:
+    """Makes the child garbage-collected with its owner; controller=true marks us."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": owner.name,
+        "uid": owner.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def revision_of(spec: LLMDeploymentSpec) -> str:
+    """A short hash of everything that changes the worker pods; a new one rolls out.
+
+    Replica counts, autoscaling and rollout settings are not part of it: changing them must
+    not restart pods.
+    """
+    relevant = {
+        "model": spec.model.model_dump(mode="json", by_alias=True),
+        "worker": spec.worker.model_dump(mode="json", by_alias=True),
+        "auth": spec.auth.model_dump(mode="json", by_alias=True),
+        "port": spec.service.port,
+    }
+    digest = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()
+    return digest[:10]
+
+
+def selector_labels(owner: Owner) -> dict[str, str]:
+    """What the Service and ``status.selector`` select: every worker pod of the owner."""
+    return {LABEL_DEPLOYMENT: owner.name}
+
+
+def selector_string(owner: Owner) -> str:
+    """``status.selector`` in label-selector syntax (for the scale subresource)."""
+    return ",".join(f"{k}={v}" for k, v in sorted(selector_labels(owner).items()))
+
+
+def common_labels(owner: Owner) -> dict[str, str]:
+    """Labels on every child object."""
+    return {
+        "app.kubernetes.io/name": "llmfleet-worker",
+        "app.kubernetes.io/instance": owner.name,
+        "app.kubernetes.io/managed-by": "llmfleet-operator",
+        LABEL_DEPLOYMENT: owner.name,
+    }
+
+
+def _meta(owner: Owner, name: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": labels,
+        "ownerReferences": [owner_reference(owner)],
+    }
+
+
+def served_model_name(owner: Owner, spec: LLMDeploymentSpec) -> str:
+    """The id clients send as ``model``."""
+    return spec.model.name or owner.name
+
+
+def model_location(
+    spec: LLMDeploymentSpec,
+) -> tuple[str, list[dict[str, Any]], list[dict[str, Any]]]:
+    """(what the worker's ``--model`` gets, volumes, volume mounts) for ``spec.model.uri``."""
+    uri = spec.model.uri
+    if uri.startswith("pvc://"):
+        claim, _, sub = uri.removeprefix("pvc://").partition("/")
+        volume = {"name": "model", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+        mount = {"name": "model", "mountPath": MODEL_MOUNT, "readOnly": True}
+        return f"{MODEL_MOUNT}/{sub}".rstrip("/"), [volume], [mount]
+    if uri.startswith("hf://"):
+        revision = f"@{spec.model.revision}" if spec.model.revision else ""
+        return f"{uri}{revision}", [], []
+    return uri.removeprefix("file://"), [], []
+
+
+def _secret_env(name: str, ref: Any) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+
+
+def worker_env(owner: Owner, spec: LLMDeploymentSpec, model_arg: str) -> list[dict[str, Any]]:
+    """The worker's settings; secrets only by reference, never inline."""
+    env: list[dict[str, Any]] = [
+        {"name": "LLMFLEET_MODEL", "value": model_arg},
+        {"name": "LLMFLEET_SERVED_MODEL_NAME", "value": served_model_name(owner, spec)},
+        {"name": "LLMFLEET_DTYPE", "value": str(spec.model.dtype)},
+        {"name": "LLMFLEET_QUANTIZATION", "value": str(spec.model.quantization)},
+        {"name": "LLMFLEET_MAX_MODEL_LEN", "value": str(spec.model.max_model_len)},
+        {"name": "LLMFLEET_HOST", "value": "0.0.0.0"},  # noqa: S104 - the pod's own interface
+        {"name": "LLMFLEET_PORT", "value": str(spec.service.port)},
+        {"name": "LLMFLEET_DRAIN_TIMEOUT", "value": str(DRAIN_SECONDS)},
+        {"name": "HF_HOME", "value": HF_HOME},
+    ]
+    if spec.model.hf_token_secret_ref is not None:
+        env.append(_secret_env("HF_TOKEN", spec.model.hf_token_secret_ref))
+    if spec.auth.api_key_secret_ref is not None:
+        env.append(_secret_env("LLMFLEET_API_KEY", spec.auth.api_key_secret_ref))
+    for var in spec.worker.env:
+        env.append(var.model_dump(mode="json", by_alias=True, exclude_none=True))
+    return env
+
+
+def _probe(path: str, period: int, failures: int, timeout: int = 5) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": WORKER_PORT_NAME},
+        "periodSeconds": period,
+        "failureThreshold": failures,
+        "timeoutSeconds": timeout,
+    }
+
+
+def pod_template(
+    owner: Owner, spec: LLMDeploymentSpec, revision: str, track: str
+) -> dict[str, Any]:
+    """The worker pod template."""
+    w = spec.worker
+    model_arg, volumes, mounts = model_location(spec)
+    gpus = str(w.resources.gpus)
+    limits: dict[str, str] = {"memory": str(w.resources.memory)}
+    if w.resources.gpus > 0:
+        limits[w.resources.gpu_resource_name] = gpus
+    container: dict[str, Any] = {
+        "name": "worker",
+        "image": w.image,
+        "args": ["serve", *w.args],
+        "env": worker_env(owner, spec, model_arg),
+        "ports": [
+            {"name": WORKER_PORT_NAME, "containerPort": spec.service.port, "protocol": "TCP"}
+        ],
+        "resources": {
+            "requests": {"cpu": str(w.resources.cpu), "memory": str(w.resources.memory)},
+            "limits": limits,
+        },
+        "startupProbe": _probe("/health", STARTUP_PERIOD, STARTUP_FAILURES),
+        "readinessProbe": _probe("/ready", 5, 2),
+        "livenessProbe": _probe("/health", 10, 3),
+        # Endpoints stop routing first; then SIGTERM makes the worker drain in-flight requests.
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SECONDS}}},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [
+            *mounts,
+            {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - an emptyDir, not the host's
+            {"name": "hf-cache", "mountPath": HF_HOME},
+            {"name": "dshm", "mountPath": "/dev/shm"},  # noqa: S108 - a memory emptyDir for torch
+        ],
+    }
+    if w.image_pull_policy is not None:
+        container["imagePullPolicy"] = str(w.image_pull_policy)
+    tolerations: list[dict[str, Any]] = []
+    if w.resources.gpus > 0:
+        tolerations.append(
+            {
+                "key": w.resources.gpu_resource_name,
+                "operator": "Exists",
+                "effect": GPU_TOLERATION_EFFECT,
+            }
+        )
+    tolerations += [dict(t) for t in w.tolerations]
+    labels = {
+        **w.pod_labels,
+        **common_labels(owner),
+        LABEL_COMPONENT: "worker",
+        LABEL_REVISION: revision,
+        LABEL_TRACK: track,
+    }
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "volumes": [
+            *volumes,
+            {"name": "tmp", "emptyDir": {}},
+            {"name": "hf-cache", "emptyDir": {}},
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}},
+        ],
+        "tolerations": tolerations,
+        "terminationGracePeriodSeconds": DRAIN_SECONDS + PRESTOP_SECONDS + 15,
+        # The worker never talks to the API server; don't hand it a token.
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": WORKER_UID,
+            "runAsGroup": WORKER_UID,
+            "fsGroup": WORKER_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    if w.node_selector:
+        pod_spec["nodeSelector"] = dict(w.node_selector)
+    if w.affinity:
+        pod_spec["affinity"] = dict(w.affinity)
+    if w.priority_class_name:
+        pod_spec["priorityClassName"] = w.priority_class_name
+    if w.service_account_name:
+        pod_spec["serviceAccountName"] = w.service_account_name
+    annotations = dict(w.pod_annotations)
+    return {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod_spec}
+
+
+def worker_deployment(
+    owner: Owner, spec: LLMDeploymentSpec, replicas: int, revision: str, track: str = "stable"
+) -> dict[str, Any]:
+    """The worker Deployment of one track (``stable``; ``canary`` during a canary rollout)."""
+    name = owner.name if track == "stable" else f"{owner.name}-{track}"
+    labels = {
+        **common_labels(owner),
+        LABEL_COMPONENT: "worker",
+        LABEL_REVISION: revision,
+        LABEL_TRACK: track,
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(owner, name, labels),
+        "spec": {
+            "replicas": replicas,
+            # Immutable once created: only labels that never change for this track.
+            "selector": {"matchLabels": {**selector_labels(owner), LABEL_TRACK: track}},
+            "progressDeadlineSeconds": spec.rollout.progress_deadline_seconds,
+            "revisionHistoryLimit": 3,
+            "strategy": {
+                "type": "RollingUpdate",
+                # Never below the serving capacity while rolling: one extra pod at a time.
+                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+            },
+            "template": pod_template(owner, spec, revision, track),
+        },
+    }
+
+
+def service(owner: Owner, spec: LLMDeploymentSpec) -> dict[str, Any]:
+    """One Service for every track: clients and Prometheus see a single endpoint."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(owner, owner.name, common_labels(owner)),
+        "spec": {
+            "type": str(spec.service.type),
+            "selector": selector_labels(owner),
+            "ports": [
+                {
+                    "name": WORKER_PORT_NAME,
+                    "port": spec.service.port,
+                    "targetPort": WORKER_PORT_NAME,
+                    "protocol": "TCP",
+                    "appProtocol": "http",
+                }
+            ],
+        },
+    }
+
+
+def pod_disruption_budget(owner: Owner) -> dict[str, Any]:
+    """Voluntary disruptions (node drains) take at most one worker at a time."""
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _meta(owner, owner.name, common_labels(owner)),
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": selector_labels(owner)},
+        },
+    }
+
+
+def endpoint(owner: Owner, spec: LLMDeploymentSpec) -> str:
+    """The in-cluster OpenAI base URL."""
+    return f"http://{owner.name}.{owner.namespace}.svc:{spec.service.port}/v1"
+
+
+def desired_replicas(
+    spec: LLMDeploymentSpec, current: int | None, autoscaler_wants: int | None
+) -> int:
+    """How many workers the Deployment should have now.
+
+    ``suspend`` wins; Manual and External modes follow ``spec.replicas`` (set by a human,
+    ``kubectl scale``, HPA or KEDA through the scale subresource); Builtin mode follows the
+    autoscaler's last decision, else keeps the current size, always inside the bounds.
+    """
+    if spec.suspend:
+        return 0
+    a = spec.autoscaling
+    if a.mode != AutoscalingMode.BUILTIN:
+        return spec.replicas if spec.replicas is not None else a.min_replicas
+    wanted = autoscaler_wants if autoscaler_wants is not None else current
+    if wanted is None:
+        wanted = a.min_replicas
+    return max(a.min_replicas, min(a.max_replicas, wanted))
+
+
+MANAGED_KINDS: Final = (
+    ("apps/v1", "Deployment"),
+    ("v1", "Service"),
+    ("policy/v1", "PodDisruptionBudget"),
+)
+
+
+def desired_children(
+    owner: Owner, spec: LLMDeploymentSpec, replicas: int, revision: str
+) -> list[dict[str, Any]]:
+    """Everything one LLMDeployment owns when it is not rolling out a canary."""
+    children = [worker_deployment(owner, spec, replicas, revision), service(owner, spec)]
+    if replicas > 1:
+        children.append(pod_disruption_budget(owner))
+    return children

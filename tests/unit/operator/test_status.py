@@ -1,0 +1,191 @@
+"""Status evaluation: kstatus conditions from observed children."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from llmfleet_operator.capacity import GpuCapacity, PodInfo, gpu_capacity, pod_info
+from llmfleet_operator.status import Observation, build_status
+
+NOW = datetime(2026, 5, 1, tzinfo=UTC)
+
+
+def deployment(
+    replicas: int,
+    ready: int,
+    updated: int | None = None,
+    total: int | None = None,
+    progressing: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    total = replicas if total is None else total
+    updated = replicas if updated is None else updated
+    return {
+        "metadata": {"generation": 2},
+        "spec": {"replicas": replicas},
+        "status": {
+            "observedGeneration": 2,
+            "replicas": total,
+            "updatedReplicas": updated,
+            "readyReplicas": ready,
+            "availableReplicas": ready,
+            "conditions": [progressing] if progressing else [],
+        },
+    }
+
+
+def pod(name: str, ready: bool = True, waiting: bool = False, rev: str = "r1") -> PodInfo:
+    return PodInfo(
+        name,
+        rev,
+        "Pending" if waiting else "Running",
+        ready,
+        False,
+        waiting,
+        "0/5 nodes are available: 4 Insufficient nvidia.com/gpu" if waiting else "",
+        4,
+    )
+
+
+def observe(**kw: Any) -> Observation:
+    base: dict[str, Any] = dict(
+        generation=5,
+        desired_replicas=2,
+        revision="r1",
+        selector="llmfleet.io/deployment=x",
+        endpoint="http://x.ns.svc:8000/v1",
+        suspended=False,
+        gpus_per_pod=4,
+        gpu_resource="nvidia.com/gpu",
+        deployment=deployment(2, 2),
+        pods=[pod("a"), pod("b")],
+    )
+    base.update(kw)
+    return Observation(**base)
+
+
+def conds(status: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+
+
+def test_rolled_out_fleet_is_ready() -> None:
+    status = build_status(observe(), None, NOW)
+    assert conds(status) == {
+        "Ready": ("True", "Available"),
+        "Reconciling": ("False", "Reconciled"),
+        "Stalled": ("False", "Reconciled"),
+    }
+    assert status["observedGeneration"] == 5
+    assert status["currentRevision"] == status["updateRevision"] == "r1"
+    assert status["readyReplicas"] == 2
+
+
+def test_scaling_up_is_reconciling() -> None:
+    status = build_status(
+        observe(deployment=deployment(2, 1, total=2), pods=[pod("a"), pod("b", ready=False)]),
+        None,
+        NOW,
+    )
+    assert conds(status)["Ready"] == ("False", "PodsNotReady")
+    assert conds(status)["Reconciling"][0] == "True"
+
+
+def test_pods_waiting_for_gpus_stall_with_counts() -> None:
+    cap = GpuCapacity("nvidia.com/gpu", total=32, free=3, free_per_node={"n0": 3}, nodes=4)
+    obs = observe(
+        deployment=deployment(2, 1),
+        pods=[pod("a"), pod("b", ready=False, waiting=True)],
+        capacity=cap,
+    )
+    status = build_status(obs, None, NOW)
+    assert conds(status)["Stalled"] == ("True", "InsufficientGPU")
+    assert conds(status)["Reconciling"][0] == "False"
+    assert conds(status)["Ready"] == ("False", "InsufficientGPU")
+    msg = next(c["message"] for c in status["conditions"] if c["type"] == "Stalled")
+    assert "asks for 4 nvidia.com/gpu" in msg
+    assert "3 free of 32" in msg
+
+
+def test_progress_deadline_stalls() -> None:
+    prog = {
+        "type": "Progressing",
+        "status": "False",
+        "reason": "ProgressDeadlineExceeded",
+        "message": 'ReplicaSet "x-1" has timed out progressing.',
+    }
+    obs = observe(revision="r2", deployment=deployment(2, 2, updated=1, total=3, progressing=prog))
+    status = build_status(obs, {"currentRevision": "r1"}, NOW)
+    assert conds(status)["Stalled"] == ("True", "ProgressDeadlineExceeded")
+    assert status["currentRevision"] == "r1"
+    assert status["updateRevision"] == "r2"
+
+
+def test_suspended_fleet_is_ready_at_zero() -> None:
+    status = build_status(
+        observe(desired_replicas=0, suspended=True, deployment=deployment(0, 0), pods=[]), None, NOW
+    )
+    assert conds(status)["Ready"] == ("True", "Suspended")
+
+
+def test_same_observation_gives_identical_status_later() -> None:
+    first = build_status(observe(), None, NOW)
+    again = build_status(observe(), first, datetime(2027, 1, 1, tzinfo=UTC))
+    assert again == first
+
+
+def test_autoscaler_status_is_carried_over() -> None:
+    prev = {"autoscaler": {"lastDecision": {"from": 1, "to": 2, "reason": "QueueDepth"}}}
+    assert build_status(observe(), prev, NOW)["autoscaler"] == prev["autoscaler"]
+
+
+def test_gpu_capacity_counts_scheduled_unfinished_pods() -> None:
+    nodes = [
+        {
+            "metadata": {"name": "g0"},
+            "spec": {},
+            "status": {"allocatable": {"nvidia.com/gpu": "8"}},
+        },
+        {
+            "metadata": {"name": "g1"},
+            "spec": {"unschedulable": True},
+            "status": {"allocatable": {"nvidia.com/gpu": "8"}},
+        },
+        {"metadata": {"name": "cpu"}, "spec": {}, "status": {"allocatable": {"cpu": "8"}}},
+    ]
+
+    def p(node: str, gpus: int, phase: str = "Running") -> dict[str, Any]:
+        return {
+            "spec": {
+                "nodeName": node,
+                "containers": [{"resources": {"limits": {"nvidia.com/gpu": str(gpus)}}}],
+            },
+            "status": {"phase": phase},
+        }
+
+    cap = gpu_capacity(nodes, [p("g0", 3), p("g0", 2, "Succeeded"), p("g1", 8)], "nvidia.com/gpu")
+    assert (cap.total, cap.free, cap.nodes) == (8, 5, 1)
+    assert cap.fits(2) == 2
+    assert cap.largest_free_block == 5
+
+
+def test_pod_info_recognises_waiting_for_gpu() -> None:
+    body = {
+        "metadata": {"name": "w", "labels": {"llmfleet.io/revision": "r9"}},
+        "spec": {"containers": [{"resources": {"limits": {"nvidia.com/gpu": "4"}}}]},
+        "status": {
+            "phase": "Pending",
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": "0/5 nodes are available: 4 Insufficient nvidia.com/gpu.",
+                }
+            ],
+        },
+    }
+    info = pod_info(body, "nvidia.com/gpu", "llmfleet.io/revision")
+    assert info.waiting_for_gpu
+    assert info.gpus == 4
+    assert info.revision == "r9"
+    assert not info.ready
