@@ -1,0 +1,1 @@
+"""OpenAI-compatible protocol models and the thin HTTP routes."""

@@ -1,0 +1,53 @@
+"""HTTP routes: parse, delegate to :class:`~llmfleet_worker.serving.Serving`, return."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from llmfleet_worker.api.protocol import ChatCompletionRequest, CompletionRequest, ModelList
+from llmfleet_worker.serving import Serving
+
+router = APIRouter()
+
+
+def _serving(request: Request) -> Serving:
+    serving: Serving = request.app.state.serving
+    return serving
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> ModelList:
+    return _serving(request).models()
+
+
+@router.post("/v1/completions")
+async def completions(body: CompletionRequest, request: Request) -> Response:
+    return await _serving(request).completion(body, request)
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+    return await _serving(request).chat(body, request)
+
+
+@router.get("/health")
+async def health() -> JSONResponse:
+    """The process is alive and serving HTTP (liveness)."""
+    return JSONResponse({"status": "ok"})
+
+
+@router.get("/ready")
+async def ready(request: Request) -> JSONResponse:
+    """200 only while the model is loaded and the worker is not draining (readiness)."""
+    engine = _serving(request).engine
+    if engine.ready:
+        return JSONResponse({"status": "ready"})
+    return JSONResponse({"status": "not ready"}, status_code=503)
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    registry = _serving(request).metrics.registry
+    return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

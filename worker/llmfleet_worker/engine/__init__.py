@@ -1,0 +1,1 @@
+"""Continuous batching engine: a pure-Python scheduler and loop, a torch model runner."""

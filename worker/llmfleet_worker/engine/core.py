@@ -1,0 +1,369 @@
+"""The engine loop: scheduler + runner on a thread of their own, outputs to asyncio.
+
+Pure Python (no torch import): the runner and the detokenizer are passed in, so the loop,
+the stop-string logic and the thread hand-off are tested with fakes.
+
+The HTTP event loop never waits for torch. Requests enter through :meth:`Engine.submit`
+(thread-safe, under a short lock); every step ends with *one* ``call_soon_threadsafe`` that
+delivers that step's outputs to all request handles at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from llmfleet_worker.engine.scheduler import (
+    QueueFullError,
+    SamplingParams,
+    Scheduler,
+    Sequence,
+    StepPlan,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DrainingError", "Engine", "Output", "QueueFullError", "RequestHandle"]
+
+
+class DrainingError(Exception):
+    """The worker is shutting down and takes no new requests."""
+
+
+class StepRunner(Protocol):
+    def step(self, plan: StepPlan) -> list[int]: ...
+
+    def release(self, seq: Sequence) -> None: ...
+
+
+class IncrementalDecoder(Protocol):
+    def step(self, token_id: int) -> str:
+        """Text that ``token_id`` completes (may be empty mid-character)."""
+
+
+@dataclass(frozen=True)
+class Output:
+    """One generated token's effect on a request (``num_tokens`` 0 for a bare finish)."""
+
+    text: str
+    num_tokens: int
+    time: float  # time.monotonic() when the step produced it
+    finish_reason: str | None = None
+
+
+@dataclass
+class _Stream:
+    """Engine-thread state of one request: text so far and what was already emitted."""
+
+    seq: Sequence
+    handle: RequestHandle
+    decoder: IncrementalDecoder
+    text: str = ""
+    emitted: int = 0
+    max_stop: int = 0
+
+
+class RequestHandle:
+    """The asyncio side of one request: iterate it for outputs, :meth:`cancel` to abort."""
+
+    def __init__(self, engine: Engine, seq: Sequence, loop: asyncio.AbstractEventLoop) -> None:
+        self._engine = engine
+        self.seq = seq
+        self.loop = loop
+        self.prompt_tokens = len(seq.prompt_ids)
+        self.arrival = time.monotonic()
+        self._pending: deque[Output] = deque()
+        self._event = asyncio.Event()
+        self.finished = False
+        self.finish_reason: str | None = None
+
+    def _push(self, out: Output) -> None:
+        self._pending.append(out)
+        self._event.set()
+
+    def cancel(self) -> None:
+        """Stop generating; the slot frees at the next step boundary. Idempotent."""
+        if not self.finished:
+            self._engine.abort(self.seq)
+
+    async def batches(self) -> AsyncIterator[list[Output]]:
+        """Everything that arrived since the last batch; ends after the finishing output."""
+        while True:
+            await self._event.wait()
+            self._event.clear()
+            batch = list(self._pending)
+            self._pending.clear()
+            if batch:
+                if batch[-1].finish_reason is not None:
+                    self.finished = True
+                    self.finish_reason = batch[-1].finish_reason
+                yield batch
+            if self.finished:
+                return
+
+
+@dataclass
+class EngineStats:
+    """Numbers the metrics read at scrape time."""
+
+    batch_size: int = 0
+    step_tokens: int = 0
+    token_budget_utilization: float = 0.0
+    kv_cache_utilization: float = 0.0
+    steps: int = 0
+    load_seconds: float = 0.0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class Engine:
+    """Continuous batching engine; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        runner: StepRunner,
+        make_decoder: Callable[[], IncrementalDecoder],
+        eos_token_ids: frozenset[int],
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+        max_model_len: int,
+        max_queue: int,
+        load_seconds: float = 0.0,
+    ) -> None:
+        self.runner = runner
+        self.make_decoder = make_decoder
+        self.eos_token_ids = eos_token_ids
+        self.max_model_len = max_model_len
+        self.scheduler = Scheduler(
+            max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens,
+            max_model_len=max_model_len,
+            max_queue=max_queue,
+        )
+        self.stats = EngineStats(load_seconds=load_seconds)
+        self._streams: dict[int, _Stream] = {}
+        self._lock = threading.Lock()
+        self._wakeup = threading.Event()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self.draining = False
+        self.failed: BaseException | None = None
+
+    # ---- lifecycle ------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the engine thread (idempotent)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="llmfleet-engine", daemon=True)
+            self._thread.start()
+
+    def shutdown(self, timeout: float = 10.0) -> None:
+        """Stop the engine thread; unfinished requests end with ``abort``."""
+        with self._lock:
+            self._stop = True
+        self._wakeup.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    @property
+    def ready(self) -> bool:
+        return self._thread is not None and self.failed is None and not self.draining
+
+    @property
+    def num_waiting(self) -> int:
+        return self.scheduler.num_waiting
+
+    @property
+    def num_running(self) -> int:
+        return self.scheduler.num_running
+
+    def idle(self) -> bool:
+        with self._lock:
+            return not self._streams
+
+    def start_draining(self) -> None:
+        """Refuse new requests from now on; queued and running ones continue."""
+        self.draining = True
+
+    async def drain(self, grace_seconds: float) -> bool:
+        """Stop admission, then wait until every request finished or ``grace_seconds``
+        passed; leftovers are aborted. Returns True when everything finished in time."""
+        self.start_draining()
+        deadline = time.monotonic() + grace_seconds
+        while not self.idle():
+            if time.monotonic() >= deadline:
+                self.abort_all()
+                return False
+            # The engine thread has no asyncio side to notify us from; poll its state.
+            await asyncio.sleep(0.05)
+        return True
+
+    def abort_all(self) -> None:
+        with self._lock:
+            for stream in list(self._streams.values()):
+                stream.seq.cancelled = True
+                stream.seq.finish_reason = "abort"
+        self._wakeup.set()
+
+    # ---- requests -------------------------------------------------------------------
+    def submit(self, prompt_ids: list[int], params: SamplingParams) -> RequestHandle:
+        """Queue a request; raises :class:`QueueFullError`, :class:`DrainingError` or
+        ``ValueError`` (prompt too long). Call from the event loop thread."""
+        if self.draining:
+            raise DrainingError("the worker is draining")
+        if self.failed is not None:
+            raise RuntimeError("the engine has failed") from self.failed
+        seq = Sequence(list(prompt_ids), params)
+        handle = RequestHandle(self, seq, asyncio.get_running_loop())
+        stream = _Stream(
+            seq, handle, self.make_decoder(), max_stop=max(map(len, params.stop), default=0)
+        )
+        with self._lock:
+            self.scheduler.add(seq)
+            self._streams[id(seq)] = stream
+        self._wakeup.set()
+        return handle
+
+    def abort(self, seq: Sequence) -> None:
+        with self._lock:
+            self.scheduler.abort(seq)
+        self._wakeup.set()
+
+    # ---- the engine thread ----------------------------------------------------------
+    def _loop(self) -> None:
+        try:
+            while True:
+                self._wakeup.wait()
+                with self._lock:
+                    if self._stop:
+                        break
+                    if not self.scheduler.has_work():
+                        self._wakeup.clear()
+                        continue
+                self._step()
+        except BaseException as exc:  # the thread must report, never die silently
+            log.exception("engine loop failed")
+            self.failed = exc
+        finally:
+            self._finish_all("abort")
+
+    def _step(self) -> None:
+        deliveries: list[tuple[RequestHandle, Output]] = []
+        with self._lock:
+            for seq in self.scheduler.collect_cancelled():
+                self._retire(seq, seq.finish_reason or "cancelled", deliveries)
+            plan = self.scheduler.schedule()
+        if plan is not None:
+            tokens = self.runner.step(plan)
+            now = time.monotonic()
+            with self._lock:
+                self.scheduler.complete(plan)
+                sampled = [c.seq for c in plan.chunks if c.sample]
+                for seq, token in zip(sampled, tokens, strict=True):
+                    self._append(seq, token, now, deliveries)
+                self._update_stats(plan)
+        self._deliver(deliveries)
+
+    def _append(
+        self, seq: Sequence, token: int, now: float, out: list[tuple[RequestHandle, Output]]
+    ) -> None:
+        stream = self._streams.get(id(seq))
+        if stream is None or seq.finish_reason is not None:
+            return
+        seq.output_ids.append(token)
+        params = seq.params
+        finish: str | None = None
+        if token in self.eos_token_ids and not params.ignore_eos:
+            finish = "stop"
+            piece = ""
+        else:
+            stream.text += stream.decoder.step(token)
+            piece = ""
+            if params.stop:
+                hit = _find_stop(stream.text, params.stop, stream.emitted, stream.max_stop)
+                if hit is not None:
+                    stream.text = stream.text[:hit]
+                    finish = "stop"
+        if finish is None and (
+            len(seq.output_ids) >= params.max_tokens or seq.num_tokens >= self.max_model_len
+        ):
+            finish = "length"
+        if finish is None and params.stop:
+            # Hold back a tail that could still become a stop string.
+            safe = len(stream.text) - _partial_stop_len(stream.text, params.stop)
+        else:
+            safe = len(stream.text)
+        if safe > stream.emitted:
+            piece = stream.text[stream.emitted : safe]
+            stream.emitted = safe
+        out.append((stream.handle, Output(piece, 1, now, finish)))
+        if finish is not None:
+            self.scheduler.finish(seq, finish)
+            self._streams.pop(id(seq), None)
+            self.runner.release(seq)
+
+    def _retire(self, seq: Sequence, reason: str, out: list[tuple[RequestHandle, Output]]) -> None:
+        stream = self._streams.pop(id(seq), None)
+        self.runner.release(seq)
+        if stream is not None:
+            out.append((stream.handle, Output("", 0, time.monotonic(), reason)))
+
+    def _finish_all(self, reason: str) -> None:
+        deliveries: list[tuple[RequestHandle, Output]] = []
+        with self._lock:
+            for stream in list(self._streams.values()):
+                self.scheduler.finish(stream.seq, reason)
+                self._retire(stream.seq, reason, deliveries)
+        self._deliver(deliveries)
+
+    def _update_stats(self, plan: StepPlan) -> None:
+        s = self.scheduler
+        self.stats.steps += 1
+        self.stats.batch_size = len(plan.chunks)
+        self.stats.step_tokens = plan.num_tokens
+        self.stats.token_budget_utilization = plan.num_tokens / s.max_num_batched_tokens
+        self.stats.kv_cache_utilization = s.tokens_in_cache() / (s.max_num_seqs * s.max_model_len)
+
+    @staticmethod
+    def _deliver(deliveries: list[tuple[RequestHandle, Output]]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[RequestHandle, Output]]] = {}
+        for handle, out in deliveries:
+            by_loop.setdefault(handle.loop, []).append((handle, out))
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_push_all, items)
+            except RuntimeError:  # the loop closed under us: nobody is listening any more
+                log.debug("dropping outputs for a closed event loop")
+
+
+def _push_all(items: list[tuple[RequestHandle, Output]]) -> None:
+    for handle, out in items:
+        handle._push(out)
+
+
+def _find_stop(text: str, stops: tuple[str, ...], emitted: int, max_stop: int) -> int | None:
+    """Index where the earliest stop string starts in the not-yet-emitted region, or None."""
+    start = max(0, emitted - max_stop + 1)
+    best: int | None = None
+    for stop in stops:
+        i = text.find(stop, start)
+        if i != -1 and (best is None or i < best):
+            best = i
+    return best
+
+
+def _partial_stop_len(text: str, stops: tuple[str, ...]) -> int:
+    """Length of the longest suffix of ``text`` that is a proper prefix of a stop string."""
+    best = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), best, -1):
+            if text.endswith(stop[:n]):
+                best = n
+                break
+    return best

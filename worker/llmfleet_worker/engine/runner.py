@@ -1,0 +1,486 @@
+"""The model runner: owns the torch model, the KV cache and sampling.
+
+Two implementations of one contract (``step(plan) -> one token per sampling chunk``):
+
+* :class:`FastRunner` for decoder architectures whose layer maths we mirror (Llama, Mistral,
+  Qwen2 and GPT-2). It reuses the checkpoint's weights (fusing q/k/v and gate/up into single
+  matmuls), keeps a slot-per-sequence KV cache of shape ``[layers, slots, kv_heads, length,
+  head_dim]`` and runs one *flattened* forward per step: the linear layers see every token of
+  the step (decodes and prefill chunks together), attention runs per kind over views of the
+  cache with ``scaled_dot_product_attention``. No padding of prompts, no per-step re-packing.
+* :class:`HFRunner` for everything else: the transformers model itself, one
+  ``DynamicCache`` per sequence. Correct for any causal LM, but it does not batch.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F  # noqa: N812  # torch's own conventional alias
+from torch import nn
+
+from llmfleet_worker.engine.loader import LoadedModel, quantize_int8
+from llmfleet_worker.engine.scheduler import Sequence, StepPlan
+
+log = logging.getLogger(__name__)
+
+FAST_LLAMA_TYPES = frozenset({"llama", "mistral", "qwen2"})
+
+
+class Runner(Protocol):
+    """What the engine loop needs from a model runner."""
+
+    def step(self, plan: StepPlan) -> list[int]:
+        """Run ``plan``; return one sampled token per chunk with ``sample`` set, in order."""
+
+    def release(self, seq: Sequence) -> None:
+        """Forget per-sequence state (sampling generator, private caches)."""
+
+
+# ---------------------------------------------------------------------------------------
+# Sampling
+# ---------------------------------------------------------------------------------------
+class Sampler:
+    """Greedy, temperature and top-p sampling, batched; per-request seeds stay reproducible
+    because each seeded request draws from its own generator."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self._generators: dict[int, torch.Generator] = {}
+        self._shared = torch.Generator(device=device)
+        self._shared.seed()
+
+    def release(self, seq: Sequence) -> None:
+        self._generators.pop(id(seq), None)
+
+    def _generator(self, seq: Sequence) -> torch.Generator:
+        gen = self._generators.get(id(seq))
+        if gen is None:
+            gen = torch.Generator(device=self.device)
+            assert seq.params.seed is not None
+            gen.manual_seed(seq.params.seed)
+            self._generators[id(seq)] = gen
+        return gen
+
+    def sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
+        """``logits``: ``[len(seqs), vocab]``."""
+        if all(s.params.greedy for s in seqs):
+            greedy: list[int] = logits.argmax(dim=-1).tolist()
+            return greedy
+        logits = logits.float()
+        out = logits.argmax(dim=-1)
+        rows = [i for i, s in enumerate(seqs) if not s.params.greedy]
+        idx = torch.tensor(rows, device=logits.device)
+        temps = torch.tensor([seqs[i].params.temperature for i in rows], device=logits.device)
+        probs = torch.softmax(logits[idx] / temps[:, None], dim=-1)
+        top_p = torch.tensor([seqs[i].params.top_p for i in rows], device=logits.device)
+        if bool((top_p < 1.0).any()):
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            # Keep the smallest prefix whose mass reaches top_p (always at least one token).
+            drop = (sorted_p.cumsum(dim=-1) - sorted_p) >= top_p[:, None]
+            sorted_p = sorted_p.masked_fill(drop, 0.0)
+            probs = torch.zeros_like(probs).scatter_(1, order, sorted_p)
+        unseeded = [j for j, i in enumerate(rows) if seqs[i].params.seed is None]
+        if unseeded:
+            picks = torch.multinomial(probs[unseeded], 1, generator=self._shared).squeeze(1)
+            out[idx[unseeded]] = picks
+        for j, i in enumerate(rows):
+            if seqs[i].params.seed is not None:
+                gen = self._generator(seqs[i])
+                out[i] = torch.multinomial(probs[j], 1, generator=gen)[0]
+        picked: list[int] = out.tolist()
+        return picked
+
+
+# ---------------------------------------------------------------------------------------
+# The fast path
+# ---------------------------------------------------------------------------------------
+class _Block(nn.Module):
+    """One decoder layer's weights, fused where that saves a matmul."""
+
+    qkv: nn.Module
+    o: nn.Module
+    up: nn.Module
+    down: nn.Module
+    norm1: nn.Module
+    norm2: nn.Module
+
+    def __init__(
+        self,
+        qkv: nn.Linear,
+        o: nn.Linear,
+        up: nn.Linear,
+        down: nn.Linear,
+        norm1: nn.Module,
+        norm2: nn.Module,
+    ) -> None:
+        super().__init__()
+        self.qkv, self.o, self.up, self.down = qkv, o, up, down
+        self.norm1, self.norm2 = norm1, norm2
+
+
+class _RMSNorm(nn.Module):
+    def __init__(self, weight: torch.Tensor, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Same arithmetic as LlamaRMSNorm: normalise in fp32, scale in the model dtype.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    # Built on the meta device: the real tensors are assigned below, nothing is initialised.
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+    layer.weight = nn.Parameter(weight.detach().contiguous(), requires_grad=False)
+    if bias is not None:
+        layer.bias = nn.Parameter(bias.detach().contiguous(), requires_grad=False)
+    return layer
+
+
+def _cat_linear(layers: list[nn.Linear]) -> nn.Linear:
+    weight = torch.cat([layer.weight.data for layer in layers], dim=0)
+    biases = [layer.bias.data for layer in layers if layer.bias is not None]
+    bias = torch.cat(biases, dim=0) if len(biases) == len(layers) else None
+    return _linear(weight, bias)
+
+
+def _conv1d(conv: Any) -> nn.Linear:
+    # GPT-2's Conv1D stores the weight as [in, out]; nn.Linear wants [out, in].
+    return _linear(conv.weight.t(), conv.bias)
+
+
+class FastModel(nn.Module):
+    """Weights of a supported decoder in the layout :class:`FastRunner` expects."""
+
+    embed: nn.Module
+    pos_embed: nn.Module | None
+    final_norm: nn.Module
+    lm_head: nn.Module
+    blocks: nn.ModuleList
+
+    def __init__(self, hf_model: Any) -> None:
+        super().__init__()
+        cfg = hf_model.config
+        self.kind = "gpt2" if cfg.model_type == "gpt2" else "llama"
+        blocks: list[_Block] = []
+        if self.kind == "gpt2":
+            base = hf_model.transformer
+            self.num_heads = self.num_kv_heads = cfg.n_head
+            self.head_dim = cfg.n_embd // cfg.n_head
+            self.embed = base.wte
+            self.pos_embed = base.wpe
+            for h in base.h:
+                blocks.append(
+                    _Block(
+                        _conv1d(h.attn.c_attn),
+                        _conv1d(h.attn.c_proj),
+                        _conv1d(h.mlp.c_fc),
+                        _conv1d(h.mlp.c_proj),
+                        h.ln_1,
+                        h.ln_2,
+                    )
+                )
+            self.final_norm = base.ln_f
+        else:
+            base = hf_model.model
+            self.num_heads = cfg.num_attention_heads
+            self.num_kv_heads = getattr(cfg, "num_key_value_heads", None) or self.num_heads
+            self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.num_heads
+            self.embed = base.embed_tokens
+            self.pos_embed = None
+            eps = cfg.rms_norm_eps
+            for layer in base.layers:
+                attn, mlp = layer.self_attn, layer.mlp
+                blocks.append(
+                    _Block(
+                        _cat_linear([attn.q_proj, attn.k_proj, attn.v_proj]),
+                        _linear(attn.o_proj.weight, attn.o_proj.bias),
+                        _cat_linear([mlp.gate_proj, mlp.up_proj]),
+                        _linear(mlp.down_proj.weight, mlp.down_proj.bias),
+                        _RMSNorm(layer.input_layernorm.weight, eps),
+                        _RMSNorm(layer.post_attention_layernorm.weight, eps),
+                    )
+                )
+            self.final_norm = _RMSNorm(base.norm.weight, eps)
+        self.blocks = nn.ModuleList(blocks)
+        head = hf_model.get_output_embeddings()
+        self.lm_head = _linear(head.weight, getattr(head, "bias", None))
+        self.scale = 1.0 / math.sqrt(self.head_dim)
+
+
+def fast_path_supported(hf_model: Any, max_model_len: int) -> str | None:
+    """``None`` when :class:`FastRunner` can run this model, else the reason it cannot."""
+    cfg = hf_model.config
+    mt = cfg.model_type
+    if mt == "gpt2":
+        if cfg.scale_attn_by_inverse_layer_idx or cfg.reorder_and_upcast_attn:
+            return "GPT-2 attention variants are not mirrored"
+        if cfg.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
+            return f"activation {cfg.activation_function}"
+        return None
+    if mt not in FAST_LLAMA_TYPES:
+        return f"model_type {mt!r} has no fast path"
+    if getattr(cfg, "hidden_act", "silu") != "silu":
+        return f"activation {cfg.hidden_act}"
+    window = getattr(cfg, "sliding_window", None)
+    windowed = mt != "qwen2" or getattr(cfg, "use_sliding_window", False)
+    if window and windowed and window < max_model_len:
+        return "sliding-window attention shorter than max_model_len"
+    rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
+    if isinstance(rope, dict) and rope.get("rope_type", "default") in ("dynamic", "longrope"):
+        return f"rope type {rope.get('rope_type')} depends on sequence length"
+    return None
+
+
+class FastRunner:
+    """Continuous-batching runner over a slot KV cache (see the module docstring)."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        *,
+        max_num_seqs: int,
+        max_model_len: int,
+        initial_cache_len: int = 256,
+    ) -> None:
+        self.device = loaded.device
+        self.dtype = loaded.dtype
+        self.max_model_len = max_model_len
+        hf: Any = loaded.model
+        model = FastModel(hf)
+        model.eval()
+        if loaded.quantization == "int8":
+            # Swaps the Linear children in place; the object stays a FastModel.
+            quantize_int8(model)
+        self.sampler = Sampler(self.device)
+        self.slots = max_num_seqs
+        self.rope: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.model = model
+        if model.kind == "llama":
+            with torch.inference_mode():
+                pos = torch.arange(max_model_len, device=self.device)[None]
+                probe = torch.zeros(1, device=self.device, dtype=self.dtype)
+                cos, sin = hf.model.rotary_emb(probe, pos)
+            self.rope = (cos[0].to(self.dtype), sin[0].to(self.dtype))
+        self.capacity = 0
+        self.k_cache = torch.empty(0)
+        self.v_cache = torch.empty(0)
+        self._ensure_capacity(min(initial_cache_len, max_model_len))
+        # Drop the transformers module: its weights live on in FastModel where it shares them.
+        loaded.model = model
+
+    # ---- cache ---------------------------------------------------------------------
+    def _ensure_capacity(self, length: int) -> None:
+        if length <= self.capacity:
+            return
+        new = self.capacity or length
+        while new < length:
+            new *= 2
+        new = min(max(new, length), self.max_model_len)
+        m = self.model
+        shape = (len(m.blocks), self.slots, m.num_kv_heads, new, m.head_dim)
+        k = torch.zeros(shape, device=self.device, dtype=self.dtype)
+        v = torch.zeros(shape, device=self.device, dtype=self.dtype)
+        if self.capacity:
+            k[:, :, :, : self.capacity].copy_(self.k_cache)
+            v[:, :, :, : self.capacity].copy_(self.v_cache)
+        self.k_cache, self.v_cache, self.capacity = k, v, new
+        log.debug("KV cache grown to %d positions", new)
+
+    def release(self, seq: Sequence) -> None:
+        self.sampler.release(seq)
+
+    # ---- the step ------------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self, plan: StepPlan) -> list[int]:
+        for src, dst in plan.moves:
+            self.k_cache[:, dst].copy_(self.k_cache[:, src])
+            self.v_cache[:, dst].copy_(self.v_cache[:, src])
+        if not plan.chunks:
+            return []
+        self._ensure_capacity(max(c.start + c.length for c in plan.chunks))
+        dev = self.device
+        ids: list[int] = []
+        positions: list[int] = []
+        sample_at: list[int] = []
+        sample_seqs: list[Sequence] = []
+        for chunk in plan.chunks:
+            ids.extend(chunk.seq.tokens(chunk.start, chunk.start + chunk.length))
+            positions.extend(range(chunk.start, chunk.start + chunk.length))
+            if chunk.sample:
+                sample_at.append(len(ids) - 1)
+                sample_seqs.append(chunk.seq)
+        n_dec = plan.num_decodes
+        decodes = plan.chunks[:n_dec]
+        prefills = plan.chunks[n_dec:]
+        input_ids = torch.tensor(ids, device=dev)
+        pos = torch.tensor(positions, device=dev)
+        m = self.model
+
+        # Per-step decode attention inputs, shared by all layers.
+        dec_rows = dec_pos = None
+        dec_dense = False
+        dec_len = 0
+        dec_mask = None
+        if n_dec:
+            rows = [_slot(c.seq) for c in decodes]
+            lens = [0] * plan.num_rows
+            for row, c in zip(rows, decodes, strict=True):
+                lens[row] = c.start + 1
+            dec_len = max(lens)
+            dec_dense = rows == list(range(plan.num_rows))
+            dec_rows = torch.tensor(rows, device=dev)
+            dec_pos = pos[:n_dec]
+            lens_t = torch.tensor([max(n, 1) for n in lens], device=dev)
+            dec_mask = (torch.arange(dec_len, device=dev)[None, :] < lens_t[:, None])[:, None, None]
+
+        x = m.embed(input_ids)
+        if m.pos_embed is not None:
+            x = x + m.pos_embed(pos)
+        cos = sin = None
+        if self.rope is not None:
+            cos = self.rope[0][pos][:, None, :]
+            sin = self.rope[1][pos][:, None, :]
+        hq, hk, hd = m.num_heads, m.num_kv_heads, m.head_dim
+        gqa = hq != hk
+        tokens = len(ids)
+        blk: _Block
+        for li, blk in enumerate(m.blocks):  # type: ignore[assignment]  # ModuleList is untyped
+            h = blk.norm1(x)
+            qkv = blk.qkv(h)
+            q = qkv[:, : hq * hd].view(tokens, hq, hd)
+            k = qkv[:, hq * hd : (hq + hk) * hd].view(tokens, hk, hd)
+            v = qkv[:, (hq + hk) * hd :].view(tokens, hk, hd)
+            if cos is not None and sin is not None:
+                q = q * cos + _rotate_half(q) * sin
+                k = k * cos + _rotate_half(k) * sin
+            kc, vc = self.k_cache[li], self.v_cache[li]
+            attn = torch.empty(tokens, hq, hd, device=dev, dtype=q.dtype)
+            if n_dec:
+                assert dec_rows is not None
+                assert dec_pos is not None
+                kc[dec_rows, :, dec_pos] = k[:n_dec]
+                vc[dec_rows, :, dec_pos] = v[:n_dec]
+                if dec_dense:
+                    qd = q[:n_dec].unsqueeze(2)
+                else:
+                    qd = q.new_zeros(plan.num_rows, hq, 1, hd)
+                    qd[dec_rows] = q[:n_dec].unsqueeze(2)
+                out = F.scaled_dot_product_attention(
+                    qd,
+                    kc[: plan.num_rows, :, :dec_len],
+                    vc[: plan.num_rows, :, :dec_len],
+                    attn_mask=dec_mask,
+                    scale=m.scale,
+                    enable_gqa=gqa,
+                )
+                attn[:n_dec] = out[:, :, 0] if dec_dense else out[dec_rows, :, 0]
+            offset = n_dec
+            for c in prefills:
+                row, s, n = _slot(c.seq), c.start, c.length
+                kc[row, :, s : s + n] = k[offset : offset + n].transpose(0, 1)
+                vc[row, :, s : s + n] = v[offset : offset + n].transpose(0, 1)
+                qp = q[offset : offset + n].transpose(0, 1).unsqueeze(0)
+                kp = kc[row : row + 1, :, : s + n]
+                vp = vc[row : row + 1, :, : s + n]
+                if s == 0:
+                    out = F.scaled_dot_product_attention(
+                        qp, kp, vp, is_causal=True, scale=m.scale, enable_gqa=gqa
+                    )
+                else:
+                    mask = torch.ones(n, s + n, dtype=torch.bool, device=dev).tril(s)
+                    out = F.scaled_dot_product_attention(
+                        qp, kp, vp, attn_mask=mask, scale=m.scale, enable_gqa=gqa
+                    )
+                attn[offset : offset + n] = out[0].transpose(0, 1)
+                offset += n
+            x = x + blk.o(attn.view(tokens, hq * hd))
+            h = blk.norm2(x)
+            up = blk.up(h)
+            if m.kind == "llama":
+                gate, val = up.chunk(2, dim=-1)
+                act = F.silu(gate) * val
+            else:
+                act = F.gelu(up, approximate="tanh")
+            x = x + blk.down(act)
+        if not sample_at:
+            return []
+        last = x[torch.tensor(sample_at, device=dev)]
+        logits = m.lm_head(m.final_norm(last))
+        return self.sampler.sample(logits, sample_seqs)
+
+
+def _slot(seq: Sequence) -> int:
+    if seq.slot is None:
+        raise RuntimeError(f"sequence {seq.request_id} is scheduled without a cache row")
+    return seq.slot
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+# ---------------------------------------------------------------------------------------
+# The generic path
+# ---------------------------------------------------------------------------------------
+class HFRunner:
+    """Any transformers causal LM, one sequence at a time with its own ``DynamicCache``."""
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.model = loaded.model
+        if loaded.quantization == "int8":
+            self.model = quantize_int8(self.model)
+        self.device = loaded.device
+        self.sampler = Sampler(self.device)
+        self._caches: dict[int, Any] = {}
+        # transformers 5.x renamed the forward argument ``past_key_values`` to ``cache``.
+        params = inspect.signature(self.model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+
+    def release(self, seq: Sequence) -> None:
+        self.sampler.release(seq)
+        self._caches.pop(id(seq), None)
+
+    @torch.inference_mode()
+    def step(self, plan: StepPlan) -> list[int]:
+        from transformers import DynamicCache
+
+        logits: list[torch.Tensor] = []
+        seqs: list[Sequence] = []
+        for chunk in plan.chunks:
+            seq = chunk.seq
+            cache = self._caches.setdefault(id(seq), DynamicCache())
+            ids = torch.tensor([seq.tokens(chunk.start, chunk.start + chunk.length)])
+            positions = torch.arange(chunk.start, chunk.start + chunk.length)[None]
+            out = self.model(
+                input_ids=ids.to(self.device),
+                use_cache=True,
+                position_ids=positions.to(self.device),
+                **{self._cache_arg: cache},
+            )
+            if chunk.sample:
+                logits.append(out.logits[0, -1])
+                seqs.append(seq)
+        if not seqs:
+            return []
+        return self.sampler.sample(torch.stack(logits), seqs)
+
+
+def build_runner(
+    loaded: LoadedModel, *, max_num_seqs: int, max_model_len: int, force_generic: bool = False
+) -> FastRunner | HFRunner:
+    """The fast runner when the architecture allows it, else the generic one."""
+    reason = "forced" if force_generic else fast_path_supported(loaded.model, max_model_len)
+    if reason is None:
+        return FastRunner(loaded, max_num_seqs=max_num_seqs, max_model_len=max_model_len)
+    log.warning("using the generic (unbatched) runner: %s", reason)
+    return HFRunner(loaded)

@@ -1,0 +1,99 @@
+"""The real engine: a loaded model, its tokenizer, a runner and the batching loop."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from llmfleet_worker.engine.core import Engine
+from llmfleet_worker.engine.loader import LoadedModel, ModelLoadError, load_model, set_threads
+from llmfleet_worker.engine.runner import build_runner
+from llmfleet_worker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_MODEL_LEN = 2048
+
+
+class _StreamDecoder:
+    """Incremental detokenization (multi-byte characters split across tokens come out
+    whole) with the Rust tokenizer's ``DecodeStream``."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        from tokenizers.decoders import DecodeStream
+
+        self._tokenizer = tokenizer
+        self._stream = DecodeStream(skip_special_tokens=True)
+
+    def step(self, token_id: int) -> str:
+        try:
+            return self._stream.step(self._tokenizer, token_id) or ""
+        except Exception:  # an id outside the tokenizer's vocabulary decodes to nothing
+            return ""
+
+
+class TextEngine(Engine):
+    """:class:`Engine` plus the tokenizer operations the serving layer needs."""
+
+    def __init__(self, loaded: LoadedModel, settings: Settings, max_model_len: int) -> None:
+        self.tokenizer = loaded.tokenizer
+        raw = loaded.tokenizer._tokenizer
+        runner = build_runner(
+            loaded, max_num_seqs=settings.max_num_seqs, max_model_len=max_model_len
+        )
+        super().__init__(
+            runner=runner,
+            make_decoder=lambda: _StreamDecoder(raw),
+            eos_token_ids=loaded.eos_token_ids,
+            max_num_seqs=settings.max_num_seqs,
+            max_num_batched_tokens=settings.max_num_batched_tokens,
+            max_model_len=max_model_len,
+            max_queue=settings.max_queue,
+            load_seconds=loaded.load_seconds,
+        )
+        self.vocab_size = int(loaded.vocab_size)
+        # Upper bound on characters per token: a longer text can never fit the context.
+        self.max_chars_per_token = max(
+            (len(t) for t in raw.get_vocab(with_added_tokens=True)), default=1
+        )
+
+    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        ids: list[int] = self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+        return ids
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError("the model has no chat template; use /v1/completions")
+        try:
+            text: str = self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+        except Exception as exc:  # jinja raises its own errors for bad conversations
+            raise ValueError(str(exc)) from exc
+        return text
+
+
+def build_engine(settings: Settings) -> TextEngine:
+    """Load the model named by ``settings`` and build the engine (not started)."""
+    threads = set_threads(settings.threads)
+    loaded = load_model(
+        settings.model,
+        dtype=settings.dtype,
+        quantization=settings.quantization,
+        device=settings.device,
+    )
+    limit = loaded.max_position_embeddings
+    max_len = settings.max_model_len or min(limit or DEFAULT_MAX_MODEL_LEN, DEFAULT_MAX_MODEL_LEN)
+    if limit and max_len > limit:
+        raise ModelLoadError(f"--max-model-len {max_len} exceeds the model's {limit} positions")
+    log.info(
+        "loaded %s in %.1fs on %s (%s, quantization %s, %d threads), max_model_len %d",
+        settings.model_name,
+        loaded.load_seconds,
+        loaded.device,
+        str(loaded.dtype).removeprefix("torch."),
+        loaded.quantization,
+        threads,
+        max_len,
+    )
+    return TextEngine(loaded, settings, max_len)
