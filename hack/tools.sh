@@ -18,6 +18,10 @@ export GOFLAGS="-mod=mod" GOTOOLCHAIN="${GOTOOLCHAIN:-local}" CGO_ENABLED=0
 
 log() { echo "[tools] $*" >&2; }
 
+# One build at a time: concurrent callers (make, pytest, a second shell) wait here.
+exec 9>"$CACHE/.tools.lock"
+flock 9
+
 # link NAME DIR: point $BIN/NAME at DIR/NAME (atomic replace)
 link() { ln -sfn "$2/$1" "$BIN/$1.tmp" && mv -Tf "$BIN/$1.tmp" "$BIN/$1"; }
 

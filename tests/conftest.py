@@ -12,6 +12,7 @@ import pytest
 
 from localcluster import LocalCluster, Topology
 from support.kube import Kubectl
+from support.processes import OperatorProcess
 
 TESTS = Path(__file__).resolve().parent
 
@@ -76,3 +77,17 @@ def namespace(kubectl: Kubectl, request: pytest.FixtureRequest) -> Iterator[str]
 def kube(kubectl: Kubectl, namespace: str) -> Kubectl:
     """kubectl bound to the test's namespace."""
     return kubectl.in_namespace(namespace)
+
+
+@pytest.fixture(scope="session")
+def operator(
+    cluster: LocalCluster, crd_installed: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """The real operator process, watching every namespace of the test cluster."""
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    proc = OperatorProcess(cluster.kubeconfig, log).start()
+    try:
+        yield proc
+    finally:
+        code = proc.stop()
+        assert code in (0, None), f"operator exited {code}: {proc.log_tail()}"
