@@ -115,9 +115,15 @@ def _serve(args: argparse.Namespace) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from llmfleet_worker.engine.source import ModelLoadError, resolve_uri
+
+    try:
+        resolve_uri(settings.model)  # fail fast, before importing torch
+    except ModelLoadError as exc:
+        print(f"llmfleet-worker: error: {exc}", file=sys.stderr)
+        return 2
     # Heavy imports only for serving: --help and make-tiny-model stay fast.
     from llmfleet_worker.app import build_app
-    from llmfleet_worker.engine.loader import ModelLoadError
     from llmfleet_worker.engine.textengine import build_engine
     from llmfleet_worker.metrics import Metrics
 

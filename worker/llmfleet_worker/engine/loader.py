@@ -13,11 +13,11 @@ import os
 import time
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import torch
+
+from llmfleet_worker.engine.source import ModelLoadError, resolve_uri
 
 log = logging.getLogger(__name__)
 
@@ -26,43 +26,6 @@ DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
     "float32": torch.float32,
 }
-
-
-class ModelLoadError(Exception):
-    """The model cannot be served; the message says why and what to change."""
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where the weights come from: a local directory or a hub repository."""
-
-    path: str
-    revision: str | None = None
-    hub: bool = False
-
-
-def resolve_uri(uri: str) -> ModelSource:
-    """``/dir``, ``file:///dir`` or ``hf://org/repo[@revision]`` -> :class:`ModelSource`."""
-    if uri.startswith("hf://"):
-        repo = uri.removeprefix("hf://").strip("/")
-        repo, _, revision = repo.partition("@")
-        if repo.count("/") != 1 or not all(repo.split("/")):
-            raise ModelLoadError(f"hf:// URI must look like hf://ORG/REPO[@REVISION], got {uri!r}")
-        return ModelSource(repo, revision or None, hub=True)
-    if uri.startswith("file://"):
-        path = urlparse(uri).path
-    elif "://" in uri:
-        raise ModelLoadError(
-            f"unsupported model URI scheme in {uri!r}; use a path, file:// or hf://"
-        )
-    else:
-        path = uri
-    local = Path(path)
-    if not local.is_dir():
-        raise ModelLoadError(f"model directory {str(local)!r} does not exist or is not a directory")
-    if not (local / "config.json").is_file():
-        raise ModelLoadError(f"model directory {str(local)!r} has no config.json")
-    return ModelSource(str(local))
 
 
 def pick_device(requested: str) -> torch.device:

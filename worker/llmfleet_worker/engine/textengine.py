@@ -6,8 +6,9 @@ import logging
 from typing import Any
 
 from llmfleet_worker.engine.core import Engine
-from llmfleet_worker.engine.loader import LoadedModel, ModelLoadError, load_model, set_threads
+from llmfleet_worker.engine.loader import LoadedModel, load_model, set_threads
 from llmfleet_worker.engine.runner import build_runner
+from llmfleet_worker.engine.source import ModelLoadError
 from llmfleet_worker.settings import Settings
 
 log = logging.getLogger(__name__)
