@@ -51,8 +51,12 @@ cluster-down: ## stop every process cluster-up started
 cluster-status: ## show the local cluster's processes
 	@python3 hack/localcluster.py status
 
-crds: venv ## regenerate crds/ from the API models
+crds: venv ## regenerate crds/ (and the Helm chart's copy) from the API models
 	$(PY) -m llmfleet_operator.crdgen --out crds
+	$(PY) -m llmfleet_operator.crdgen --out charts/llmfleet/files/crds
+
+demo: setup ## the main job: local GPU cluster + operator + examples, end to end
+	$(PY) hack/demo.py
 
 clean: cluster-down ## remove build outputs (keeps the tool cache)
 	rm -rf .cluster .mypy_cache .ruff_cache .pytest_cache
