@@ -208,10 +208,9 @@ async def test_full_queue_is_a_429_with_retry_after() -> None:
     eng.start()
     try:
         async with client_for(eng, retry_after=3) as c:
-            for _ in range(3):  # one may be admitted into the (held) batch, one waits
-                eng.submit([1], SamplingParams(max_tokens=1))
-                if eng.num_waiting >= 1:
-                    break
+            eng.submit([1], SamplingParams(max_tokens=1))
+            assert runner.entered.wait(10)  # running (held); the next one fills the queue
+            eng.submit([1], SamplingParams(max_tokens=1))
             resp = await c.post("/v1/completions", json={"model": MODEL, "prompt": "a"})
             error = assert_openai_error(resp, 429)
             assert resp.headers["retry-after"] == "3"

@@ -110,10 +110,10 @@ async def test_full_queue_and_draining_refuse_new_requests() -> None:
     eng.start()
     try:
         eng.submit([1], params(1))
-        # The engine may or may not have moved the first into the batch; fill until full.
+        assert runner.entered.wait(10)  # the first runs (held), so the next one waits
+        eng.submit([1], params(1))
         with pytest.raises(QueueFullError):
-            for _ in range(3):
-                eng.submit([1], params(1))
+            eng.submit([1], params(1))
         eng.start_draining()
         assert not eng.ready
         with pytest.raises(DrainingError):

@@ -31,10 +31,12 @@ class FakeRunner:
         self.step_seconds = step_seconds  # simulated compute time per step
         self.gate = threading.Event()
         self.gate.set()
+        self.entered = threading.Event()  # set once a step has started
         self.plans: list[StepPlan] = []
         self.released: list[Sequence] = []
 
     def step(self, plan: StepPlan) -> list[int]:
+        self.entered.set()
         self.gate.wait()
         if self.step_seconds:
             time.sleep(self.step_seconds)
