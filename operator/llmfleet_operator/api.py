@@ -44,7 +44,8 @@ DEFAULT_WORKER_IMAGE: Final = f"ghcr.io/llmfleet/worker:{__version__}"
 DEFAULT_GPU_RESOURCE: Final = "nvidia.com/gpu"
 
 #: ``spec.model.uri``: ``pvc://CLAIM[/PATH]`` (CLAIM a DNS-1123 name), ``hf://ORG/REPO`` or
-#: ``file:///PATH``. RE2 and Python agree on this syntax, so CEL and pydantic share it.
+#: ``file:///PATH``. RE2 and Python agree on this syntax, so CEL (as a raw string literal,
+#: where backslashes stay as they are) and pydantic share it.
 MODEL_URI_PATTERN: Final = (
     r"^(pvc://[a-z0-9]([-a-z0-9.]*[a-z0-9])?(/\S*)?"
     r"|hf://[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*"
@@ -192,7 +193,7 @@ ModelName = Annotated[
     Field(
         max_length=63,
         json_schema_extra=_validations(
-            cel(f"self.matches('{MODEL_NAME_PATTERN}')", MODEL_NAME_MESSAGE)
+            cel(f"self.matches(r'{MODEL_NAME_PATTERN}')", MODEL_NAME_MESSAGE)
         ),
     ),
     _matcher(MODEL_NAME_PATTERN, MODEL_NAME_MESSAGE),
@@ -244,7 +245,7 @@ class ModelSpec(_Model):
             max_length=1024,
             json_schema_extra=_validations(
                 # An empty uri fails minLength already; one message per mistake.
-                cel(f"self.size() == 0 || self.matches('{MODEL_URI_PATTERN}')", MODEL_URI_MESSAGE)
+                cel(f"self.size() == 0 || self.matches(r'{MODEL_URI_PATTERN}')", MODEL_URI_MESSAGE)
             ),
         ),
         _matcher(MODEL_URI_PATTERN, MODEL_URI_MESSAGE),
@@ -272,7 +273,9 @@ class EnvVar(_Model):
     """An environment variable of the worker container (as in a pod spec)."""
 
     name: str = Field(min_length=1)
+    """Variable name."""
     value: str | None = None
+    """Literal value."""
     value_from: FreeForm | None = None
     """A core/v1 EnvVarSource (secretKeyRef, configMapKeyRef, fieldRef, ...)."""
 
@@ -304,14 +307,19 @@ class WorkerSpec(_Model):
     env: list[EnvVar] = Field(default_factory=list)
     """Extra environment variables of the worker container."""
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    """GPUs, CPU and memory of one worker."""
     node_selector: dict[str, str] = Field(default_factory=dict)
+    """Labels a node must have to run a worker."""
     tolerations: list[FreeForm] = Field(default_factory=list)
     """core/v1 Tolerations, added to the one for the GPU taint."""
     affinity: FreeForm | None = None
     """A core/v1 Affinity."""
     priority_class_name: str | None = None
+    """PriorityClass of the worker pods."""
     pod_annotations: dict[str, str] = Field(default_factory=dict)
+    """Extra annotations of the worker pods."""
     pod_labels: dict[str, str] = Field(default_factory=dict)
+    """Extra labels of the worker pods (the llmfleet.io/ ones are the operator's)."""
     service_account_name: str | None = None
     """Service account of the worker pods; unset uses the namespace's default."""
 
@@ -320,7 +328,10 @@ class AutoscalingSpec(
     _Model,
     json_schema_extra=_validations(
         cel(
-            "self.maxReplicas >= self.minReplicas",
+            # The server checks `default: {}` against this rule before nested defaults
+            # exist; real objects always have both (they are defaulted first).
+            "!has(self.minReplicas) || !has(self.maxReplicas)"
+            " || self.maxReplicas >= self.minReplicas",
             MAX_REPLICAS_MESSAGE,
             field_path=".maxReplicas",
         )
@@ -332,7 +343,9 @@ class AutoscalingSpec(
     """Builtin: the operator scales on queue depth and latency. External: an HPA or KEDA
     scales through the scale subresource (spec.replicas). Manual: spec.replicas."""
     min_replicas: int = Field(default=1, ge=0)
+    """Fewest workers in Builtin mode (0 allows scaling to zero)."""
     max_replicas: int = Field(default=8, ge=1)
+    """Most workers in Builtin mode; at least minReplicas."""
     target_queue_depth_per_replica: float = Field(default=4.0, gt=0)
     """Waiting requests per worker the Builtin autoscaler aims for."""
     ttft_seconds_p95: float | None = Field(default=None, gt=0)
@@ -373,6 +386,7 @@ class CanarySpec(_Model):
     steps: list[CanaryStep] = Field(
         default_factory=lambda: [CanaryStep(weight=10), CanaryStep(weight=50)], max_length=20
     )
+    """Traffic steps before the candidate takes everything."""
     analysis: CanaryAnalysis = Field(default_factory=CanaryAnalysis)
 
 
@@ -380,6 +394,8 @@ class RolloutSpec(_Model):
     """How a new revision (model uri/revision, worker image, ...) replaces the old one."""
 
     strategy: RolloutStrategy = RolloutStrategy.ROLLING_UPDATE
+    """RollingUpdate replaces workers (surging when GPUs are free); Canary shifts traffic in
+    analysed steps and rolls back on failure."""
     progress_deadline_seconds: int = Field(default=900, gt=0)
     """A rollout that makes no progress for this long is rolled back (Stalled)."""
     canary: CanarySpec | None = None
@@ -390,6 +406,7 @@ class ServiceSpec(_Model):
     port: int = Field(default=8000, ge=1, le=65535)
     """Port of the Service and of the worker's HTTP server."""
     type: ServiceType = ServiceType.CLUSTER_IP
+    """Type of the Service in front of the workers."""
 
 
 class AuthSpec(_Model):
@@ -411,14 +428,20 @@ class LLMDeploymentSpec(
     """Desired state of an LLMDeployment."""
 
     model: ModelSpec
+    """The model to serve."""
     worker: WorkerSpec = Field(default_factory=WorkerSpec)
+    """The inference server pods."""
     replicas: int | None = Field(default=None, ge=0)
     """Number of workers, honoured only when autoscaling.mode is Manual or External (the
     scale subresource writes it)."""
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
+    """How many workers run."""
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    """How a new revision replaces the old one."""
     service: ServiceSpec = Field(default_factory=ServiceSpec)
+    """The Service clients call."""
     auth: AuthSpec = Field(default_factory=AuthSpec)
+    """Client authentication."""
     suspend: bool = False
     """True scales to zero and frees the GPUs; the objects stay."""
 
@@ -494,7 +517,7 @@ class LLMDeployment(
     BaseModel,
     json_schema_extra=_validations(
         cel(
-            f"self.metadata.name.matches('{OBJECT_NAME_PATTERN}')",
+            f"self.metadata.name.matches(r'{OBJECT_NAME_PATTERN}')",
             OBJECT_NAME_MESSAGE,
         )
     ),

@@ -182,6 +182,10 @@ def structural(
         else:
             out[key] = value
 
+    if out.get("default") == {} and not any(
+        "default" in sub for sub in out.get("properties", {}).values()
+    ):
+        del out["default"]  # `{}` only matters where it has nested defaults to fill in
     free_form = node.get("additionalProperties") in (True, {}) or (
         "type" not in node and "anyOf" not in node
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,17 @@ def llmd(name: str = "x", **spec: Any) -> dict[str, Any]:
         "metadata": {"name": name},
         "spec": body,
     }
+
+
+def table(text: str) -> list[dict[str, str]]:
+    """kubectl's table output as rows keyed by column header (blank cells stay blank)."""
+    header, *rows = text.splitlines()
+    starts = [m.start() for m in re.finditer(r"\S+", header)]
+    spans = list(zip(starts, [*starts[1:], None], strict=True))
+    return [
+        {name: row[a:b].strip() for name, (a, b) in zip(header.split(), spans, strict=True)}
+        for row in rows
+    ]
 
 
 BAD = {
@@ -66,7 +78,7 @@ BAD = {
     ),
     "missing uri": (
         llmd(model={"name": "chat"}),
-        ["spec.model.uri", "Required value"],
+        ["spec.model.uri: Required value"],
     ),
     "model name with a slash": (
         llmd(model={"uri": "hf://org/repo", "name": "org/repo"}),
@@ -95,7 +107,8 @@ BAD = {
 def test_bad_manifest_is_refused_naming_the_field(
     kube: Kubectl, manifest: dict[str, Any], needles: list[str]
 ) -> None:
-    result = kube.apply(manifest, check=False)
+    # YAML text, as users apply it (kubectl validates a List client-side, with other words).
+    result = kube.apply(yaml.safe_dump(manifest), check=False)
     assert result.returncode != 0, f"accepted: {json.dumps(manifest)}"
     for needle in needles:
         assert needle in result.stderr
@@ -191,12 +204,25 @@ def test_status_subresource_and_printer_columns(kube: Kubectl) -> None:
     kube("patch", "llmd/cols", "--subresource=status", "--type=merge", "-p", patch)
     assert kube.get("llmd", "cols")["status"] == status
 
-    lines = kube("get", "llmd").stdout.splitlines()
-    assert lines[0].split() == ["NAME", "MODEL", "REVISION", "READY", "DESIRED", "STATUS", "AGE"]
-    assert lines[1].split()[:6] == ["cols", "pvc://models/tiny-llama", "v7", "1", "2", "False"]
-    wide = kube("get", "llmd", "-o", "wide").stdout.splitlines()
-    assert wide[0].split()[6:10] == ["REASON", "SERVED-AS", "MODE", "CURRENT"]
-    assert wide[1].split()[6:] == ["InsufficientGPU", "<none>", "Builtin", "5d8f7c"]
+    [row] = table(kube("get", "llmd").stdout)
+    assert row == {
+        "NAME": "cols",
+        "MODEL": "pvc://models/tiny-llama",
+        "REVISION": "v7",
+        "READY": "1",
+        "DESIRED": "2",
+        "STATUS": "False",
+        "AGE": row["AGE"],
+    }
+    [wide] = table(kube("get", "llmd", "-o", "wide").stdout)
+    assert wide == {
+        **row,
+        "REASON": "InsufficientGPU",
+        "SERVED-AS": "",
+        "MODE": "Builtin",
+        "CURRENT": "5d8f7c",
+        "AGE": wide["AGE"],
+    }
 
 
 def test_status_is_not_writable_through_the_main_resource(kube: Kubectl) -> None:

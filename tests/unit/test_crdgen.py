@@ -168,7 +168,7 @@ def without_empty(value: Any) -> Any:
     """Empty lists and maps mean the same as absent ones."""
     if isinstance(value, dict):
         pruned = {k: without_empty(v) for k, v in value.items()}
-        return {k: v for k, v in pruned.items() if v not in ([], {}) or k in ("auth",)}
+        return {k: v for k, v in pruned.items() if v not in ([], {})}
     if isinstance(value, list):
         return [without_empty(v) for v in value]
     return value
