@@ -1,0 +1,304 @@
+"""The chart installed, upgraded and uninstalled by the real helm into the test cluster.
+
+kwok marks scheduled pods Running and Ready (nothing really runs), so ``helm install --wait``
+waits for what it would wait for on a real cluster: an available operator Deployment whose
+pod passed admission (Pod Security "restricted" included) and was scheduled.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llmfleet_operator import api
+from localcluster import LocalCluster
+from support.helm import CHART, Helm
+from support.kube import Kubectl
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "chat-small.yaml"
+
+
+@pytest.fixture(scope="module")
+def helm(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Helm:
+    return Helm(cluster.bin("helm"), tmp_path_factory.mktemp("helm-home"), cluster.kubeconfig)
+
+
+@pytest.fixture
+def release(helm: Helm, namespace: str) -> Iterator[str]:
+    """A release name unique in the session (its ClusterRoles are cluster-wide), uninstalled
+    afterwards even when the test failed halfway."""
+    name = f"fleet-{secrets.token_hex(3)}"
+    yield name
+    helm.run("uninstall", name, f"--namespace={namespace}", "--ignore-not-found", check=False)
+
+
+@pytest.fixture
+def restricted(kubectl: Kubectl, namespace: str) -> str:
+    """The test namespace with Pod Security "restricted" enforced, as production runs it."""
+    kubectl(
+        "label",
+        "namespace",
+        namespace,
+        "pod-security.kubernetes.io/enforce=restricted",
+        "pod-security.kubernetes.io/enforce-version=latest",
+    )
+    return namespace
+
+
+def can_i(kubectl: Kubectl, sa: str, verb: str, resource: str, *where: str) -> bool:
+    """``kubectl auth can-i`` as the ServiceAccount ``sa`` ("NAMESPACE:NAME")."""
+    result = kubectl(
+        "auth", "can-i", verb, resource, f"--as=system:serviceaccount:{sa}", *where, check=False
+    )
+    answer = result.stdout.strip()
+    assert answer in ("yes", "no"), result.stderr
+    return answer == "yes"
+
+
+def env_of(deployment: dict[str, Any]) -> dict[str, str]:
+    """The operator container's env; the API server drops empty values."""
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value", "") for e in container["env"]}
+
+
+def revision(helm: Helm, release: str, namespace: str) -> int:
+    """The deployed revision of ``release``."""
+    status = json.loads(
+        helm.run("status", release, f"--namespace={namespace}", "-o", "json").stdout
+    )
+    assert status["info"]["status"] == "deployed"
+    return int(status["version"])
+
+
+def install(helm: Helm, release: str, namespace: str, *flags: str) -> str:
+    """``helm install --wait``; returns helm's output (the rendered NOTES.txt)."""
+    return helm.run(
+        "install",
+        release,
+        str(CHART),
+        f"--namespace={namespace}",
+        "--wait",
+        "--timeout=120s",
+        *flags,
+    ).stdout
+
+
+@pytest.mark.usefixtures("crd_installed")
+def test_install_upgrade_uninstall(
+    helm: Helm, kubectl: Kubectl, restricted: str, release: str
+) -> None:
+    kube = kubectl.in_namespace(restricted)
+    fullname = f"{release}-llmfleet"
+    # The session's CRD is not Helm's to manage: test_crd_adoption_and_keep covers that path.
+    notes = install(helm, release, restricted, "--set", "crds.enabled=false")
+    assert f'is installed as release "{release}"' in notes
+    assert "Watching:   every namespace" in notes
+    assert "kubectl wait --for=condition=Ready llmd/chat-small" in notes
+
+    deployment = kube.get("deployment", fullname)
+    assert deployment["status"]["availableReplicas"] == 1
+    env = env_of(deployment)
+    assert env["LLMFLEET_LOG_LEVEL"] == "INFO"
+    (pod,) = kube.get("pods", None, f"--selector=app.kubernetes.io/instance={release}")["items"]
+    assert pod["spec"]["nodeName"] == "cpu-node-0"  # no GPU toleration: not on a GPU node
+    assert pod["spec"]["serviceAccountName"] == fullname
+    assert kube.get("service", f"{fullname}-metrics")["spec"]["ports"][0]["port"] == 8081
+
+    # The ServiceAccount may do what the operator does, and nothing more.
+    sa = f"{restricted}:{fullname}"
+    allowed = [
+        ("list", "llmdeployments.llmfleet.io", "--all-namespaces"),
+        ("watch", "llmdeployments.llmfleet.io", "-n", "default"),
+        ("patch", "llmdeployments.llmfleet.io", "--subresource=status", "-n", "default"),
+        ("create", "deployments.apps", "-n", "default"),
+        ("delete", "poddisruptionbudgets.policy", "-n", "default"),
+        ("create", "events", "-n", "default"),
+        ("list", "nodes"),
+    ]
+    denied = [
+        ("get", "secrets", "-n", "default"),
+        ("list", "secrets", "--all-namespaces"),
+        ("patch", "llmdeployments.llmfleet.io", "-n", "default"),  # GitOps owns spec
+        ("delete", "llmdeployments.llmfleet.io", "-n", "default"),
+        ("delete", "nodes"),
+        ("create", "pods", "-n", "default"),
+        ("create", "clusterroles.rbac.authorization.k8s.io"),
+        ("create", "customresourcedefinitions.apiextensions.k8s.io"),
+    ]
+    assert [a for a in allowed if not can_i(kubectl, sa, *a)] == []
+    assert [d for d in denied if can_i(kubectl, sa, *d)] == []
+
+    # upgrade: a changed value reaches the Deployment; other values are kept.
+    helm.run(
+        "upgrade",
+        release,
+        str(CHART),
+        f"--namespace={restricted}",
+        "--reuse-values",
+        "--set",
+        "log.level=DEBUG",
+        "--wait",
+        "--timeout=120s",
+    )
+    upgraded = kube.get("deployment", fullname)
+    env = env_of(upgraded)
+    assert env["LLMFLEET_LOG_LEVEL"] == "DEBUG"
+    assert env["LLMFLEET_LOG_FORMAT"] == "json"
+    kept = json.loads(
+        helm.run("get", "values", release, f"--namespace={restricted}", "-o", "json").stdout
+    )
+    assert kept == {"crds": {"enabled": False}, "log": {"level": "DEBUG"}}
+    assert upgraded["metadata"]["generation"] > deployment["metadata"]["generation"]
+    assert revision(helm, release, restricted) == 2
+
+    # A typo is refused by the schema, and the release is left as it was.
+    typo = helm.run(
+        "upgrade",
+        release,
+        str(CHART),
+        f"--namespace={restricted}",
+        "--set",
+        "log.levle=DEBUG",
+        check=False,
+    )
+    assert typo.returncode != 0
+    assert "at '/log': additional properties 'levle' not allowed" in typo.stderr
+    assert revision(helm, release, restricted) == 2
+
+    # uninstall: every operator object goes; the CRD (not the release's) stays.
+    helm.run("uninstall", release, f"--namespace={restricted}", "--wait", "--timeout=120s")
+    for kind, name in [
+        ("deployment", fullname),
+        ("serviceaccount", fullname),
+        ("service", f"{fullname}-metrics"),
+    ]:
+        assert kube.get_or_none(kind, name) is None, f"{kind}/{name} survived the uninstall"
+    for kind in ("clusterrole", "clusterrolebinding"):
+        assert kubectl.get_or_none(kind, fullname) is None, f"{kind}/{fullname} survived"
+    assert kubectl.get_or_none("crd", api.CRD_NAME) is not None
+
+
+@pytest.mark.usefixtures("crd_installed")
+def test_namespace_scoped_install(
+    helm: Helm, kubectl: Kubectl, restricted: str, release: str
+) -> None:
+    watched = f"{restricted}-w"
+    kubectl("create", "namespace", watched)
+    try:
+        notes = install(
+            helm,
+            release,
+            restricted,
+            "--set",
+            "crds.enabled=false",
+            "--set",
+            f"watchNamespaces={{{watched}}}",
+        )
+        assert f"Watching:   namespaces {watched}" in notes
+        fullname = f"{release}-llmfleet"
+        env = env_of(kubectl.in_namespace(restricted).get("deployment", fullname))
+        assert env["LLMFLEET_WATCH_NAMESPACES"] == watched
+        assert kubectl.in_namespace(watched).get("role", fullname)["rules"]
+
+        sa = f"{restricted}:{fullname}"
+        allowed = [
+            ("watch", "llmdeployments.llmfleet.io", "-n", watched),
+            ("patch", "llmdeployments.llmfleet.io", "--subresource=status", "-n", watched),
+            ("create", "deployments.apps", "-n", watched),
+            ("watch", "pods", "-n", watched),
+            ("list", "nodes"),
+            ("list", "pods", "--all-namespaces"),  # read-only GPU accounting
+        ]
+        denied = [
+            ("list", "llmdeployments.llmfleet.io", "--all-namespaces"),
+            ("list", "llmdeployments.llmfleet.io", "-n", "default"),
+            ("create", "deployments.apps", "-n", "default"),
+            ("watch", "pods", "--all-namespaces"),
+            ("get", "pods", "-n", "default"),
+            ("get", "secrets", "-n", watched),
+            ("delete", "nodes"),
+        ]
+        assert [a for a in allowed if not can_i(kubectl, sa, *a)] == []
+        assert [d for d in denied if can_i(kubectl, sa, *d)] == []
+
+        helm.run("uninstall", release, f"--namespace={restricted}", "--wait", "--timeout=120s")
+        assert kubectl.in_namespace(watched).get_or_none("role", fullname) is None
+        assert kubectl.get_or_none("clusterrole", f"{fullname}-gpu-capacity") is None
+    finally:
+        kubectl("delete", "namespace", watched, "--wait=false", check=False)
+
+
+@pytest.fixture
+def crd_ownership(kubectl: Kubectl) -> Iterator[str]:
+    """The session's CRD, handed back afterwards: the Helm ownership metadata a test adds
+    is removed again, so every later test (and a rerun on a reused cluster) finds the CRD
+    as `kubectl apply` left it. Skips when a live Helm release owns it already."""
+    annotations = kubectl.get("crd", api.CRD_NAME)["metadata"].get("annotations") or {}
+    owner = annotations.get("meta.helm.sh/release-name")
+    if owner is not None:
+        pytest.skip(f"the CRD belongs to Helm release {owner}; not taking it over")
+    yield api.CRD_NAME
+    kubectl(
+        "annotate",
+        "crd",
+        api.CRD_NAME,
+        "meta.helm.sh/release-name-",
+        "meta.helm.sh/release-namespace-",
+        "helm.sh/resource-policy-",
+    )
+    kubectl("label", "crd", api.CRD_NAME, "app.kubernetes.io/managed-by-")
+
+
+@pytest.mark.usefixtures("crd_installed")
+def test_crd_adoption_and_keep(
+    helm: Helm, kubectl: Kubectl, namespace: str, release: str, crd_ownership: str
+) -> None:
+    """A CRD applied before Helm (here by the session's fixture, elsewhere by `kubectl apply`
+    or a GitOps tool) is refused, then adopted the documented way, and kept on uninstall."""
+    uid = kubectl.get("crd", crd_ownership)["metadata"]["uid"]
+    # Helm refuses to take over an object it did not create, and creates nothing.
+    refused = helm.run("install", release, str(CHART), f"--namespace={namespace}", check=False)
+    assert refused.returncode != 0
+    assert f'CustomResourceDefinition "{crd_ownership}"' in refused.stderr
+    assert "exists and cannot be imported into the current release" in refused.stderr
+    assert helm.run("status", release, f"--namespace={namespace}", check=False).returncode != 0
+    assert kubectl.in_namespace(namespace).get("deployments")["items"] == []
+
+    # Adoption, as docs/helm.md tells users to do it.
+    kubectl(
+        "annotate",
+        "--overwrite",
+        "crd",
+        crd_ownership,
+        f"meta.helm.sh/release-name={release}",
+        f"meta.helm.sh/release-namespace={namespace}",
+    )
+    kubectl("label", "--overwrite", "crd", crd_ownership, "app.kubernetes.io/managed-by=Helm")
+    install(helm, release, namespace, "--set", "crds.keep=true")
+    adopted = kubectl.get("crd", crd_ownership)
+    assert adopted["metadata"]["uid"] == uid
+    assert adopted["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert adopted["metadata"]["labels"]["app.kubernetes.io/instance"] == release
+    assert (
+        helm.run("get", "manifest", release, f"--namespace={namespace}").stdout.count(
+            "kind: CustomResourceDefinition"
+        )
+        == 1
+    )
+
+    # An LLMDeployment made while the release owns the CRD survives the uninstall.
+    kube = kubectl.in_namespace(namespace)
+    kube("apply", "-f", str(EXAMPLE))
+    uninstall = helm.run("uninstall", release, f"--namespace={namespace}", "--wait")
+    assert "kept due to the resource policy" in uninstall.stdout, uninstall.stdout
+    assert f"[CustomResourceDefinition] {crd_ownership}" in uninstall.stdout, uninstall.stdout
+    kept = kubectl.get("crd", crd_ownership)
+    assert kept["metadata"]["uid"] == uid
+    assert kept["metadata"].get("deletionTimestamp") is None
+    assert kube.get_or_none("llmd", "chat-small") is not None
+    assert kube.get_or_none("deployment", f"{release}-llmfleet") is None
