@@ -127,6 +127,8 @@ class State:
     pids: dict[str, int] = field(default_factory=dict)
     bin_dir: str = ""
     topology: dict[str, object] = field(default_factory=dict)
+    #: Processes started beside the cluster (the demo's operator); stopped first by down().
+    extras: dict[str, int] = field(default_factory=dict)
 
 
 def free_port() -> int:
@@ -178,6 +180,8 @@ class LocalCluster:
         self._bin_dir = bin_dir
         # Tests set this so that a killed pytest takes its cluster down with it.
         self._tie_to_parent = tie_to_parent
+        # Popen objects of processes we started, kept so they are reaped, not leaked.
+        self._procs: dict[int, subprocess.Popen[bytes]] = {}
         state = self.load_state()
         if self._bin_dir is None and state is not None and state.bin_dir:
             self._bin_dir = Path(state.bin_dir)
@@ -264,6 +268,9 @@ class LocalCluster:
         if state is None:
             return []
         stopped = []
+        for name, pid in state.extras.items():
+            if self._stop_pid(pid, timeout):
+                stopped.append(name)
         for component in reversed(COMPONENTS):
             pid = state.pids.get(component)
             if pid and self._stop_pid(pid, timeout):
@@ -281,6 +288,14 @@ class LocalCluster:
         self._save_state(state)
         self._wait_component(component, state, timeout)
 
+    def register_extra(self, name: str, pid: int) -> None:
+        """Have ``down`` stop this process too (it must lead its own process group)."""
+        state = self.load_state()
+        if state is None:
+            raise ClusterError("cluster is not running")
+        state.extras[name] = pid
+        self._save_state(state)
+
     def stop_component(self, component: str) -> None:
         """Stop one component and leave it stopped (for fault-injection tests)."""
         state = self.load_state()
@@ -288,8 +303,15 @@ class LocalCluster:
             raise ClusterError("cluster is not running")
         self._stop_pid(state.pids[component], 20.0)
 
+    def _stop_pid(self, pid: int, timeout: float) -> bool:
+        stopped = self._kill(pid, timeout)
+        proc = self._procs.pop(pid, None)
+        if proc is not None:
+            proc.wait()
+        return stopped
+
     @staticmethod
-    def _stop_pid(pid: int, timeout: float) -> bool:
+    def _kill(pid: int, timeout: float) -> bool:
         if not pid_alive(pid):
             return False
         with contextlib.suppress(ProcessLookupError):
@@ -509,6 +531,7 @@ class LocalCluster:
             env={**os.environ, "HOME": str(self.dir)},
         )
         log.close()
+        self._procs[proc.pid] = proc
         return proc.pid
 
     def _log_tail(self, component: str, lines: int = 15) -> str:

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from localcluster import LocalCluster, Topology
-from support.kube import Kubectl
+from support.kube import Kubectl, model_volume
 from support.processes import OperatorProcess
+from support.wait import wait_for
 
 TESTS = Path(__file__).resolve().parent
 
@@ -91,3 +92,20 @@ def operator(
     finally:
         code = proc.stop()
         assert code in (0, None), f"operator exited {code}: {proc.log_tail()}"
+
+
+@pytest.fixture
+def models_pvc(kubectl: Kubectl, namespace: str) -> Iterator[str]:
+    """A bound ``models`` PersistentVolumeClaim in the test's namespace (for pvc:// URIs)."""
+    objects = model_volume(namespace)
+    kubectl.apply(objects)
+    wait_for(
+        "the models PVC to bind",
+        lambda: (
+            kubectl.in_namespace(namespace).get("pvc", "models")["status"].get("phase") == "Bound"
+        ),
+    )
+    try:
+        yield "models"
+    finally:
+        kubectl("delete", "pv", objects[0]["metadata"]["name"], "--wait=false", check=False)

@@ -41,9 +41,9 @@ def run(config: OperatorSettings) -> int:
         verbose=config.log_level == "DEBUG",
     )
     logging.getLogger().setLevel(config.log_level)
-    # kopf logs every watch event at DEBUG; keep INFO readable.
+    # kopf logs each handler run ("Handler ... succeeded") at INFO: one line per watch event.
     logging.getLogger("kopf.objects").setLevel(
-        max(logging.INFO, logging.getLevelName(config.log_level))
+        logging.DEBUG if config.log_level == "DEBUG" else logging.WARNING
     )
     if config.metrics_port:
         start_http_server(config.metrics_port, addr=config.bind_address, registry=metrics.REGISTRY)

@@ -152,6 +152,13 @@ class Reconciler:
         try:
             with metrics.RECONCILE_SECONDS.time():
                 await self._reconcile(key, body, result)
+        except ApiError as e:
+            if e.status == 403 and "being terminated" in e.message:
+                # The namespace is going away with everything in it; nothing to converge.
+                log.debug("namespace of %s/%s is terminating", *key)
+                return result
+            metrics.RECONCILES.labels(result="error").inc()
+            raise
         except Exception:
             metrics.RECONCILES.labels(result="error").inc()
             raise
@@ -170,7 +177,12 @@ class Reconciler:
         observed = self.cache.children.get(key, {})
         deployment = observed.get(("apps/v1", "Deployment", owner.name))
         current = deployment["spec"].get("replicas") if deployment else None
-        replicas = desired_replicas(spec, current, self._autoscaler_wants(key))
+        # Our own last decision, not the Deployment's field: a hand-made `kubectl scale
+        # deployment` must be reverted, not adopted.
+        decided = (body.get("status") or {}).get("desiredReplicas")
+        replicas = desired_replicas(
+            spec, decided if decided is not None else current, self._autoscaler_wants(key)
+        )
         desired = desired_children(owner, spec, replicas, revision)
         plan = plan_children(desired, observed.values(), MANAGED_KINDS)
         for obj in plan.apply:

@@ -150,6 +150,10 @@ def evaluate(obs: Observation) -> list[Condition]:
     else:
         reason = Reason.PODS_NOT_READY
         msg = f"{ready}/{want} replicas ready"
+    blocked = [p for p in current_pods if p.unschedulable_message]
+    if blocked:
+        # Not GPUs (handled above): e.g. a missing model PVC. Say what the scheduler said.
+        msg += f"; {_plural(len(blocked), 'pod')} unschedulable: {blocked[0].unschedulable_message}"
     return [
         Condition(ready_t, "False", reason, msg),
         Condition(rec_t, "True", reason, msg),

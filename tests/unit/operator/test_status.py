@@ -189,3 +189,20 @@ def test_pod_info_recognises_waiting_for_gpu() -> None:
     assert info.gpus == 4
     assert info.revision == "r9"
     assert not info.ready
+
+
+def test_other_scheduling_failures_are_explained() -> None:
+    blocked = PodInfo(
+        "b",
+        "r1",
+        "Pending",
+        False,
+        False,
+        False,
+        '0/5 nodes are available: persistentvolumeclaim "models" not found.',
+        1,
+    )
+    status = build_status(observe(deployment=deployment(2, 1), pods=[pod("a"), blocked]), None, NOW)
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "False"
+    assert 'persistentvolumeclaim "models" not found' in ready["message"]
