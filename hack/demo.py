@@ -14,11 +14,11 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import yaml
-from localcluster import ROOT, LocalCluster, free_port, pid_alive
+
+from localcluster import ROOT, LocalCluster, free_port, model_volume, pid_alive
 
 NAMESPACE = "llmfleet-demo"
 EXAMPLES = ROOT / "examples"
@@ -42,11 +42,21 @@ def start_operator(cluster: LocalCluster) -> int:
     if pid_file.exists() and pid_alive(int(pid_file.read_text())):
         return int(pid_file.read_text())
     log = (cluster.logs / "operator.log").open("ab")
-    proc = subprocess.Popen(  # noqa: S603 - our own console script
-        [sys.executable, "-m", "llmfleet_operator", "run", "--all-namespaces",
-         f"--health-port={free_port()}", f"--metrics-port={free_port()}",
-         "--bind-address=127.0.0.1", "--log-format=plain"],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llmfleet_operator",
+            "run",
+            "--all-namespaces",
+            f"--health-port={free_port()}",
+            f"--metrics-port={free_port()}",
+            "--bind-address=127.0.0.1",
+            "--log-format=plain",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
         env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)},
         start_new_session=True,
     )
@@ -96,24 +106,39 @@ def main() -> int:
     pid = start_operator(cluster)
     say(f"operator running (pid {pid}), log: {cluster.logs / 'operator.log'}")
     kubectl(cluster, "create", "namespace", NAMESPACE, check=False)
+    say("a read-only model volume (PV + PVC `models`), as a platform team provides it")
+    volume = json.dumps({"apiVersion": "v1", "kind": "List", "items": model_volume(NAMESPACE)})
+    print(cluster.kubectl("apply", "-f", "-", stdin=volume).stdout.strip())
     docs = examples()
     say(f"applying {len(docs)} LLMDeployments from examples/")
     for doc in docs:
-        result = cluster.kubectl("apply", "-n", NAMESPACE, "-f", "-", stdin=json.dumps(doc),
-                                 check=False)
+        result = cluster.kubectl(
+            "apply", "-n", NAMESPACE, "-f", "-", stdin=json.dumps(doc), check=False
+        )
         print(result.stdout.strip() or result.stderr.strip())
     names = [d["metadata"]["name"] for d in docs]
     outcome = wait_settled(cluster, names)
     say("kubectl get llmd")
     print(kubectl(cluster, "get", "llmd", "-n", NAMESPACE))
     say("worker pods on GPU nodes")
-    print(kubectl(cluster, "get", "pods", "-n", NAMESPACE, "-o", "wide",
-                  "-L", "llmfleet.io/deployment,llmfleet.io/revision"))
+    print(
+        kubectl(
+            cluster,
+            "get",
+            "pods",
+            "-n",
+            NAMESPACE,
+            "-o",
+            "wide",
+            "-L",
+            "llmfleet.io/deployment,llmfleet.io/revision",
+        )
+    )
     stalled = [n for n, o in outcome.items() if o.startswith("Stalled")]
     for name in stalled or names[:1]:
         say(f"kubectl describe llmd/{name} (excerpt)")
         text = kubectl(cluster, "describe", "llmd", name, "-n", NAMESPACE)
-        keep = text[text.find("Status:"):] if "Status:" in text else text
+        keep = text[text.find("Status:") :] if "Status:" in text else text
         print("\n".join(keep.splitlines()[:45]))
     say("summary")
     for name in names:
@@ -122,7 +147,8 @@ def main() -> int:
     print("make cluster-down                           # stops the cluster and the operator")
     expected_stalled = {"too-big"}
     ok = all(outcome[n] == "Ready" for n in names if n not in expected_stalled) and all(
-        outcome.get(n, "").startswith("Stalled (InsufficientGPU") for n in expected_stalled
+        outcome.get(n, "").startswith("Stalled (InsufficientGPU")
+        for n in expected_stalled
         if n in outcome
     )
     return 0 if ok else 1

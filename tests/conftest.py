@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from localcluster import LocalCluster, Topology
-from support.kube import Kubectl, model_volume
+from localcluster import LocalCluster, Topology, model_volume
+from support.kube import Kubectl
 from support.processes import OperatorProcess
 from support.wait import wait_for
 

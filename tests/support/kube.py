@@ -69,39 +69,3 @@ class Kubectl:
                 return None
             raise KubectlError(["get", kind, name], result)
         return json.loads(result.stdout)
-
-
-def model_volume(namespace: str, claim: str = "models") -> list[dict[str, Any]]:
-    """A bound read-only volume holding models, as a platform team provides it.
-
-    The real scheduler will not place a pod whose PersistentVolumeClaim does not exist or is
-    unbound, so every namespace that runs ``pvc://`` LLMDeployments needs one. The PV is
-    pre-bound to the claim (``claimRef``), so the controller manager binds them at once.
-    """
-    pv_name = f"{namespace}-{claim}"[:63]
-    return [
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolume",
-            "metadata": {"name": pv_name, "labels": {"llmfleet.io/test-volume": "true"}},
-            "spec": {
-                "capacity": {"storage": "100Gi"},
-                "accessModes": ["ReadOnlyMany"],
-                "persistentVolumeReclaimPolicy": "Delete",
-                "storageClassName": "",
-                "hostPath": {"path": f"/var/lib/llmfleet/models/{pv_name}"},
-                "claimRef": {"namespace": namespace, "name": claim},
-            },
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "PersistentVolumeClaim",
-            "metadata": {"name": claim, "namespace": namespace},
-            "spec": {
-                "accessModes": ["ReadOnlyMany"],
-                "storageClassName": "",
-                "volumeName": pv_name,
-                "resources": {"requests": {"storage": "100Gi"}},
-            },
-        },
-    ]
