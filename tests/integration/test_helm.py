@@ -19,6 +19,7 @@ from llmfleet_operator import api
 from localcluster import LocalCluster
 from support.helm import CHART, Helm
 from support.kube import Kubectl
+from support.processes import OperatorProcess
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "chat-small.yaml"
 
@@ -64,6 +65,21 @@ def env_of(deployment: dict[str, Any]) -> dict[str, str]:
     """The operator container's env; the API server drops empty values."""
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     return {e["name"]: e.get("value", "") for e in container["env"]}
+
+
+def service_account_kubeconfig(kubectl: Kubectl, sa: str, path: Path) -> Path:
+    """A kubeconfig that authenticates as the ServiceAccount ``sa`` ("NAMESPACE:NAME") with a
+    short-lived token: what the operator's pod would use in-cluster."""
+    namespace, name = sa.split(":")
+    token = kubectl("create", "token", name, f"--namespace={namespace}", "--duration=15m")
+    config = json.loads(
+        kubectl("config", "view", "--raw", "--minify", "--flatten", "-o=json").stdout
+    )
+    user = config["contexts"][0]["context"]["user"]
+    config["users"] = [{"name": user, "user": {"token": token.stdout.strip()}}]
+    path.write_text(json.dumps(config))
+    path.chmod(0o600)
+    return path
 
 
 def revision(helm: Helm, release: str, namespace: str) -> int:
@@ -185,7 +201,7 @@ def test_install_upgrade_uninstall(
 
 @pytest.mark.usefixtures("crd_installed")
 def test_namespace_scoped_install(
-    helm: Helm, kubectl: Kubectl, restricted: str, release: str
+    helm: Helm, kubectl: Kubectl, restricted: str, release: str, tmp_path: Path
 ) -> None:
     watched = f"{restricted}-w"
     kubectl("create", "namespace", watched)
@@ -225,6 +241,39 @@ def test_namespace_scoped_install(
         ]
         assert [a for a in allowed if not can_i(kubectl, sa, *a)] == []
         assert [d for d in denied if can_i(kubectl, sa, *d)] == []
+
+        # The real operator, with nothing but the release's ServiceAccount, brings an
+        # LLMDeployment in the watched namespace to Ready and is never refused.
+        config = service_account_kubeconfig(kubectl, sa, tmp_path / "sa.kubeconfig")
+        log = tmp_path / "operator.log"
+        proc = OperatorProcess(config, log, f"--namespace={watched}").start()
+        try:
+            kube = kubectl.in_namespace(watched)
+            kube.apply(
+                {
+                    "apiVersion": api.API_VERSION,
+                    "kind": api.KIND,
+                    "metadata": {"name": "rbac-check"},
+                    # hf:// needs no volume in the namespace; kwok never runs the worker.
+                    "spec": {
+                        "model": {"uri": "hf://llmfleet/tiny"},
+                        "worker": {"resources": {"gpus": 1}},
+                    },
+                }
+            )
+            kube("wait", "--for=condition=Ready", "llmd/rbac-check", "--timeout=90s")
+            assert kube.get("deployment", "rbac-check")["metadata"]["ownerReferences"]
+            assert kube.get("service", "rbac-check")["metadata"]["ownerReferences"]
+        finally:
+            print(proc.log_tail(60))  # shown when the test fails
+            print(
+                kubectl.in_namespace(watched)(
+                    "get", "llmd,deploy,pods", "-o", "yaml", check=False
+                ).stdout[-6000:]
+            )
+            assert proc.stop() in (0, None), proc.log_tail()
+        forbidden = [line for line in log.read_text().splitlines() if "forbidden" in line.lower()]
+        assert forbidden == []
 
         helm.run("uninstall", release, f"--namespace={restricted}", "--wait", "--timeout=120s")
         assert kubectl.in_namespace(watched).get_or_none("role", fullname) is None
