@@ -210,12 +210,15 @@ class LocalCluster:
         topology: Topology | None = None,
         bin_dir: Path | None = None,
         tie_to_parent: bool = False,
+        audit: bool = False,
     ) -> None:
         self.dir = state_dir.resolve()
         self.topology = topology or Topology()
         self._bin_dir = bin_dir
         # Tests set this so that a killed pytest takes its cluster down with it.
         self._tie_to_parent = tie_to_parent
+        # Metadata-level audit log of every request (benchmarks count requests per user).
+        self.audit = audit
         # Popen objects of processes we started, kept so they are reaped, not leaked.
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
         state = self.load_state()
@@ -404,68 +407,81 @@ class LocalCluster:
             "kwok": ("/O=system:masters/CN=kwok", "extendedKeyUsage=clientAuth"),
         }
         for name, (subject, ext) in leaves.items():
-            (self.pki / f"{name}.ext").write_text(ext + "\n")
-            self._openssl(
-                "req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subject
-            )
-            self._openssl(
-                "x509",
-                "-req",
-                "-in",
-                f"{name}.csr",
-                "-CA",
-                "ca.crt",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-days",
-                "3650",
-                "-out",
-                f"{name}.crt",
-                "-extfile",
-                f"{name}.ext",
-            )
+            self._issue(name, subject, ext)
         for key in self.pki.glob("*.key"):
             key.chmod(0o600)
+
+    def _issue(self, name: str, subject: str, ext: str) -> None:
+        """A key and a certificate signed by the cluster CA."""
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        (self.pki / f"{name}.ext").write_text(ext + "\n")
+        self._openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subject)
+        self._openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "3650",
+            "-out",
+            f"{name}.crt",
+            "-extfile",
+            f"{name}.ext",
+        )
+        (self.pki / f"{name}.key").chmod(0o600)
+
+    def _write_kubeconfig(self, path: Path, cert: str, port: int) -> None:
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "llmfleet-local",
+                    "cluster": {
+                        "server": f"https://127.0.0.1:{port}",
+                        "certificate-authority": str(self.pki / "ca.crt"),
+                    },
+                }
+            ],
+            "users": [
+                {
+                    "name": cert,
+                    "user": {
+                        "client-certificate": str(self.pki / f"{cert}.crt"),
+                        "client-key": str(self.pki / f"{cert}.key"),
+                    },
+                }
+            ],
+            "contexts": [
+                {"name": "llmfleet-local", "context": {"cluster": "llmfleet-local", "user": cert}}
+            ],
+            "current-context": "llmfleet-local",
+        }
+        path.write_text(json.dumps(config, indent=2))
+        path.chmod(0o600)
 
     def _write_kubeconfigs(self, port: int) -> None:
         for user in ("admin", "controller-manager", "scheduler", "kwok"):
             path = self.kubeconfig if user == "admin" else self.dir / f"{user}.kubeconfig"
-            path.write_text(
-                json.dumps(
-                    {
-                        "apiVersion": "v1",
-                        "kind": "Config",
-                        "clusters": [
-                            {
-                                "name": "llmfleet-local",
-                                "cluster": {
-                                    "server": f"https://127.0.0.1:{port}",
-                                    "certificate-authority": str(self.pki / "ca.crt"),
-                                },
-                            }
-                        ],
-                        "users": [
-                            {
-                                "name": user,
-                                "user": {
-                                    "client-certificate": str(self.pki / f"{user}.crt"),
-                                    "client-key": str(self.pki / f"{user}.key"),
-                                },
-                            }
-                        ],
-                        "contexts": [
-                            {
-                                "name": "llmfleet-local",
-                                "context": {"cluster": "llmfleet-local", "user": user},
-                            }
-                        ],
-                        "current-context": "llmfleet-local",
-                    },
-                    indent=2,
-                )
-            )
-            path.chmod(0o600)
+            self._write_kubeconfig(path, user, port)
+
+    def kubeconfig_for(self, user: str, groups: tuple[str, ...] = ()) -> Path:
+        """A kubeconfig for a client-certificate user (e.g. to tell the operator's requests
+        apart in the audit log, or to test RBAC as a plain user)."""
+        state = self.load_state()
+        if state is None:
+            raise ClusterError("cluster is not running")
+        name = f"user-{user}"
+        subject = "".join(f"/O={g}" for g in groups) + f"/CN={user}"
+        self._issue(name, subject, "extendedKeyUsage=clientAuth")
+        path = self.dir / f"{name}.kubeconfig"
+        self._write_kubeconfig(path, name, state.ports["kube-apiserver"])
+        return path
 
     # --- processes ---------------------------------------------------------------------------
     def _command(self, component: str, state: State) -> list[str]:
@@ -508,6 +524,7 @@ class LocalCluster:
                 # A loopback advertise address can't be an Endpoints address.
                 "--endpoint-reconciler-type=none",
                 "--profiling=false",
+                *self._audit_flags(),
                 "--v=0",
             ]
         if component in ("kube-controller-manager", "kube-scheduler"):
@@ -553,6 +570,33 @@ class LocalCluster:
                 f"--server-address=127.0.0.1:{p['kwok']}",
             ]
         raise ClusterError(f"unknown component {component}")
+
+    @property
+    def audit_log(self) -> Path:
+        """Where the API server writes its audit log (when started with ``audit=True``)."""
+        return self.logs / "audit.jsonl"
+
+    def _audit_flags(self) -> list[str]:
+        if not self.audit:
+            return []
+        policy = self.dir / "audit-policy.json"
+        policy.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "audit.k8s.io/v1",
+                    "kind": "Policy",
+                    "omitStages": ["RequestReceived"],
+                    "rules": [{"level": "Metadata"}],
+                }
+            )
+        )
+        return [
+            f"--audit-policy-file={policy}",
+            f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json",
+            "--audit-log-mode=batch",
+            "--audit-log-batch-max-wait=1s",
+        ]
 
     def _start(self, component: str, state: State) -> int:
         log = (self.logs / f"{component}.log").open("ab")

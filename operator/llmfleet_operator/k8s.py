@@ -19,6 +19,8 @@ from urllib.parse import quote, urlencode
 
 import aiohttp
 
+from llmfleet_operator import metrics
+
 FIELD_MANAGER = "llmfleet-operator"
 SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 
@@ -99,7 +101,6 @@ class Kube:
         self._token = credentials.token
         self.field_manager = field_manager
         self._session: aiohttp.ClientSession | None = None
-        self.requests_by_verb: dict[str, int] = {}
 
     def _ssl(self) -> ssl.SSLContext | bool:
         if self._creds.insecure:
@@ -146,8 +147,7 @@ class Kube:
                 headers["Content-Type"] = content_type
                 data = json.dumps(body)
             session = await self._sess()
-            verb = method if method != "PATCH" else f"PATCH({content_type.split('/')[-1]})"
-            self.requests_by_verb[verb] = self.requests_by_verb.get(verb, 0) + 1
+            metrics.API_REQUESTS.labels(method=method).inc()
             async with session.request(method, url, data=data, headers=headers) as resp:
                 text = await resp.text()
                 if resp.status == 401 and attempt == 1 and self._reload_token():

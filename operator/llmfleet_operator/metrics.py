@@ -40,3 +40,9 @@ SCALING_DECISIONS = Counter(
     ["direction", "reason"],
     registry=REGISTRY,
 )
+API_REQUESTS = Counter(
+    "llmfleet_operator_api_requests_total",
+    "Requests the reconciler sent to the API server (watches are kopf's), by HTTP method.",
+    ["method"],
+    registry=REGISTRY,
+)

@@ -141,6 +141,7 @@ class Reconciler:
         self._autoscaler_wants = autoscaler_wants
         self._clock = clock
         self._capacity: dict[str, tuple[float, GpuCapacity | None]] = {}
+        self._started_at = time.time()
 
     async def reconcile(self, key: Key) -> ReconcileResult:
         """Bring the children and status of ``key`` in line with its spec."""
@@ -207,8 +208,9 @@ class Reconciler:
         result: ReconcileResult,
     ) -> None:
         ck = child_key(obj)
-        if ck not in self.cache.children.get(key, {}):
-            # Not in the cache yet (start-up, or the watch lags): look before writing.
+        if ck not in self.cache.children.get(key, {}) and self._may_predate_us(body):
+            # Created before this operator started, so the child may exist although the
+            # watch has not delivered it yet: look before writing.
             live = await self.kube.get(object_path(obj))
             if live is not None:
                 self.cache.put_child(key, live)
@@ -216,7 +218,7 @@ class Reconciler:
                     return
             verb = "Created" if live is None else "Updated"
         else:
-            verb = "Updated"
+            verb = "Updated" if ck in self.cache.children.get(key, {}) else "Created"
         applied = await self.kube.apply(obj)
         self.cache.put_child(key, applied)
         result.applied.append(ck)
@@ -232,6 +234,15 @@ class Reconciler:
                     f" (replicas {want}, revision {obj['metadata']['labels'][LABEL_REVISION]})"
                 )
         await self.kube.event(body, f"{verb}{kind}", message)
+
+    def _may_predate_us(self, body: Mapping[str, Any]) -> bool:
+        created = body["metadata"].get("creationTimestamp")
+        if not created:
+            return True
+        born = datetime.fromisoformat(str(created).replace("Z", "+00:00"))
+        # Children of an object created after we started were created by us, and every
+        # write of ours goes into the cache; a margin covers clock granularity.
+        return born.timestamp() < self._started_at - 5.0
 
     async def _capacity_for(self, resource: str) -> GpuCapacity | None:
         """Free GPUs, cached briefly; None when RBAC does not allow the cluster-wide look."""

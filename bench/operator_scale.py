@@ -1,0 +1,215 @@
+#!/usr/bin/env python3
+"""How the operator copes with many LLMDeployments on a real (kwok-simulated) cluster.
+
+Starts a private cluster with enough simulated GPU nodes, applies N LLMDeployments (one GPU
+each), and reports:
+
+- time from apply to all Ready (median of the per-object Ready times, and the last one);
+- the operator's peak RSS and CPU seconds;
+- API requests the operator sent, by verb, during convergence and during an idle window
+  afterwards, counted by the API server itself (its audit log, filtered to the operator's
+  own client identity), so nothing the operator does can hide.
+
+    .venv/bin/python bench/operator_scale.py [--count 200] [--idle 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "hack"))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from localcluster import LocalCluster, Topology, free_port, model_volume  # noqa: E402
+from support.processes import scrape  # noqa: E402
+
+NAMESPACE = "bench"
+OPERATOR_USER = "llmfleet-operator-bench"
+
+
+def proc_stats(pid: int) -> tuple[float, float]:
+    """(peak RSS in MiB, CPU seconds) of a live process."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    hwm = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM"))
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return hwm / 1024, (int(fields[11]) + int(fields[12])) / ticks
+
+
+def audit_counts(path: Path, user: str, start: float, end: float) -> Counter[str]:
+    """Requests by verb that ``user`` made between two wall-clock times."""
+    counts: Counter[str] = Counter()
+    if not path.exists():
+        return counts
+    for line in path.read_text().splitlines():
+        event = json.loads(line)
+        if event.get("user", {}).get("username") != user:
+            continue
+        ts = datetime.fromisoformat(event["requestReceivedTimestamp"].replace("Z", "+00:00"))
+        if start <= ts.timestamp() <= end:
+            verb = event["verb"]
+            if event.get("objectRef", {}).get("subresource"):
+                verb += "/" + event["objectRef"]["subresource"]
+            counts[verb] += 1
+    return counts
+
+
+def llmd(i: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "llmfleet.io/v1alpha1",
+        "kind": "LLMDeployment",
+        "metadata": {"name": f"m{i:04d}", "namespace": NAMESPACE},
+        "spec": {
+            "model": {"uri": "pvc://models/tiny", "revision": "v1"},
+            "worker": {"resources": {"gpus": 1, "cpu": "1", "memory": "1Gi"}},
+            "autoscaling": {"minReplicas": 1, "maxReplicas": 2},
+        },
+    }
+
+
+def ready_times(cluster: LocalCluster) -> dict[str, float]:
+    """Ready condition transition times (epoch seconds) of Ready LLMDeployments."""
+    out = cluster.kubectl("get", "llmd", "-n", NAMESPACE, "-o", "json").stdout
+    ready = {}
+    for item in json.loads(out)["items"]:
+        for c in item.get("status", {}).get("conditions", []):
+            if c["type"] == "Ready" and c["status"] == "True":
+                ts = datetime.fromisoformat(c["lastTransitionTime"].replace("Z", "+00:00"))
+                ready[item["metadata"]["name"]] = ts.timestamp()
+    return ready
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--count", type=int, default=200)
+    parser.add_argument("--idle", type=float, default=60.0, help="idle window, seconds")
+    parser.add_argument("--timeout", type=float, default=900.0)
+    args = parser.parse_args()
+    gpu_nodes = args.count // 8 + 2
+    state_dir = Path(tempfile.mkdtemp(prefix="llmfleet-bench-"))
+    cluster = LocalCluster(
+        state_dir, Topology(gpu_nodes=gpu_nodes, gpus_per_node=8), tie_to_parent=True, audit=True
+    )
+    print(f"$ {shlex.join(sys.argv)}")
+    print(f"cluster: {gpu_nodes} GPU nodes x 8, state in {state_dir}")
+    cluster.up(timeout=300)
+    operator: subprocess.Popen[bytes] | None = None
+    try:
+        crd = ROOT / "crds" / "llmfleet.io_llmdeployments.yaml"
+        cluster.kubectl("apply", "--server-side", "-f", str(crd))
+        cluster.kubectl("wait", "--for=condition=Established", "crd/llmdeployments.llmfleet.io")
+        cluster.kubectl("create", "namespace", NAMESPACE)
+        cluster.kubectl(
+            "apply",
+            "-f",
+            "-",
+            stdin=json.dumps(
+                {"apiVersion": "v1", "kind": "List", "items": model_volume(NAMESPACE)}
+            ),
+        )
+        kubeconfig = cluster.kubeconfig_for(OPERATOR_USER, ("system:masters",))
+        metrics_port = free_port()
+        log = (state_dir / "operator.log").open("wb")
+        operator = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "llmfleet_operator",
+                "run",
+                "--all-namespaces",
+                f"--health-port={free_port()}",
+                f"--metrics-port={metrics_port}",
+                "--bind-address=127.0.0.1",
+                "--log-format=plain",
+                "--log-level=WARNING",
+            ],
+            env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        time.sleep(3)  # let the operator finish its initial (empty) listings
+        items = [llmd(i) for i in range(args.count)]
+        start = time.time()
+        for chunk in range(0, len(items), 100):
+            cluster.kubectl(
+                "apply",
+                "-f",
+                "-",
+                stdin=json.dumps(
+                    {"apiVersion": "v1", "kind": "List", "items": items[chunk : chunk + 100]}
+                ),
+            )
+        applied = time.time()
+        peak_rss = 0.0
+        ready: dict[str, float] = {}
+        while time.time() - start < args.timeout:
+            peak_rss = max(peak_rss, proc_stats(operator.pid)[0])
+            ready = ready_times(cluster)
+            if len(ready) == args.count:
+                break
+            time.sleep(1)
+        converged = time.time()
+        _, cpu_converge = proc_stats(operator.pid)
+        if len(ready) < args.count:
+            print(f"only {len(ready)}/{args.count} Ready after {args.timeout:.0f}s")
+            return 1
+        time.sleep(3)  # the audit log is flushed in 1 s batches
+        idle_start = time.time()
+        time.sleep(args.idle)
+        idle_end = time.time()
+        time.sleep(2)
+        rss, cpu_total = proc_stats(operator.pid)
+        peak_rss = max(peak_rss, rss)
+        conv = audit_counts(cluster.audit_log, OPERATOR_USER, start, converged)
+        idle = audit_counts(cluster.audit_log, OPERATOR_USER, idle_start, idle_end)
+        writes = {"create", "update", "patch", "delete", "deletecollection"}
+        idle_writes = sum(n for v, n in idle.items() if v.split("/")[0] in writes)
+        latencies = sorted(t - start for t in ready.values())
+        own = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
+        print(f"\nLLMDeployments: {args.count} (1 GPU each), applied in {applied - start:.1f}s")
+        print(
+            f"apply -> Ready   median {statistics.median(latencies):6.1f}s   "
+            f"p95 {latencies[int(0.95 * (len(latencies) - 1))]:6.1f}s   "
+            f"all {max(latencies):6.1f}s   (Ready times have 1 s resolution)"
+        )
+        print(
+            f"operator         peak RSS {peak_rss:6.1f} MiB   CPU {cpu_converge:6.1f}s to "
+            f"converge, {cpu_total - cpu_converge:5.2f}s over the idle window"
+        )
+        ok = own.get('llmfleet_operator_reconciles_total{result="ok"}', 0.0)
+        failed = own.get('llmfleet_operator_reconciles_total{result="error"}', 0.0)
+        print(f"reconciles       {ok:.0f} ok, {failed:.0f} failed (retried)")
+        print("\nAPI requests by the operator (API server audit log), by verb:")
+        verbs = sorted(set(conv) | set(idle))
+        idle_head = f"idle {args.idle:.0f}s"
+        print(f"  {'verb':28} {'convergence':>12} {'per object':>11} {idle_head:>10}")
+        for v in verbs:
+            print(f"  {v:28} {conv[v]:12d} {conv[v] / args.count:11.2f} {idle[v]:10d}")
+        print(
+            f"  {'total':28} {sum(conv.values()):12d} {sum(conv.values()) / args.count:11.2f} "
+            f"{sum(idle.values()):10d}"
+        )
+        print(f"\nwrites during the idle window: {idle_writes}")
+        return 0 if idle_writes == 0 else 1
+    finally:
+        if operator is not None:
+            operator.terminate()
+            operator.wait(timeout=30)
+        cluster.down()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
