@@ -50,7 +50,10 @@ async def read_stream(
     return chunks, reason, usage
 
 
-async def test_full_queue_answers_429_with_retry_after(tiny_model: Path, tmp_path: Path) -> None:
+async def test_full_queue_gets_429_and_drain_timeout_aborts_stragglers(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    # One process for both checks: worker start-up dominates these tests' run time.
     worker = start_worker(
         tiny_model,
         tmp_path,
@@ -62,6 +65,8 @@ async def test_full_queue_answers_429_with_retry_after(tiny_model: Path, tmp_pat
         "2",
         "--max-model-len",
         "2048",
+        "--drain-timeout",
+        "0.5",
     )
     try:
         async with httpx.AsyncClient(base_url=worker.url, timeout=120) as c:
@@ -80,6 +85,16 @@ async def test_full_queue_answers_429_with_retry_after(tiny_model: Path, tmp_pat
             assert worker.metric('llmfleet_worker_requests_total{outcome="rejected"}') == 1
             running.cancel()  # disconnect: frees the slot for the queued one
             assert (await queued)[1] == "length"
+
+            # Drain with a deadline shorter than the work left: the stream is cut with an
+            # error event instead of a finish reason, and the process still exits 0.
+            started = asyncio.Event()
+            straggler = asyncio.ensure_future(read_stream(c, long_stream(2000), started))
+            await asyncio.wait_for(started.wait(), 60)
+            worker.proc.send_signal(signal.SIGTERM)
+            _chunks, reason, _usage = await straggler
+            assert reason == "error:draining"
+        assert await asyncio.to_thread(worker.proc.wait, 60) == 0, worker.log()
     finally:
         worker.stop()
 
@@ -115,22 +130,6 @@ async def test_sigterm_drains_streams_to_completion_then_exits_0(
     for _chunks, reason, usage in results:
         assert reason == "length"
         assert usage == n_tokens
-
-
-async def test_drain_timeout_aborts_stragglers_and_still_exits_0(
-    tiny_model: Path, tmp_path: Path
-) -> None:
-    worker = start_worker(tiny_model, tmp_path, "--max-model-len", "2048", "--drain-timeout", "0.5")
-    async with httpx.AsyncClient(base_url=worker.url, timeout=120) as c:
-        started = asyncio.Event()
-        body = long_stream(2000)
-        stream = asyncio.ensure_future(read_stream(c, body, started))
-        await asyncio.wait_for(started.wait(), 60)
-        worker.proc.send_signal(signal.SIGTERM)
-        # Cut short by the deadline: an error event instead of a finish reason, then [DONE].
-        _chunks, reason, _usage = await stream
-        assert reason == "error:draining"
-    assert await asyncio.to_thread(worker.proc.wait, 60) == 0, worker.log()
 
 
 def run_serve(*args: str) -> subprocess.CompletedProcess[str]:

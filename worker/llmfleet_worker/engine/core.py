@@ -147,7 +147,7 @@ class Engine:
             max_queue=max_queue,
         )
         self.stats = EngineStats(load_seconds=load_seconds)
-        self._streams: dict[int, _Stream] = {}
+        self._streams: dict[str, _Stream] = {}
         self._lock = threading.Lock()
         self._wakeup = threading.Event()
         self._stop = False
@@ -226,7 +226,7 @@ class Engine:
         )
         with self._lock:
             self.scheduler.add(seq)
-            self._streams[id(seq)] = stream
+            self._streams[seq.request_id] = stream
         self._wakeup.set()
         return handle
 
@@ -273,7 +273,7 @@ class Engine:
     def _append(
         self, seq: Sequence, token: int, now: float, out: list[tuple[RequestHandle, Output]]
     ) -> None:
-        stream = self._streams.get(id(seq))
+        stream = self._streams.get(seq.request_id)
         if stream is None or seq.finish_reason is not None:
             return
         seq.output_ids.append(token)
@@ -305,11 +305,11 @@ class Engine:
         out.append((stream.handle, Output(piece, 1, now, finish)))
         if finish is not None:
             self.scheduler.finish(seq, finish)
-            self._streams.pop(id(seq), None)
+            self._streams.pop(seq.request_id, None)
             self.runner.release(seq)
 
     def _retire(self, seq: Sequence, reason: str, out: list[tuple[RequestHandle, Output]]) -> None:
-        stream = self._streams.pop(id(seq), None)
+        stream = self._streams.pop(seq.request_id, None)
         self.runner.release(seq)
         if stream is not None:
             out.append((stream.handle, Output("", 0, time.monotonic(), reason)))

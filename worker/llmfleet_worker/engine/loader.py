@@ -76,6 +76,7 @@ def quantize_int8(module: torch.nn.Module) -> torch.nn.Module:
         # is what the issue asks for, so the notice is not actionable here.
         warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization is deprecated")
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.ao")
+        warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor, torch\.quantize")
         quantize: Any = torch.ao.quantization.quantize_dynamic  # untyped in torch
         quantized: torch.nn.Module = quantize(
             module, {torch.nn.Linear}, dtype=torch.qint8, inplace=True

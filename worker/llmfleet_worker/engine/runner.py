@@ -50,20 +50,20 @@ class Sampler:
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self._generators: dict[int, torch.Generator] = {}
+        self._generators: dict[str, torch.Generator] = {}
         self._shared = torch.Generator(device=device)
         self._shared.seed()
 
     def release(self, seq: Sequence) -> None:
-        self._generators.pop(id(seq), None)
+        self._generators.pop(seq.request_id, None)
 
     def _generator(self, seq: Sequence) -> torch.Generator:
-        gen = self._generators.get(id(seq))
+        gen = self._generators.get(seq.request_id)
         if gen is None:
             gen = torch.Generator(device=self.device)
             assert seq.params.seed is not None
             gen.manual_seed(seq.params.seed)
-            self._generators[id(seq)] = gen
+            self._generators[seq.request_id] = gen
         return gen
 
     def sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
@@ -441,14 +441,14 @@ class HFRunner:
             self.model = quantize_int8(self.model)
         self.device = loaded.device
         self.sampler = Sampler(self.device)
-        self._caches: dict[int, Any] = {}
+        self._caches: dict[str, Any] = {}
         # transformers 5.x renamed the forward argument ``past_key_values`` to ``cache``.
         params = inspect.signature(self.model.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
 
     def release(self, seq: Sequence) -> None:
         self.sampler.release(seq)
-        self._caches.pop(id(seq), None)
+        self._caches.pop(seq.request_id, None)
 
     @torch.inference_mode()
     def step(self, plan: StepPlan) -> list[int]:
@@ -458,7 +458,7 @@ class HFRunner:
         seqs: list[Sequence] = []
         for chunk in plan.chunks:
             seq = chunk.seq
-            cache = self._caches.setdefault(id(seq), DynamicCache())
+            cache = self._caches.setdefault(seq.request_id, DynamicCache())
             ids = torch.tensor([seq.tokens(chunk.start, chunk.start + chunk.length)])
             positions = torch.arange(chunk.start, chunk.start + chunk.length)[None]
             out = self.model(
