@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from llmfleet_operator import api, crdgen
 from localcluster import LocalCluster, Topology, model_volume
 from support.kube import Kubectl
 from support.processes import OperatorProcess
@@ -27,6 +28,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 # --- the local Kubernetes cluster ------------------------------------------------------------
 ROOT = TESTS.parent
+CRD_FILE = ROOT / "crds" / crdgen.FILE_NAME
 
 
 @pytest.fixture(scope="session")
@@ -78,6 +80,32 @@ def namespace(kubectl: Kubectl, request: pytest.FixtureRequest) -> Iterator[str]
 def kube(kubectl: Kubectl, namespace: str) -> Kubectl:
     """kubectl bound to the test's namespace."""
     return kubectl.in_namespace(namespace)
+
+
+@pytest.fixture(scope="session")
+def crd_installed(kubectl: Kubectl) -> str:
+    """The committed LLMDeployment CRD, applied and served; returns its name.
+
+    Server-side apply makes this idempotent (a no-op when the cluster already has it, e.g.
+    with LLMFLEET_REUSE_CLUSTER=1), and --force-conflicts takes over fields another manager
+    (a Helm install) may own. The CRD stays: the session's cluster goes away anyway.
+    """
+    kubectl(
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager=llmfleet-tests",
+        "-f",
+        str(CRD_FILE),
+    )
+    kubectl("wait", "--for=condition=Established", f"crd/{api.CRD_NAME}", "--timeout=60s")
+    # Established is the server's view; kubectl's discovery must also know the short name.
+    wait_for(
+        "`kubectl get llmd` to work",
+        lambda: kubectl("get", "llmd", "--all-namespaces", check=False).returncode == 0,
+        timeout=30,
+    )
+    return api.CRD_NAME
 
 
 @pytest.fixture(scope="session")
