@@ -108,7 +108,9 @@ def crd_installed(kubectl: Kubectl) -> str:
     return api.CRD_NAME
 
 
-@pytest.fixture(scope="session")
+# Module scope: each test file gets its own operator, so a file that runs a differently
+# configured operator (e.g. the Helm chart's namespace-scoped one) never races a shared one.
+@pytest.fixture(scope="module")
 def operator(
     cluster: LocalCluster, crd_installed: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:

@@ -20,6 +20,7 @@ import kopf
 
 from llmfleet_operator import metrics
 from llmfleet_operator.api import GROUP, LABEL_DEPLOYMENT, PLURAL, VERSION
+from llmfleet_operator.autoscale_loop import AutoscaleLoop
 from llmfleet_operator.k8s import SERVICE_ACCOUNT_TOKEN, Credentials, Kube
 from llmfleet_operator.reconciler import Cache, Key, Reconciler
 from llmfleet_operator.settings import OperatorSettings
@@ -86,6 +87,16 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     kube = Kube(credentials_from(_login(settings)))
     cache = Cache()
     reconciler = Reconciler(kube, cache)
+    autoscaler = AutoscaleLoop(
+        cache,
+        enqueue=lambda key: queue.add(key),
+        kube=kube,
+        prometheus_url=config.prometheus_url,
+        interval=config.autoscale_interval_seconds,
+        rate_window=config.rate_window,
+        capacity=reconciler.gpu_capacity,
+    )
+    reconciler.scaling = autoscaler
 
     async def handle(key: Key) -> None:
         result = await reconciler.reconcile(key)
@@ -95,18 +106,21 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 
     queue: WorkQueue[Key] = WorkQueue(handle, workers=config.workers)
     memo.kube, memo.cache, memo.reconciler, memo.queue = kube, cache, reconciler, queue
+    memo.autoscaler = autoscaler
     memo.queue_task = asyncio.create_task(queue.run(), name="llmfleet-workqueue")
+    memo.autoscaler_task = asyncio.create_task(autoscaler.run(), name="llmfleet-autoscaler")
     log.info("operator started", extra={"namespaces": list(config.namespaces) or "all"})
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     """Stop the workers and close the API client."""
-    task: asyncio.Task[None] | None = memo.get("queue_task")
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    for name in ("autoscaler_task", "queue_task"):
+        task: asyncio.Task[None] | None = memo.get(name)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     kube: Kube | None = memo.get("kube")
     if kube is not None:
         await kube.close()
@@ -119,6 +133,7 @@ def llmdeployment_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_:
     metrics.MANAGED.set(len(memo.cache.llmds))
     if type == "DELETED":
         memo.queue.forget(key)
+        memo.autoscaler.forget(key)
         memo.cache.children.pop(key, None)
         memo.cache.pods.pop(key, None)
         return

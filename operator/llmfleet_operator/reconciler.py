@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
@@ -126,6 +126,27 @@ class ReconcileResult:
     requeue_after: float | None = None
 
 
+class ScalingView(Protocol):
+    """What the reconciler reads from the autoscaler (the autoscaler never writes)."""
+
+    def wants(self, key: Key) -> int | None: ...
+    def status_block(self, key: Key) -> dict[str, Any] | None: ...
+    def condition(self, key: Key) -> Condition | None: ...
+
+
+class NoAutoscaler:
+    """The view when the built-in autoscaler is not running."""
+
+    def wants(self, key: Key) -> int | None:
+        return None
+
+    def status_block(self, key: Key) -> dict[str, Any] | None:
+        return None
+
+    def condition(self, key: Key) -> Condition | None:
+        return None
+
+
 class Reconciler:
     """Turns the cached state of one LLMDeployment into API calls."""
 
@@ -133,12 +154,12 @@ class Reconciler:
         self,
         kube: Kube,
         cache: Cache,
-        autoscaler_wants: Callable[[Key], int | None] = lambda _key: None,
+        scaling: ScalingView | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.kube = kube
         self.cache = cache
-        self._autoscaler_wants = autoscaler_wants
+        self.scaling: ScalingView = scaling or NoAutoscaler()
         self._clock = clock
         self._capacity: dict[str, tuple[float, GpuCapacity | None]] = {}
         self._started_at = time.time()
@@ -182,7 +203,7 @@ class Reconciler:
         # deployment` must be reverted, not adopted.
         decided = (body.get("status") or {}).get("desiredReplicas")
         replicas = desired_replicas(
-            spec, decided if decided is not None else current, self._autoscaler_wants(key)
+            spec, decided if decided is not None else current, self._wants(key, spec)
         )
         desired = desired_children(owner, spec, replicas, revision)
         plan = plan_children(desired, observed.values(), MANAGED_KINDS)
@@ -235,6 +256,9 @@ class Reconciler:
                 )
         await self.kube.event(body, f"{verb}{kind}", message)
 
+    def _wants(self, key: Key, spec: LLMDeploymentSpec) -> int | None:
+        return self.scaling.wants(key) if spec.autoscaling.mode == "Builtin" else None
+
     def _may_predate_us(self, body: Mapping[str, Any]) -> bool:
         created = body["metadata"].get("creationTimestamp")
         if not created:
@@ -244,7 +268,7 @@ class Reconciler:
         # write of ours goes into the cache; a margin covers clock granularity.
         return born.timestamp() < self._started_at - 5.0
 
-    async def _capacity_for(self, resource: str) -> GpuCapacity | None:
+    async def gpu_capacity(self, resource: str) -> GpuCapacity | None:
         """Free GPUs, cached briefly; None when RBAC does not allow the cluster-wide look."""
         now = time.monotonic()
         cached = self._capacity.get(resource)
@@ -260,6 +284,12 @@ class Reconciler:
         except ApiError as e:
             if e.status != 403:
                 raise
+            if resource not in self._capacity:
+                log.warning(
+                    "cannot list nodes and pods cluster-wide (%s); InsufficientGPU messages "
+                    "will not say how many GPUs are free. Grant nodes get/list and pods list.",
+                    e.message,
+                )
             capacity = None
         self._capacity[resource] = (now, capacity)
         return capacity
@@ -280,7 +310,7 @@ class Reconciler:
             for p in self.cache.pods.get((owner.namespace, owner.name), {}).values()
         ]
         waiting = any(p.waiting_for_gpu and not p.terminating for p in pods)
-        capacity = await self._capacity_for(resource) if waiting else None
+        capacity = await self.gpu_capacity(resource) if waiting else None
         if waiting:
             result.requeue_after = GPU_RECHECK_SECONDS
         obs = Observation(
@@ -297,7 +327,15 @@ class Reconciler:
             capacity=capacity,
         )
         previous = body.get("status") or {}
-        status = build_status(obs, previous, self._clock())
+        key = (owner.namespace, owner.name)
+        extra = []
+        block = None
+        if spec.autoscaling.mode == "Builtin" and not spec.suspend:
+            scaling_condition = self.scaling.condition(key)
+            if scaling_condition is not None:
+                extra.append(scaling_condition)
+            block = self.scaling.status_block(key)
+        status = build_status(obs, previous, self._clock(), extra, block)
         await self._store_status(body, previous, status, result)
 
     async def _write_invalid(

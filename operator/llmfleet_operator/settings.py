@@ -20,6 +20,8 @@ class OperatorSettings:
     workers: int = 4
     prometheus_url: str = ""
     autoscale_interval_seconds: float = 15.0
+    #: Window of the TTFT rate() in the autoscaler's query (short in tests).
+    rate_window: str = "1m"
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -89,6 +91,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         default=float(_env("AUTOSCALE_INTERVAL", "15")),
         help="seconds between autoscaler evaluations",
     )
+    parser.add_argument(
+        "--rate-window",
+        default=_env("RATE_WINDOW", "1m"),
+        help="PromQL range for rate() in the TTFT query, e.g. 1m or 30s",
+    )
 
 
 def from_args(args: argparse.Namespace) -> OperatorSettings:
@@ -104,4 +111,5 @@ def from_args(args: argparse.Namespace) -> OperatorSettings:
         workers=args.workers,
         prometheus_url=args.prometheus_url,
         autoscale_interval_seconds=args.autoscale_interval,
+        rate_window=args.rate_window,
     )

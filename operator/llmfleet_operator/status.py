@@ -162,12 +162,21 @@ def evaluate(obs: Observation) -> list[Condition]:
 
 
 def build_status(
-    obs: Observation, previous: Mapping[str, Any] | None, now: datetime
+    obs: Observation,
+    previous: Mapping[str, Any] | None,
+    now: datetime,
+    extra_conditions: Sequence[Condition] = (),
+    autoscaler: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The full ``status`` to write (fields the autoscaler owns are carried over)."""
+    """The full ``status`` to write.
+
+    ``extra_conditions`` (the autoscaler's ``ScalingActive``) join the evaluated ones;
+    ``autoscaler`` is ``status.autoscaler`` (carried over from ``previous`` when None, so a
+    restarted operator keeps showing the last decision).
+    """
     previous = previous or {}
     dstat = (obs.deployment or {}).get("status", {})
-    conditions = evaluate(obs)
+    conditions = evaluate(obs) + list(extra_conditions)
     rolled = any(
         c.type == ConditionType.READY and c.status == "True" and c.reason != Reason.INSUFFICIENT_GPU
         for c in conditions
@@ -185,6 +194,7 @@ def build_status(
         "currentRevision": obs.revision if rolled else previous.get("currentRevision"),
         "conditions": merge(previous.get("conditions", []), conditions, obs.generation, now),
     }
-    if previous.get("autoscaler"):
-        status["autoscaler"] = previous["autoscaler"]
+    block = autoscaler if autoscaler is not None else previous.get("autoscaler")
+    if block:
+        status["autoscaler"] = dict(block)
     return {k: v for k, v in status.items() if v is not None}

@@ -237,6 +237,8 @@ def test_progress_deadline_makes_the_rollout_stall(kube: Kubectl) -> None:
 def test_an_idle_fleet_causes_no_writes(kube: Kubectl) -> None:
     kube.apply(llmd("idle", autoscaling={"minReplicas": 2}))
     kube("wait", "--for=condition=Ready", "llmd/idle", "--timeout=90s")
+    # Convergence includes the autoscaler's first look (no Prometheus here: it says so).
+    wait_condition(kube, "idle", "ScalingActive", "False", "MetricsUnavailable")
 
     def versions() -> dict[str, str]:
         return {

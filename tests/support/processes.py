@@ -10,7 +10,7 @@ import urllib.request
 from pathlib import Path
 
 from localcluster import free_port
-from support.wait import wait_for
+from support.wait import GiveUpError, wait_for
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -46,6 +46,7 @@ class OperatorProcess:
             f"--metrics-port={self.metrics_port}",
             "--bind-address=127.0.0.1",
             "--log-format=plain",
+            "--autoscale-interval=2",
             *self.extra_args,
         ]
         if not any(a.startswith(("--namespace", "-n")) for a in self.extra_args):
@@ -59,7 +60,7 @@ class OperatorProcess:
     def healthy(self) -> bool:
         assert self.proc is not None
         if self.proc.poll() is not None:
-            raise AssertionError(f"operator exited with {self.proc.returncode}: {self.log_tail()}")
+            raise GiveUpError(f"operator exited with {self.proc.returncode}: {self.log_tail()}")
         try:
             with urllib.request.urlopen(
                 f"http://127.0.0.1:{self.health_port}/healthz", timeout=2

@@ -9,6 +9,10 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
+class GiveUpError(AssertionError):
+    """Raised by a probe when waiting longer cannot help (e.g. the process died)."""
+
+
 class WaitTimeoutError(AssertionError):
     """The condition did not hold in time; the message carries the last observation."""
 
@@ -32,6 +36,8 @@ def wait_for(
             if value:
                 return value
             last = value
+        except GiveUpError:
+            raise
         except Exception as e:
             last = f"{type(e).__name__}: {e}"
         if time.monotonic() >= deadline:

@@ -1,0 +1,336 @@
+"""The fleet-wide autoscaler loop: query Prometheus, decide, hand decisions to the reconciler.
+
+One loop for every LLMDeployment in Builtin mode. Each interval it asks each Prometheus a
+constant number of queries (one per signal and engine, grouped by namespace and
+LLMDeployment), calls the pure ``autoscaler.decide`` per object, and, when the size should
+change, records the decision and enqueues a reconcile: the reconciler, the single writer,
+applies the Deployment's replicas and the status. Holding steady writes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+from pydantic import ValidationError
+
+from llmfleet_operator import metrics, promql
+from llmfleet_operator.api import ConditionType, LLMDeploymentSpec, Reason, parse_spec
+from llmfleet_operator.autoscaler import Decision, Fleet, History, Policy, Signals, Why, decide
+from llmfleet_operator.capacity import GpuCapacity, pod_info
+from llmfleet_operator.conditions import Condition, rfc3339
+from llmfleet_operator.k8s import Kube
+from llmfleet_operator.reconciler import Cache, Key
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ScaleState:
+    """What the autoscaler knows and decided about one LLMDeployment."""
+
+    history: History = field(default_factory=History)
+    wants: int | None = None
+    last_decision: dict[str, Any] | None = None
+    last_scale_time: str | None = None
+    condition: Condition | None = None
+
+
+class PrometheusError(Exception):
+    """Prometheus could not be queried."""
+
+
+async def query_prometheus(
+    session: aiohttp.ClientSession, base_url: str, query: str
+) -> dict[Key, promql.Sample]:
+    """One instant query; raises PrometheusError on any failure."""
+    url = base_url.rstrip("/") + "/api/v1/query"
+    try:
+        async with session.get(url, params={"query": query}) as resp:
+            body = await resp.json(content_type=None)
+            if resp.status >= 400:
+                raise PrometheusError(f"HTTP {resp.status}: {body.get('error', '')}")
+    except (TimeoutError, aiohttp.ClientError, ValueError) as e:
+        raise PrometheusError(f"{type(e).__name__}: {e}".strip(": ")) from e
+    try:
+        return promql.parse_vector(body)
+    except ValueError as e:
+        raise PrometheusError(str(e)) from e
+
+
+class AutoscaleLoop:
+    """Owns the per-object scale state; the reconciler reads it through the view methods."""
+
+    def __init__(
+        self,
+        cache: Cache,
+        enqueue: Callable[[Key], None],
+        kube: Kube,
+        prometheus_url: str,
+        interval: float = 15.0,
+        rate_window: str = "1m",
+        capacity: Callable[[str], Any] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.cache = cache
+        self.enqueue = enqueue
+        self.kube = kube
+        self.prometheus_url = prometheus_url
+        self.interval = interval
+        self.rate_window = rate_window
+        self._capacity = capacity
+        self._clock = clock
+        self.state: dict[Key, ScaleState] = {}
+        self.queries_sent = 0
+
+    # --- the reconciler's view ---------------------------------------------------------------
+    def wants(self, key: Key) -> int | None:
+        """The replica count last decided for ``key`` (None: no decision yet)."""
+        st = self.state.get(key)
+        return st.wants if st else None
+
+    def status_block(self, key: Key) -> dict[str, Any] | None:
+        """``status.autoscaler`` for ``key``."""
+        st = self.state.get(key)
+        if st is None or st.last_decision is None:
+            return None
+        block: dict[str, Any] = {"lastDecision": st.last_decision}
+        if st.last_scale_time:
+            block["lastScaleTime"] = st.last_scale_time
+        return block
+
+    def condition(self, key: Key) -> Condition | None:
+        """``ScalingActive`` for ``key``."""
+        st = self.state.get(key)
+        return st.condition if st else None
+
+    def forget(self, key: Key) -> None:
+        """Drop the state of a deleted LLMDeployment."""
+        self.state.pop(key, None)
+
+    # --- the loop ------------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Evaluate every ``interval`` seconds until cancelled."""
+        timeout = aiohttp.ClientTimeout(total=max(2.0, min(10.0, self.interval / 2)))
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            while True:
+                started = time.monotonic()
+                try:
+                    await self.tick(session)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("autoscaler evaluation failed; holding every fleet's size")
+                elapsed = time.monotonic() - started
+                await asyncio.sleep(max(0.0, self.interval - elapsed))
+
+    def _builtin(self) -> dict[Key, tuple[dict[str, Any], LLMDeploymentSpec]]:
+        out = {}
+        for key, body in list(self.cache.llmds.items()):
+            if body["metadata"].get("deletionTimestamp"):
+                continue
+            try:
+                spec = parse_spec(body)
+            except ValidationError:
+                continue
+            if spec.autoscaling.mode == "Builtin":
+                out[key] = (body, spec)
+        for gone in set(self.state) - set(out):
+            del self.state[gone]
+        return out
+
+    async def _fetch(
+        self, session: aiohttp.ClientSession, url: str, engine: str
+    ) -> dict[str, dict[Key, promql.Sample]] | PrometheusError:
+        qs = promql.queries(engine, self.rate_window)
+        self.queries_sent += len(qs)
+        results = await asyncio.gather(
+            *(query_prometheus(session, url, q) for q in qs.values()), return_exceptions=True
+        )
+        answers: dict[str, dict[Key, promql.Sample]] = {}
+        for name, result in zip(qs, results, strict=True):
+            if isinstance(result, BaseException):
+                return (
+                    result if isinstance(result, PrometheusError) else PrometheusError(str(result))
+                )
+            answers[name] = result
+        return answers
+
+    async def tick(self, session: aiohttp.ClientSession) -> None:
+        """One evaluation of the whole fleet."""
+        fleet = self._builtin()
+        groups: dict[tuple[str, str], list[Key]] = {}
+        for key, (_, spec) in fleet.items():
+            url = spec.autoscaling.prometheus_url or self.prometheus_url
+            groups.setdefault((url, str(spec.worker.engine)), []).append(key)
+        now = self._clock()
+        for (url, engine), keys in groups.items():
+            answers = (
+                await self._fetch(session, url, engine)
+                if url
+                else PrometheusError(
+                    "no Prometheus URL configured (operator --prometheus-url or "
+                    "spec.autoscaling.prometheusURL)"
+                )
+            )
+            capacities: dict[str, GpuCapacity | None] = {}
+            for key in keys:
+                body, spec = fleet[key]
+                signals = None
+                problem = None
+                if isinstance(answers, PrometheusError):
+                    problem = f"Prometheus at {url or '(none)'} unavailable: {answers}"
+                else:
+                    signals = self._signals(answers, key, now)
+                    if signals is None:
+                        problem = f"no worker metrics for this LLMDeployment in {url}"
+                await self._evaluate(key, body, spec, signals, problem, url, now, capacities)
+
+    @staticmethod
+    def _signals(
+        answers: Mapping[str, Mapping[Key, promql.Sample]], key: Key, now: float
+    ) -> Signals | None:
+        def value(name: str) -> float | None:
+            sample = answers.get(name, {}).get(key)
+            return sample.value if sample is not None else None
+
+        waiting, running = value("waiting"), value("running")
+        if waiting is None or running is None:
+            return None
+        reporting = value("reporting")
+        return Signals(
+            at=now,
+            waiting=waiting,
+            running=running,
+            capacity=value("capacity"),
+            ttft_p95=value("ttft_p95"),
+            reporting=int(reporting) if reporting is not None else 0,
+        )
+
+    def _fleet_of(
+        self, key: Key, body: Mapping[str, Any], spec: LLMDeploymentSpec, st: ScaleState
+    ) -> Fleet:
+        dep = self.cache.children.get(key, {}).get(("apps/v1", "Deployment", key[1]))
+        decided = (body.get("status") or {}).get("desiredReplicas")
+        current = st.wants if st.wants is not None else decided
+        if current is None:
+            current = int(dep["spec"].get("replicas", 0)) if dep else spec.autoscaling.min_replicas
+        ready = int((dep or {}).get("status", {}).get("readyReplicas", 0))
+        resource = spec.worker.resources.gpu_resource_name
+        pending = sum(
+            1
+            for p in self.cache.pods.get(key, {}).values()
+            if (info := pod_info(p, resource, "")).waiting_for_gpu and not info.terminating
+        )
+        return Fleet(current=current, ready=ready, pending_for_gpu=pending)
+
+    async def _evaluate(
+        self,
+        key: Key,
+        body: dict[str, Any],
+        spec: LLMDeploymentSpec,
+        signals: Signals | None,
+        problem: str | None,
+        url: str,
+        now: float,
+        capacities: dict[str, GpuCapacity | None],
+    ) -> None:
+        st = self.state.setdefault(key, ScaleState())
+        a = spec.autoscaling
+        policy = Policy(
+            min_replicas=a.min_replicas,
+            max_replicas=a.max_replicas,
+            target_queue_per_replica=a.target_queue_depth_per_replica,
+            ttft_p95_seconds=a.ttft_seconds_p95,
+            stabilization_seconds=float(a.scale_down_stabilization_seconds),
+            suspended=spec.suspend,
+        )
+        fleet = self._fleet_of(key, body, spec, st)
+        # A scale-up must fit on free GPUs: look at capacity only when one is possible.
+        gpus = spec.worker.resources.gpus
+        if (
+            signals is not None
+            and self._capacity is not None
+            and gpus > 0
+            and (signals.waiting > 0 or fleet.current < a.min_replicas)
+        ):
+            resource = spec.worker.resources.gpu_resource_name
+            if resource not in capacities:
+                capacities[resource] = await self._capacity(resource)
+            cap = capacities[resource]
+            if cap is not None:
+                fleet = Fleet(fleet.current, fleet.ready, fleet.pending_for_gpu, cap.fits(gpus))
+        decision = decide(policy, fleet, signals, st.history, now)
+        await self._set_condition(key, body, st, decision, problem, url)
+        if decision.replicas != fleet.current or st.wants is None:
+            await self._record(key, body, st, fleet.current, decision, now)
+
+    async def _set_condition(
+        self,
+        key: Key,
+        body: dict[str, Any],
+        st: ScaleState,
+        decision: Decision,
+        problem: str | None,
+        url: str,
+    ) -> None:
+        if decision.metrics_ok:
+            cond = Condition(
+                ConditionType.SCALING_ACTIVE,
+                "True",
+                "MetricsAvailable",
+                f"scaling on worker metrics from {url}",
+            )
+        else:
+            cond = Condition(
+                ConditionType.SCALING_ACTIVE,
+                "False",
+                Reason.METRICS_UNAVAILABLE,
+                f"{problem or 'metrics unavailable'}; holding the current size",
+            )
+        flipped = st.condition is None or st.condition.status != cond.status
+        if st.condition != cond:
+            st.condition = cond
+            self.enqueue(key)
+        if flipped and not decision.metrics_ok:
+            await self.kube.event(body, Reason.METRICS_UNAVAILABLE, cond.message, "Warning")
+
+    async def _record(
+        self,
+        key: Key,
+        body: dict[str, Any],
+        st: ScaleState,
+        current: int,
+        decision: Decision,
+        now: float,
+    ) -> None:
+        first = st.wants is None
+        st.wants = decision.replicas
+        if decision.replicas == current:
+            if first:
+                self.enqueue(key)  # adopt the current size as ours; nothing to announce
+            return
+        moment = rfc3339(datetime.fromtimestamp(now, UTC))
+        st.last_scale_time = moment
+        st.last_decision = {
+            "from": current,
+            "to": decision.replicas,
+            "reason": decision.reason,
+            "signals": decision.signals,
+            "time": moment,
+        }
+        direction = decision.direction(current)
+        metrics.SCALING_DECISIONS.labels(direction=direction, reason=decision.reason).inc()
+        detail = ", ".join(f"{k}={v:g}" for k, v in decision.signals.items())
+        message = f"{current} -> {decision.replicas} replicas: {decision.reason} ({detail})"
+        if decision.reason == Why.GPU_LIMITED:
+            message += "; capped by free GPUs"
+        log.info("autoscaler %s/%s: %s", *key, message)
+        await self.kube.event(body, "ScaledUp" if direction == "up" else "ScaledDown", message)
+        self.enqueue(key)

@@ -1,0 +1,217 @@
+"""Pure: the built-in autoscaler's decision for one LLMDeployment.
+
+Given bounds and targets, the fleet's current size, the signals from Prometheus and the
+recent recommendations, return the replica count to run and why. HPA's algorithm, adapted
+to LLM serving and made explainable:
+
+- each signal proposes a size; the largest proposal wins (HPA with several metrics);
+- inside a tolerance band around the current size nothing changes;
+- scale-up happens at once but at most doubles (at least +1) per decision;
+- scale-down waits for a stabilization window (the highest recommendation inside the window
+  wins) and then at most halves per decision;
+- pods Pending for lack of GPUs are not capacity: never ask for more while some wait, and
+  never ask for more than the free GPUs can hold;
+- missing or stale signals hold the current size (fail-static: never down, never to zero).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+DEFAULT_TOLERANCE: Final = 0.1
+#: Signals older than this (seconds) are stale; with 15 s loops and 1-15 s scrapes, 60 s
+#: means several scrapes failed in a row.
+MAX_SIGNAL_AGE: Final = 60.0
+
+
+class Why:
+    """Decision reasons (CamelCase: they become Event reasons and metric labels)."""
+
+    QUEUE = "QueueDepth"
+    RUNNING = "RunningRequests"
+    TTFT = "TimeToFirstToken"
+    STEADY = "WithinTolerance"
+    STABILIZING = "ScaleDownStabilizing"
+    IDLE = "Idle"
+    METRICS_UNAVAILABLE = "MetricsUnavailable"
+    GPU_LIMITED = "InsufficientGPU"
+    AT_MAX = "AtMaxReplicas"
+    AT_MIN = "AtMinReplicas"
+    SUSPENDED = "Suspended"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Bounds and targets from ``spec.autoscaling``."""
+
+    min_replicas: int
+    max_replicas: int
+    target_queue_per_replica: float
+    ttft_p95_seconds: float | None = None
+    stabilization_seconds: float = 300.0
+    tolerance: float = DEFAULT_TOLERANCE
+    suspended: bool = False
+
+
+@dataclass(frozen=True)
+class Signals:
+    """Fleet-wide values for one LLMDeployment, as of ``at`` (epoch seconds)."""
+
+    at: float
+    waiting: float
+    running: float
+    #: Sum over workers of the most sequences each runs at once (None: not exported).
+    capacity: float | None = None
+    ttft_p95: float | None = None
+    #: Workers that reported in the last scrape.
+    reporting: int = 0
+
+    def as_dict(self) -> dict[str, float]:
+        """For ``status.autoscaler.lastDecision.signals`` (no None values)."""
+        values = {
+            "waiting": self.waiting,
+            "running": self.running,
+            "reportingReplicas": float(self.reporting),
+        }
+        if self.capacity is not None:
+            values["capacity"] = self.capacity
+        if self.ttft_p95 is not None:
+            values["ttftP95Seconds"] = round(self.ttft_p95, 4)
+        return values
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """What the cluster says about the worker pods."""
+
+    current: int  # replicas asked for now
+    ready: int
+    pending_for_gpu: int = 0
+    #: More pods of this LLMDeployment's size that fit on free GPUs now (None: unknown).
+    gpu_headroom: int | None = None
+
+
+@dataclass
+class History:
+    """Recent raw recommendations (time, replicas) for the stabilization window."""
+
+    recommendations: list[tuple[float, int]] = field(default_factory=list)
+
+    def record(self, at: float, replicas: int, window: float) -> None:
+        self.recommendations.append((at, replicas))
+        self.recommendations = [(t, r) for t, r in self.recommendations if at - t <= window]
+
+    def highest_since(self, since: float) -> int | None:
+        inside = [r for t, r in self.recommendations if t >= since]
+        return max(inside) if inside else None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome: ``replicas`` to run, the ``reason``, and whether signals were usable."""
+
+    replicas: int
+    reason: str
+    signals: dict[str, float]
+    metrics_ok: bool
+    #: The unbounded proposal of each signal (for the explanation).
+    proposals: dict[str, int] = field(default_factory=dict)
+
+    def direction(self, current: int) -> str:
+        """``up``, ``down`` or ``none`` relative to ``current``."""
+        return "up" if self.replicas > current else "down" if self.replicas < current else "none"
+
+
+def proposals(policy: Policy, fleet: Fleet, s: Signals) -> dict[str, int]:
+    """The size each signal asks for."""
+    base = max(fleet.ready, 1)
+    out: dict[str, int] = {}
+    per_worker = (s.capacity / max(s.reporting, 1)) if s.capacity else None
+    if per_worker and per_worker > 0:
+        # Every request in flight is either in a batch or waiting. One replica should hold a
+        # full batch plus ``targetQueueDepthPerReplica`` waiting, so the fleet needs
+        # in-flight / (batch + target) replicas. This counts no replica that is still
+        # starting, so a queue that persists while new pods load does not over-scale.
+        in_flight = s.waiting + s.running
+        size = math.ceil(in_flight / (per_worker + policy.target_queue_per_replica))
+        out[Why.QUEUE if s.waiting > 0 else Why.RUNNING] = size
+    else:
+        # Engines that do not export their batch capacity: HPA's formula on the average queue
+        # per replica, and the target standing in for a worker's concurrency.
+        out[Why.QUEUE] = math.ceil(s.waiting / policy.target_queue_per_replica)
+        out[Why.RUNNING] = math.ceil(s.running / policy.target_queue_per_replica)
+    if policy.ttft_p95_seconds and s.ttft_p95 is not None and s.ttft_p95 > 0:
+        ratio = s.ttft_p95 / policy.ttft_p95_seconds
+        # Latency below target says nothing about how few replicas would do: only scale up.
+        if ratio > 1 + policy.tolerance:
+            out[Why.TTFT] = math.ceil(base * ratio)
+    return out
+
+
+def decide(
+    policy: Policy,
+    fleet: Fleet,
+    signals: Signals | None,
+    history: History,
+    now: float,
+) -> Decision:
+    """The replica count for the next interval, with its reason."""
+    lo, hi = policy.min_replicas, max(policy.max_replicas, policy.min_replicas)
+    current = fleet.current
+    if policy.suspended:
+        return Decision(0, Why.SUSPENDED, {}, True)
+    if signals is None or now - signals.at > MAX_SIGNAL_AGE:
+        # Fail-static: hold the size we have (only the bounds may move it).
+        held = min(hi, max(lo, current))
+        return Decision(held, Why.METRICS_UNAVAILABLE, {}, False)
+
+    if not history.recommendations:
+        # After a (re)start nothing is known about the last window: count the current size
+        # as recommended now, so that a scale-down waits one full window.
+        history.record(now, current, policy.stabilization_seconds)
+    wanted = proposals(policy, fleet, signals)
+    reason, unbounded = max(wanted.items(), key=lambda kv: (kv[1], kv[0] == Why.QUEUE))
+    if unbounded == 0 and signals.waiting == 0 and signals.running == 0:
+        reason = Why.IDLE
+    # Tolerance band: small deviations are noise, not load changes.
+    if current > 0 and abs(unbounded / current - 1) <= policy.tolerance:
+        unbounded, reason = current, Why.STEADY
+    raw = min(hi, max(lo, unbounded))
+    if raw != unbounded:
+        reason = Why.AT_MAX if unbounded > hi else Why.AT_MIN
+    history.record(now, raw, policy.stabilization_seconds)
+
+    target = raw
+    if target > current:
+        target = min(target, max(current * 2, current + 1))
+        if fleet.pending_for_gpu > 0:
+            target, reason = current, Why.GPU_LIMITED
+        elif fleet.gpu_headroom is not None and target - current > fleet.gpu_headroom:
+            target, reason = current + fleet.gpu_headroom, Why.GPU_LIMITED
+    elif target < current:
+        # The highest recommendation inside the window wins: a short lull changes nothing.
+        highest = history.highest_since(now - policy.stabilization_seconds)
+        stabilized = max(target, highest if highest is not None else current)
+        if stabilized >= current:
+            target, reason = current, Why.STABILIZING
+        else:
+            target = max(stabilized, math.ceil(current / 2))
+    # Bounds always hold, even against the current size (e.g. after minReplicas was raised).
+    target = min(hi, max(lo, target))
+    return Decision(target, reason, signals.as_dict(), True, wanted)
+
+
+def count_flaps(replicas: Sequence[int]) -> int:
+    """Direction reversals in a replica curve (up then down, or down then up)."""
+    flaps, last = 0, 0
+    for a, b in itertools.pairwise(replicas):
+        step = (b > a) - (b < a)
+        if step and last and step != last:
+            flaps += 1
+        if step:
+            last = step
+    return flaps

@@ -1,0 +1,77 @@
+"""Pure: the autoscaler's PromQL, per worker engine, and parsing of the answers.
+
+Every query aggregates ``by (namespace, llmdeployment)``: one query answers for the whole
+fleet, so the number of queries per interval is constant however many LLMDeployments exist.
+The scrape configuration (the chart's PodMonitor, the tests' file-based discovery) attaches
+exactly those two labels, plus ``revision`` and ``pod``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+GROUP_BY: Final = "namespace, llmdeployment"
+
+# Metric names the queries use, per engine. The contract test checks the llmfleet ones
+# against the names the worker exports.
+ENGINE_METRICS: Final[dict[str, dict[str, str]]] = {
+    "llmfleet": {
+        "waiting": "llmfleet_worker_requests_waiting",
+        "running": "llmfleet_worker_requests_running",
+        "capacity": "llmfleet_worker_max_num_seqs",
+        "ttft_bucket": "llmfleet_worker_time_to_first_token_seconds_bucket",
+    },
+    "vllm": {
+        "waiting": "vllm:num_requests_waiting",
+        "running": "vllm:num_requests_running",
+        "ttft_bucket": "vllm:time_to_first_token_seconds_bucket",
+    },
+}
+
+
+def queries(engine: str, rate_window: str = "1m") -> dict[str, str]:
+    """Signal name -> PromQL for one engine."""
+    m = ENGINE_METRICS[engine]
+    q = {
+        "waiting": f"sum by ({GROUP_BY}) ({m['waiting']})",
+        "running": f"sum by ({GROUP_BY}) ({m['running']})",
+        "reporting": f"count by ({GROUP_BY}) ({m['waiting']})",
+        "ttft_p95": (
+            f"histogram_quantile(0.95, sum by ({GROUP_BY}, le) "
+            f"(rate({m['ttft_bucket']}[{rate_window}])))"
+        ),
+    }
+    if "capacity" in m:
+        q["capacity"] = f"sum by ({GROUP_BY}) ({m['capacity']})"
+    return q
+
+
+Key = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One LLMDeployment's value of one query."""
+
+    value: float | None  # None for NaN/Inf (e.g. a quantile of no traffic)
+
+
+def parse_vector(body: Mapping[str, Any]) -> dict[Key, Sample]:
+    """An instant-vector answer of /api/v1/query -> (namespace, llmdeployment) -> value."""
+    if body.get("status") != "success":
+        raise ValueError(f"Prometheus answered {body.get('status')}: {body.get('error')}")
+    data = body.get("data", {})
+    if data.get("resultType") != "vector":
+        raise ValueError(f"expected a vector, got {data.get('resultType')}")
+    out: dict[Key, Sample] = {}
+    for item in data.get("result", []):
+        labels = item.get("metric", {})
+        ns, name = labels.get("namespace"), labels.get("llmdeployment")
+        if not ns or not name:
+            continue
+        raw = float(item["value"][1])
+        out[(ns, name)] = Sample(raw if math.isfinite(raw) else None)
+    return out
