@@ -27,6 +27,7 @@ TOKEN_BUDGET_UTILIZATION = "llmfleet_worker_token_budget_utilization_ratio"  # n
 KV_CACHE_UTILIZATION = "llmfleet_worker_kv_cache_utilization_ratio"
 MODEL_LOAD_SECONDS = "llmfleet_worker_model_load_seconds"
 READY = "llmfleet_worker_ready"
+MAX_NUM_SEQS = "llmfleet_worker_max_num_seqs"
 
 #: Every metric family name the worker exposes (as written in the exposition format,
 #: counters with their ``_total`` suffix).
@@ -44,6 +45,7 @@ METRIC_NAMES: tuple[str, ...] = (
     KV_CACHE_UTILIZATION,
     MODEL_LOAD_SECONDS,
     READY,
+    MAX_NUM_SEQS,
 )
 
 #: Values of the ``outcome`` label of ``llmfleet_worker_requests_total``.
@@ -126,6 +128,11 @@ class Metrics:
             name(MODEL_LOAD_SECONDS), "Seconds it took to load the model.", registry=r
         )
         self.ready = Gauge(name(READY), "1 when the worker accepts requests.", registry=r)
+        self.max_num_seqs = Gauge(
+            name(MAX_NUM_SEQS),
+            "Most sequences one engine step runs (the batch capacity the autoscaler sizes by).",
+            registry=r,
+        )
 
     def bind(self, engine: EngineState) -> None:
         """Make the state gauges read ``engine`` at scrape time."""
@@ -138,3 +145,4 @@ class Metrics:
             self.token_budget.set_function(lambda: stats.token_budget_utilization)
             self.kv_cache.set_function(lambda: stats.kv_cache_utilization)
             self.load_seconds.set(stats.load_seconds)
+            self.max_num_seqs.set(getattr(stats, "max_num_seqs", 0))

@@ -118,6 +118,8 @@ class EngineStats:
     kv_cache_utilization: float = 0.0
     steps: int = 0
     load_seconds: float = 0.0
+    #: Most sequences a step runs at once (exported so the autoscaler knows a worker's size).
+    max_num_seqs: int = 0
     extra: dict[str, float] = field(default_factory=dict)
 
 
@@ -146,7 +148,7 @@ class Engine:
             max_model_len=max_model_len,
             max_queue=max_queue,
         )
-        self.stats = EngineStats(load_seconds=load_seconds)
+        self.stats = EngineStats(load_seconds=load_seconds, max_num_seqs=max_num_seqs)
         self._streams: dict[str, _Stream] = {}
         self._lock = threading.Lock()
         self._wakeup = threading.Event()
