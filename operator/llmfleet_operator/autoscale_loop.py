@@ -10,6 +10,7 @@ applies the Deployment's replicas and the status. Holding steady writes nothing.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -53,9 +54,10 @@ async def query_prometheus(
     url = base_url.rstrip("/") + "/api/v1/query"
     try:
         async with session.get(url, params={"query": query}) as resp:
-            body = await resp.json(content_type=None)
+            text = await resp.text()
             if resp.status >= 400:
-                raise PrometheusError(f"HTTP {resp.status}: {body.get('error', '')}")
+                raise PrometheusError(f"HTTP {resp.status}: {text[:200]}")
+            body = json.loads(text)
     except (TimeoutError, aiohttp.ClientError, ValueError) as e:
         raise PrometheusError(f"{type(e).__name__}: {e}".strip(": ")) from e
     try:

@@ -95,7 +95,8 @@ def test_burst_scales_up_fast_doubling_at_most() -> None:
     curve = sim.run(600, lambda t: 2 if t < 60 else 48)
     before, after = curve[:4], curve[4:]
     assert before == [1, 1, 1, 1]
-    # Each step at most doubles, and the fleet reaches what 48 in flight needs (a batch of 4 plus 4 waiting per replica).
+    # Each step at most doubles, and the fleet reaches what 48 in flight needs
+    # (a batch of 4 plus 4 waiting per replica).
     for a, b in itertools.pairwise(curve):
         assert b <= max(2 * a, a + 1)
     needed = 48 // (CAPACITY + 4)  # a full batch plus the target queue per replica

@@ -1,0 +1,144 @@
+"""The fleet-wide loop against a stand-in Prometheus (an in-process HTTP server).
+
+This is a unit test of the loop's wiring; the closed loop with the real Prometheus, real
+workers and the real cluster is in tests/e2e.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from llmfleet_operator.autoscale_loop import AutoscaleLoop
+from llmfleet_operator.reconciler import Cache
+
+
+class FakeKube:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, str]] = []
+
+    async def event(
+        self, body: dict[str, Any], reason: str, message: str, type_: str = "Normal"
+    ) -> None:
+        self.events.append((reason, message, type_))
+
+
+def llmd(name: str, mode: str = "Builtin", desired: int | None = 2) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "model": {"uri": "pvc://m/x"},
+        "autoscaling": {
+            "mode": mode,
+            "minReplicas": 1,
+            "maxReplicas": 10,
+            "targetQueueDepthPerReplica": 4,
+            "scaleDownStabilizationSeconds": 60,
+        },
+    }
+    if mode != "Builtin":
+        spec["replicas"] = 2
+    return {
+        "apiVersion": "llmfleet.io/v1alpha1",
+        "kind": "LLMDeployment",
+        "metadata": {"name": name, "namespace": "ns", "uid": "u", "generation": 1},
+        "spec": spec,
+        "status": {"desiredReplicas": desired} if desired is not None else {},
+    }
+
+
+VALUES = {"waiting": 24.0, "running": 8.0, "capacity": 8.0, "reporting": 2.0, "ttft_p95": 0.3}
+
+
+@pytest.fixture
+async def prometheus() -> Any:
+    seen: list[str] = []
+    state = {"up": True}
+
+    async def query(request: web.Request) -> web.Response:
+        q = request.query["query"]
+        seen.append(q)
+        if not state["up"]:
+            return web.Response(status=503, text="down")
+        name = next(
+            n
+            for n, frag in (
+                ("reporting", "count by"),
+                ("ttft_p95", "histogram"),
+                ("capacity", "max_num_seqs"),
+                ("waiting", "waiting"),
+                ("running", "running"),
+            )
+            if frag in q
+        )
+        result = [
+            {"metric": {"namespace": "ns", "llmdeployment": n}, "value": [0, str(VALUES[name])]}
+            for n in ("a", "b", "manual")
+        ]
+        return web.json_response(
+            {"status": "success", "data": {"resultType": "vector", "result": result}}
+        )
+
+    app = web.Application()
+    app.router.add_get("/api/v1/query", query)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield f"http://127.0.0.1:{port}", seen, state
+    await runner.cleanup()
+
+
+async def test_one_constant_set_of_queries_scales_every_builtin_fleet(prometheus: Any) -> None:
+    url, seen, _ = prometheus
+    cache = Cache()
+    for body in (llmd("a"), llmd("b"), llmd("manual", mode="Manual")):
+        cache.observe_llmd("ADDED", body)
+    enqueued: list[tuple[str, str]] = []
+    kube = FakeKube()
+    loop = AutoscaleLoop(cache, enqueued.append, kube, url, clock=lambda: 1000.0)  # type: ignore[arg-type]
+    async with aiohttp.ClientSession() as session:
+        await loop.tick(session)
+    assert len(seen) == 5  # waiting, running, reporting, ttft, capacity: for all fleets at once
+    # (24 + 8) in flight / (4 per batch + 4 waiting) = 4 replicas, from 2.
+    assert loop.wants(("ns", "a")) == loop.wants(("ns", "b")) == 4
+    assert loop.wants(("ns", "manual")) is None
+    block = loop.status_block(("ns", "a"))
+    assert block is not None
+    assert block["lastDecision"]["from"] == 2
+    assert block["lastDecision"]["to"] == 4
+    assert block["lastDecision"]["reason"] == "QueueDepth"
+    assert block["lastDecision"]["signals"]["waiting"] == 24.0
+    cond = loop.condition(("ns", "a"))
+    assert cond is not None
+    assert (cond.status, cond.reason) == ("True", "MetricsAvailable")
+    assert ("ns", "a") in enqueued
+    assert [e[0] for e in kube.events] == ["ScaledUp", "ScaledUp"]
+    json.dumps(block)  # status must be JSON-serialisable
+
+
+async def test_prometheus_down_holds_and_reports(prometheus: Any) -> None:
+    url, _, state = prometheus
+    cache = Cache()
+    cache.observe_llmd("ADDED", llmd("a", desired=3))
+    kube = FakeKube()
+    loop = AutoscaleLoop(cache, lambda key: None, kube, url, clock=lambda: 1000.0)  # type: ignore[arg-type]
+    state["up"] = False
+    async with aiohttp.ClientSession() as session:
+        await loop.tick(session)
+        await loop.tick(session)
+    assert loop.wants(("ns", "a")) == 3
+    cond = loop.condition(("ns", "a"))
+    assert cond is not None
+    assert (cond.status, cond.reason) == ("False", "MetricsUnavailable")
+    assert "HTTP 503" in cond.message
+    assert [e[0] for e in kube.events] == ["MetricsUnavailable"]  # once, on the flip
+    state["up"] = True
+    async with aiohttp.ClientSession() as session:
+        await loop.tick(session)
+    cond = loop.condition(("ns", "a"))
+    assert cond is not None
+    assert cond.status == "True"
