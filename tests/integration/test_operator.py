@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -267,3 +268,23 @@ def test_an_idle_fleet_causes_no_writes(kube: Kubectl) -> None:
         )
         == events_before
     )
+
+
+def test_external_mode_hpa_drives_the_scale_subresource(kube: Kubectl) -> None:
+    """examples/external-hpa.yaml for real: the HPA controller finds the LLMDeployment's
+    /scale subresource; the operator follows spec.replicas and never decides itself."""
+    example = Path(__file__).resolve().parents[2] / "examples" / "external-hpa.yaml"
+    kube("apply", "-f", str(example))
+    wait_condition(kube, "chat-hpa", "Ready", "True")
+
+    def able_to_scale() -> bool:
+        hpa = kube.get("hpa", "chat-hpa")
+        conds = {c["type"]: c for c in hpa.get("status", {}).get("conditions", [])}
+        return conds.get("AbleToScale", {}).get("reason") == "SucceededGetScale"
+
+    wait_for("the HPA to read the LLMDeployment's scale subresource", able_to_scale, timeout=60)
+    # What an HPA does when it decides: write spec.replicas through /scale.
+    kube("scale", "llmd/chat-hpa", "--replicas=2")
+    wait_for("the Deployment to follow", lambda: deployment_replicas(kube, "chat-hpa") == 2)
+    obj = kube.get("llmd", "chat-hpa")
+    assert "ScalingActive" not in conditions(obj)
