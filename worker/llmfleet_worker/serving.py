@@ -20,7 +20,6 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from llmfleet_worker.api.protocol import (
     AssistantMessage,
     ChatChoice,
-    ChatChunkChoice,
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
@@ -352,16 +351,17 @@ class Serving:
     ) -> AsyncIterator[str]:
         created = now()
 
+        # Chunks are formatted from a pre-serialised head: this runs once per token per stream.
+        head = _json(
+            {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model}
+        )[:-1]
+
         def chunk(delta: ChatDelta, reason: str | None = None) -> str:
-            c = ChatCompletionChunk(
-                id=rid,
-                created=created,
-                model=model,
-                choices=[ChatChunkChoice(delta=delta, finish_reason=reason)],
+            body = _json(delta.model_dump(exclude_none=True))
+            return (
+                f'data: {head},"choices":[{{"index":0,"delta":{body},'
+                f'"finish_reason":{_json(reason)},"logprobs":null}}]}}\n\n'
             )
-            body = c.model_dump(exclude={"usage"})
-            body["choices"][0]["delta"] = delta.model_dump(exclude_none=True)
-            return _data(body)
 
         yield chunk(ChatDelta(role="assistant", content=""))
         count = 0
@@ -391,6 +391,9 @@ class Serving:
         self, handle: RequestHandle, rid: str, model: str, arrival: float, include_usage: bool
     ) -> AsyncIterator[str]:
         created = now()
+        head = _json({"id": rid, "object": "text_completion", "created": created, "model": model})[
+            :-1
+        ]
         count = 0
         async for text, reason, total in self._events(handle, arrival):
             count = total
@@ -398,13 +401,10 @@ class Serving:
                 yield _data(_draining("the worker shut down before the request finished").body())
                 break
             if text or reason is not None:
-                body = CompletionResponse(
-                    id=rid,
-                    created=created,
-                    model=model,
-                    choices=[CompletionChoice(text=text, finish_reason=reason)],
+                yield (
+                    f'data: {head},"choices":[{{"index":0,"text":{_json(text)},'
+                    f'"finish_reason":{_json(reason)},"logprobs":null}}]}}\n\n'
                 )
-                yield _data(body.model_dump(exclude={"usage"}))
         if include_usage:
             usage = Usage(
                 prompt_tokens=handle.prompt_tokens,
@@ -430,8 +430,12 @@ def _draining(
     return _DrainingError(503, message, "service_unavailable", code="draining", outcome="rejected")
 
 
+def _json(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
 def _data(obj: dict[str, Any]) -> str:
-    return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
+    return f"data: {_json(obj)}\n\n"
 
 
 def _sse(events: AsyncIterator[str]) -> StreamingResponse:

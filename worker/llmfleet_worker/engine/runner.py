@@ -130,6 +130,8 @@ class _RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:  # one fused kernel instead of five ops
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         # Same arithmetic as LlamaRMSNorm: normalise in fp32, scale in the model dtype.
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -356,12 +358,11 @@ class FastRunner:
         for li, blk in enumerate(m.blocks):  # type: ignore[assignment]  # ModuleList is untyped
             h = blk.norm1(x)
             qkv = blk.qkv(h)
-            q = qkv[:, : hq * hd].view(tokens, hq, hd)
-            k = qkv[:, hq * hd : (hq + hk) * hd].view(tokens, hk, hd)
+            qk = qkv[:, : (hq + hk) * hd].view(tokens, hq + hk, hd)
+            if cos is not None and sin is not None:  # rotate q and k together: half the ops
+                qk = qk * cos + _rotate_half(qk) * sin
+            q, k = qk[:, :hq], qk[:, hq:]
             v = qkv[:, (hq + hk) * hd :].view(tokens, hk, hd)
-            if cos is not None and sin is not None:
-                q = q * cos + _rotate_half(q) * sin
-                k = k * cos + _rotate_half(k) * sin
             kc, vc = self.k_cache[li], self.v_cache[li]
             attn = torch.empty(tokens, hq, hd, device=dev, dtype=q.dtype)
             if n_dec:

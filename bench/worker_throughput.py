@@ -1,0 +1,397 @@
+"""Throughput and TTFT of the llmfleet worker against transformers baselines, in one run.
+
+Contenders, all on the same model, prompt, output length, greedy decoding with EOS ignored
+(so every request generates exactly ``--output-len`` tokens) and the same thread count:
+
+* ``llmfleet``: our worker over HTTP (streaming completions), concurrency 1, 8, 32.
+* ``naive``: sequential ``model.generate`` per request, in process (concurrency-independent).
+* ``static``: one batch of ``concurrency`` requests through ``model.generate`` (an in-process
+  ceiling for batching without a server; it has no per-request TTFT).
+* ``hf-serve``: ``transformers serve --continuous-batching`` over HTTP, if installed.
+
+Numbers are medians over ``--repeats``. Closed loop: ``concurrency`` clients each send the
+next request as soon as their previous one finished, ``--requests-per-client`` each.
+
+    python bench/worker_throughput.py            # full run (several minutes on 2 CPU cores)
+    python bench/worker_throughput.py --quick    # a smoke run in about a minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shlex
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Result:
+    name: str
+    concurrency: int
+    tokens_per_s: list[float] = field(default_factory=list)
+    ttft: list[float] = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def tps(self) -> float:
+        return statistics.median(self.tokens_per_s) if self.tokens_per_s else float("nan")
+
+    def pct(self, q: float) -> float:
+        if not self.ttft:
+            return float("nan")
+        values = sorted(self.ttft)
+        return values[min(len(values) - 1, round(q * (len(values) - 1)))]
+
+
+def load() -> str:
+    return os.getloadavg().__repr__()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+# ---- prompts -------------------------------------------------------------------------
+def make_prompt(tokenizer: Any, length: int) -> str:
+    """A text that tokenizes to exactly ``length`` tokens (words that are single tokens)."""
+    vocab = tokenizer.get_vocab()
+    words = sorted(t for t in vocab if t.startswith("Ġ") and t[1:].isalpha() and len(t) > 3)
+    text = ""
+    for word in words:
+        candidate = text + " " + word[1:]
+        ids = tokenizer.encode(candidate, add_special_tokens=False)
+        if len(ids) > length:
+            break
+        text = candidate
+        if len(ids) == length:
+            return text
+    raise SystemExit(f"could not build a {length}-token prompt")
+
+
+# ---- in-process baselines ------------------------------------------------------------
+def bench_naive(model: Any, ids: Any, output_len: int, requests: int, repeats: int) -> Result:
+    import torch
+
+    res = Result("naive generate (sequential)", 1)
+    with torch.inference_mode():
+        model.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)  # warm-up
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(requests):
+                model.generate(
+                    ids, max_new_tokens=output_len, min_new_tokens=output_len, do_sample=False
+                )
+            res.tokens_per_s.append(requests * output_len / (time.perf_counter() - start))
+            for _ in range(requests):  # first-token time: prefill + one token
+                t = time.perf_counter()
+                model.generate(ids, max_new_tokens=1, do_sample=False)
+                res.ttft.append(time.perf_counter() - t)
+    return res
+
+
+def bench_static(model: Any, ids: Any, output_len: int, batch: int, repeats: int) -> Result:
+    import torch
+
+    res = Result("static batch generate", batch)
+    inputs = ids.repeat(batch, 1)
+    with torch.inference_mode():
+        for _ in range(repeats):
+            start = time.perf_counter()
+            out = model.generate(
+                inputs,
+                attention_mask=torch.ones_like(inputs),
+                max_new_tokens=output_len,
+                min_new_tokens=output_len,
+                do_sample=False,
+            )
+            elapsed = time.perf_counter() - start
+            assert out.shape == (batch, ids.shape[1] + output_len)
+            res.tokens_per_s.append(batch * output_len / elapsed)
+    return res
+
+
+# ---- servers -------------------------------------------------------------------------
+@contextmanager
+def server(cmd: list[str], port: int, env: dict[str, str], log: Path) -> Iterator[str]:
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{cmd[0]} exited {proc.returncode}: {log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{cmd[0]} did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+async def one_request(client: httpx.AsyncClient, body: dict[str, Any]) -> float:
+    """Stream one completion; returns the time to the first non-empty text chunk."""
+    start = time.perf_counter()
+    ttft = float("nan")
+    async with client.stream("POST", "/v1/completions", json=body) as resp:
+        resp.raise_for_status()
+        lines = resp.aiter_lines()
+        async for line in lines:
+            if line.startswith("data: {"):
+                choices = json.loads(line[6:]).get("choices") or [{}]
+                if choices[0].get("text"):
+                    ttft = time.perf_counter() - start
+                    break
+        async for _ in lines:  # the rest, unparsed: keep the client cheap
+            pass
+    return ttft
+
+
+async def run_load(
+    url: str, body: dict[str, Any], concurrency: int, per_client: int
+) -> tuple[float, list[float]]:
+    limits = httpx.Limits(max_connections=concurrency + 4)
+    async with httpx.AsyncClient(base_url=url, timeout=3600, limits=limits) as client:
+        ttfts: list[float] = []
+
+        async def worker() -> None:
+            for _ in range(per_client):
+                ttfts.append(await one_request(client, body))
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return time.perf_counter() - start, ttfts
+
+
+def check_lengths(url: str, body: dict[str, Any], output_len: int) -> None:
+    resp = httpx.post(f"{url}/v1/completions", json={**body, "stream": False}, timeout=600)
+    resp.raise_for_status()
+    usage = resp.json().get("usage") or {}
+    if usage.get("completion_tokens") != output_len:
+        raise RuntimeError(f"{url} generated {usage} instead of {output_len} tokens")
+
+
+def bench_server(
+    name: str, url: str, body: dict[str, Any], args: argparse.Namespace
+) -> list[Result]:
+    check_lengths(url, body, args.output_len)
+    asyncio.run(run_load(url, {**body, "max_tokens": 8}, 4, 1))  # warm-up
+    results = []
+    for c in args.concurrency:
+        res = Result(name, c)
+        per_client = args.requests_per_client if c > 1 else max(args.requests_per_client, 3)
+        for _ in range(args.repeats):
+            elapsed, ttfts = asyncio.run(run_load(url, body, c, per_client))
+            res.tokens_per_s.append(c * per_client * args.output_len / elapsed)
+            res.ttft.extend(ttfts)
+        p50 = res.pct(0.5) * 1000
+        print(
+            f"  {name} c={c}: {res.tps:.1f} tok/s, TTFT p50 {p50:.0f} ms (load {load()})",
+            flush=True,
+        )
+        results.append(res)
+    return results
+
+
+# ---- main ----------------------------------------------------------------------------
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--model", type=Path, help="model dir (default: build the bench tiny model)"
+    )
+    parser.add_argument("--prompt-len", type=int, default=64)
+    parser.add_argument("--output-len", type=int, default=128)
+    parser.add_argument(
+        "--concurrency", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32]
+    )
+    parser.add_argument("--requests-per-client", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--naive-requests", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (bf16 on cuda)")
+    parser.add_argument("--skip-hf-serve", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="short outputs, one repeat")
+    args = parser.parse_args()
+    if args.quick:
+        args.output_len, args.repeats, args.requests_per_client, args.naive_requests = 32, 1, 1, 2
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    workdir = Path(tempfile.mkdtemp(prefix="llmfleet-bench-"))
+    model_dir = args.model
+    if model_dir is None:
+        model_dir = workdir / "tiny-llama-bench"
+        subprocess.run(
+            [str(BIN / "llmfleet-worker"), "make-tiny-model", str(model_dir), "--size", "bench"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    torch.set_num_threads(args.threads)
+    dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype).to(args.device).eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    params = sum(p.numel() for p in model.parameters())
+    prompt = make_prompt(tokenizer, args.prompt_len)
+    ids = torch.tensor([tokenizer.encode(prompt, add_special_tokens=False)], device=args.device)
+    assert ids.shape[1] == args.prompt_len
+
+    load_before = load()
+    print(f"model {model_dir} ({params / 1e6:.1f}M params), load {load_before}", flush=True)
+    results: list[Result] = []
+    # Naive generate runs at the start and (for the rest of the repeats) at the end, so a
+    # change in background load during the run biases the ratios less.
+    first, later = (args.repeats + 1) // 2, args.repeats // 2
+    naive = bench_naive(model, ids, args.output_len, args.naive_requests, first)
+    print(f"  naive: {naive.tps:.1f} tok/s, first token {naive.pct(0.5) * 1000:.0f} ms", flush=True)
+    results.append(naive)
+    for c in args.concurrency:
+        if c > 1:
+            results.append(bench_static(model, ids, args.output_len, c, args.repeats))
+            print(f"  static c={c}: {results[-1].tps:.1f} tok/s", flush=True)
+
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    body = {
+        "model": "bench",
+        "prompt": prompt,
+        "max_tokens": args.output_len,
+        "temperature": 0,
+        "stream": True,
+        "ignore_eos": True,
+    }
+    port = free_port()
+    ours = [
+        str(BIN / "llmfleet-worker"), "serve", "--model", str(model_dir),
+        "--served-model-name", "bench", "--host", "127.0.0.1", "--port", str(port),
+        "--threads", str(args.threads), "--device", args.device,
+        "--max-num-seqs", str(max(args.concurrency)), "--max-model-len", "1024",
+        "--log-level", "warning",
+    ]  # fmt: skip
+    with server(ours, port, env, workdir / "llmfleet.log") as url:
+        results += bench_server("llmfleet worker (HTTP)", url, body, args)
+
+    hf_cli = shutil.which("transformers", path=str(BIN)) or shutil.which("transformers")
+    hf_note = ""
+    if args.skip_hf_serve:
+        hf_note = "skipped (--skip-hf-serve)"
+    elif (
+        hf_cli is None
+        or "serve"
+        not in subprocess.run(
+            [hf_cli, "--help"], capture_output=True, text=True, check=False
+        ).stdout
+    ):
+        hf_note = "not available in the installed transformers"
+    else:
+        port = free_port()
+        cmd = [
+            hf_cli, "serve", str(model_dir), "--continuous-batching", "--device", args.device,
+            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+        ]  # fmt: skip
+        gen = {
+            "max_new_tokens": args.output_len,
+            "min_new_tokens": args.output_len,
+            "do_sample": False,
+        }
+        hf_body = {**body, "model": str(model_dir), "generation_config": json.dumps(gen)}
+        hf_body.pop("ignore_eos")
+        try:
+            with server(cmd, port, env, workdir / "hf-serve.log") as url:
+                results += bench_server(
+                    "transformers serve --continuous-batching", url, hf_body, args
+                )
+        except (RuntimeError, httpx.HTTPError) as exc:
+            hf_note = f"failed: {exc}"[:300]
+
+    if later:
+        again = bench_naive(model, ids, args.output_len, args.naive_requests, later)
+        naive.tokens_per_s += again.tokens_per_s
+        naive.ttft += again.ttft
+        print(f"  naive again: {again.tps:.1f} tok/s (load {load()})", flush=True)
+    print_table(results, args, params, load_before, hf_note)
+    return 0
+
+
+def print_table(
+    results: list[Result], args: argparse.Namespace, params: int, load_before: str, hf_note: str
+) -> None:
+    import torch
+    import transformers
+
+    naive = next(r for r in results if r.name.startswith("naive"))
+    hf = {r.concurrency: r for r in results if r.name.startswith("transformers serve")}
+    print()
+    print(f"command: {shlex.join([sys.executable, *sys.argv])}")
+    print(
+        f"torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"device {args.device}, threads {args.threads}, model {params / 1e6:.1f}M params "
+        f"(llama), prompt {args.prompt_len} tokens, output {args.output_len} tokens, greedy, "
+        f"EOS ignored, repeats {args.repeats}"
+    )
+    print(f"load average (1, 5, 15 min) before: {load_before}, after: {load()}")
+    if hf_note:
+        print(f"transformers serve: {hf_note}")
+    print()
+    print("| contender | conc. | tokens/s (median) | TTFT p50 ms | TTFT p95 ms | x naive | x hf |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        vs_hf = hf.get(r.concurrency)
+        ratio_hf = f"{r.tps / vs_hf.tps:.2f}" if vs_hf and vs_hf.tps > 0 else "-"
+        p50 = f"{r.pct(0.5) * 1000:.0f}" if r.ttft else "-"
+        p95 = f"{r.pct(0.95) * 1000:.0f}" if r.ttft else "-"
+        print(
+            f"| {r.name} | {r.concurrency} | {r.tps:.1f} | {p50} | {p95} | "
+            f"{r.tps / naive.tps:.2f} | {ratio_hf} |"
+        )
+    ours = {r.concurrency: r for r in results if r.name.startswith("llmfleet")}
+    if ours:
+        top = max(ours)
+        print()
+        print(
+            f"targets at concurrency {top}: >= 10x naive -> {ours[top].tps / naive.tps:.2f}x",
+            end="",
+        )
+        if top in hf:
+            print(f"; >= 1.2x transformers serve -> {ours[top].tps / hf[top].tps:.2f}x", end="")
+        if 1 in ours:
+            print(
+                f"; TTFT p50 at c=1 <= 1.2x naive first token -> "
+                f"{ours[1].pct(0.5) / naive.pct(0.5):.2f}x",
+                end="",
+            )
+        print()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
