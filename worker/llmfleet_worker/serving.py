@@ -56,6 +56,9 @@ class TextEngine(Protocol):
     def ready(self) -> bool: ...
 
     @property
+    def healthy(self) -> bool: ...
+
+    @property
     def num_waiting(self) -> int: ...
 
     @property
@@ -292,8 +295,8 @@ class Serving:
         reason = handle.finish_reason
         outcome = self._outcome(reason)
         self.metrics.requests.labels(outcome=outcome).inc()
-        if outcome == "aborted":
-            return _draining("the worker shut down before the request finished").response()
+        if reason in ("abort", "error"):
+            return _cut_short(reason).response()
         if outcome != "success":
             return APIError(
                 499 if outcome == "cancelled" else 500,
@@ -367,8 +370,8 @@ class Serving:
         count = 0
         async for text, reason, total in self._events(handle, arrival):
             count = total
-            if reason == "abort":
-                yield _data(_draining("the worker shut down before the request finished").body())
+            if reason in ("abort", "error"):
+                yield _data(_cut_short(reason).body())
                 break
             if text:
                 yield chunk(ChatDelta(content=text))
@@ -397,8 +400,8 @@ class Serving:
         count = 0
         async for text, reason, total in self._events(handle, arrival):
             count = total
-            if reason == "abort":
-                yield _data(_draining("the worker shut down before the request finished").body())
+            if reason in ("abort", "error"):
+                yield _data(_cut_short(reason).body())
                 break
             if text or reason is not None:
                 yield (
@@ -419,15 +422,22 @@ class Serving:
         yield "data: [DONE]\n\n"
 
 
-class _DrainingError(APIError):
+class _ServingError(APIError):
     def body(self) -> dict[str, Any]:
         return error_json(self.message, self.type, code=self.code)
 
 
 def _draining(
     message: str = "The worker is shutting down; retry on another replica.",
-) -> _DrainingError:
-    return _DrainingError(503, message, "service_unavailable", code="draining", outcome="rejected")
+) -> _ServingError:
+    return _ServingError(503, message, "service_unavailable", code="draining", outcome="rejected")
+
+
+def _cut_short(reason: str) -> _ServingError:
+    """The error for a request the worker could not finish (drain deadline or engine failure)."""
+    if reason == "abort":
+        return _draining("The worker shut down before the request finished; retry it.")
+    return _ServingError(500, "The engine failed.", "server_error", code="engine_error")
 
 
 def _json(obj: Any) -> str:

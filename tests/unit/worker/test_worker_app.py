@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -256,3 +257,24 @@ def test_apps_have_independent_registries() -> None:
     a, b = Metrics(), Metrics()
     a.requests.labels(outcome="success").inc()
     assert b.requests.labels(outcome="success")._value.get() == 0
+
+
+async def test_engine_failure_fails_liveness_and_requests() -> None:
+    runner = FakeRunner()
+    runner.gate.clear()
+    eng = FakeEngine(runner)
+    eng.start()
+    try:
+        async with client_for(eng) as c:
+            body = {"model": MODEL, "prompt": "a", "max_tokens": 5}
+            pending = asyncio.ensure_future(c.post("/v1/completions", json=body))
+            assert await asyncio.to_thread(runner.entered.wait, 10)
+            runner.fail = True
+            runner.gate.set()
+            assert assert_openai_error(await pending, 500)["code"] == "engine_error"
+            assert (await c.get("/health")).status_code == 503
+            assert (await c.get("/ready")).status_code == 503
+            again = await c.post("/v1/completions", json=body)
+            assert_openai_error(again, 500)
+    finally:
+        eng.shutdown()

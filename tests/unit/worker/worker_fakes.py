@@ -32,12 +32,15 @@ class FakeRunner:
         self.gate = threading.Event()
         self.gate.set()
         self.entered = threading.Event()  # set once a step has started
+        self.fail = False  # raise from the next step, as a broken model would
         self.plans: list[StepPlan] = []
         self.released: list[Sequence] = []
 
     def step(self, plan: StepPlan) -> list[int]:
         self.entered.set()
         self.gate.wait()
+        if self.fail:
+            raise RuntimeError("simulated model failure")
         if self.step_seconds:
             time.sleep(self.step_seconds)
         self.plans.append(plan)

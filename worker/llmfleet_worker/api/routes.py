@@ -33,9 +33,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
 
 
 @router.get("/health")
-async def health() -> JSONResponse:
-    """The process is alive and serving HTTP (liveness)."""
-    return JSONResponse({"status": "ok"})
+async def health(request: Request) -> JSONResponse:
+    """Liveness: 200 while the process serves HTTP and its engine thread is alive."""
+    if _serving(request).engine.healthy:
+        return JSONResponse({"status": "ok"})
+    return JSONResponse({"status": "engine failed"}, status_code=503)
 
 
 @router.get("/ready")

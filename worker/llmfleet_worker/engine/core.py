@@ -174,6 +174,11 @@ class Engine:
             self._thread = None
 
     @property
+    def healthy(self) -> bool:
+        """False once the engine thread died: liveness should restart the process."""
+        return self.failed is None
+
+    @property
     def ready(self) -> bool:
         return self._thread is not None and self.failed is None and not self.draining
 
@@ -252,7 +257,8 @@ class Engine:
         except BaseException as exc:  # the thread must report, never die silently
             log.exception("engine loop failed")
             self.failed = exc
-        finally:
+            self._finish_all("error")
+        else:
             self._finish_all("abort")
 
     def _step(self) -> None:
