@@ -251,6 +251,7 @@ async def test_metrics_expose_every_contract_name(client: httpx.AsyncClient) -> 
     assert "llmfleet_worker_generation_tokens_total 3.0" in text
     assert "llmfleet_worker_time_to_first_token_seconds_count 1.0" in text
     assert "llmfleet_worker_inter_token_latency_seconds_count 2.0" in text
+    assert "llmfleet_worker_max_num_seqs 4.0" in text
 
 
 def test_apps_have_independent_registries() -> None:
