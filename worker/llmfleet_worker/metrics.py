@@ -28,7 +28,6 @@ KV_CACHE_UTILIZATION = "llmfleet_worker_kv_cache_utilization_ratio"
 MODEL_LOAD_SECONDS = "llmfleet_worker_model_load_seconds"
 READY = "llmfleet_worker_ready"
 MAX_NUM_SEQS = "llmfleet_worker_max_num_seqs"
-MAX_NUM_SEQS = "llmfleet_worker_max_num_seqs"
 
 #: Every metric family name the worker exposes (as written in the exposition format,
 #: counters with their ``_total`` suffix).
@@ -131,11 +130,6 @@ class Metrics:
         self.ready = Gauge(name(READY), "1 when the worker accepts requests.", registry=r)
         self.max_num_seqs = Gauge(
             name(MAX_NUM_SEQS),
-            "Configured size of the running batch (capacity for the autoscaler).",
-            registry=r,
-        )
-        self.max_num_seqs = Gauge(
-            name(MAX_NUM_SEQS),
             "Most sequences one engine step runs (the batch capacity the autoscaler sizes by).",
             registry=r,
         )
@@ -145,9 +139,6 @@ class Metrics:
         self.waiting.set_function(lambda: engine.num_waiting)
         self.running.set_function(lambda: engine.num_running)
         self.ready.set_function(lambda: 1.0 if engine.ready else 0.0)
-        capacity = getattr(engine, "max_num_seqs", None)
-        if capacity is not None:
-            self.max_num_seqs.set(capacity)
         stats = getattr(engine, "stats", None)
         if stats is not None:
             self.batch_size.set_function(lambda: stats.batch_size)

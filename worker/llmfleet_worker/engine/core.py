@@ -183,10 +183,6 @@ class Engine:
         return self._thread is not None and self.failed is None and not self.draining
 
     @property
-    def max_num_seqs(self) -> int:
-        return self.scheduler.max_num_seqs
-
-    @property
     def num_waiting(self) -> int:
         return self.scheduler.num_waiting
 
