@@ -1,0 +1,132 @@
+"""Closed-loop fixtures: a tiny model, real worker processes behind the simulated pods (the
+pod backer, ``hack/podbacker.py``) and a real Prometheus scraping them.
+
+Prometheus is shared by the session (it starts in about a second, but its TSDB and port
+staying put is what lets a test stop and restart it); the pod backer is per test and
+watches only the test's namespace, so every test starts with no worker processes and its
+own are drained and reaped before the next test begins. Both meet in one file-based
+service discovery file.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from localcluster import LocalCluster
+from podbacker import PodBacker, ensure_tiny_model
+from support.kube import Kubectl
+from support.prometheus import PrometheusServer, prometheus_available
+
+#: What a worker is started with: a small running batch, so that a few concurrent clients
+#: on a 2-core machine already build a queue that the autoscaler can see.
+E2E_WORKER_ARGS = ("--max-num-seqs", "2", "--max-queue", "256")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The smallest model ``make-tiny-model`` builds (random weights, seconds to make)."""
+    return ensure_tiny_model(tmp_path_factory.mktemp("tiny-model") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def sd_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The file-based service discovery file the pod backer writes and Prometheus reads."""
+    return tmp_path_factory.mktemp("file-sd") / "workers.json"
+
+
+@pytest.fixture(scope="session")
+def prometheus_server(
+    tmp_path_factory: pytest.TempPathFactory, sd_file: Path
+) -> Iterator[PrometheusServer]:
+    if not prometheus_available():
+        pytest.fail("/usr/bin/prometheus is missing; run `make apt` (hack/apt.sh)")
+    server = PrometheusServer(tmp_path_factory.mktemp("prometheus"), sd_file).start()
+    try:
+        yield server
+    finally:
+        code = server.stop()
+        assert code in (0, None), f"prometheus exited {code}: {server.log_tail()}"
+
+
+@pytest.fixture
+def prometheus(prometheus_server: PrometheusServer) -> PrometheusServer:
+    """Real Prometheus on loopback (1 s scrapes of the backed workers), running.
+
+    A test may stop it (``prometheus.stop()``) and start it again (``prometheus.start()``,
+    same port and data); if a test leaves it stopped, the next test gets it started again.
+    """
+    return prometheus_server.start()
+
+
+@pytest.fixture
+def pod_backer_factory(
+    cluster: LocalCluster, tiny_model: Path, sd_file: Path, namespace: str, tmp_path: Path
+) -> Iterator[Callable[..., PodBacker]]:
+    """Start a pod backer for the test's namespace with other options (e.g. worker_args).
+
+    At most one per test: it owns the shared discovery file while it runs.
+    """
+    started: list[PodBacker] = []
+
+    def start(**options: Any) -> PodBacker:
+        assert not started, "one pod backer per test (it owns the discovery file)"
+        options.setdefault("worker_args", E2E_WORKER_ARGS)
+        backer = PodBacker(
+            cluster.kubeconfig,
+            tiny_model,
+            tmp_path / "podbacker",
+            namespaces=[namespace],
+            sd_file=sd_file,
+            kubectl=cluster.bin("kubectl"),
+            **options,
+        )
+        started.append(backer.start())
+        return backer
+
+    yield start
+    for backer in started:
+        backer.stop()
+        assert not backer.workers(), "the pod backer left worker processes behind"
+
+
+@pytest.fixture
+def pod_backer(pod_backer_factory: Callable[..., PodBacker]) -> PodBacker:
+    """Real worker processes for the test namespace's LLMDeployment pods (default options)."""
+    return pod_backer_factory()
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+@pytest.fixture
+def apply_llmd(kube: Kubectl, crd_installed: str, models_pvc: str) -> Callable[..., dict[str, Any]]:
+    """``apply_llmd(name, **spec)``: apply an LLMDeployment serving the tiny model.
+
+    ``spec`` is merged into ``{"model": {"uri": "pvc://models/tiny"}}`` (nested dicts are
+    merged), e.g. ``apply_llmd("chat", replicas=2, autoscaling={"mode": "Manual"})``.
+    Returns the manifest that was applied.
+    """
+
+    def apply(name: str, **spec: Any) -> dict[str, Any]:
+        manifest = {
+            "apiVersion": "llmfleet.io/v1alpha1",
+            "kind": "LLMDeployment",
+            "metadata": {"name": name},
+            "spec": _merge({"model": {"uri": f"pvc://{models_pvc}/tiny"}}, spec),
+        }
+        kube.apply(manifest)
+        return manifest
+
+    return apply
