@@ -114,10 +114,15 @@ async def test_sigterm_drains_streams_to_completion_then_exits_0(
     )
     n_tokens = 600
     async with httpx.AsyncClient(base_url=worker.url, timeout=120) as c:
-        started = [asyncio.Event() for _ in range(6)]  # 4 run, 2 wait in the queue
+        started = [asyncio.Event() for _ in range(4)]
         streams = [asyncio.ensure_future(read_stream(c, long_stream(n_tokens), e)) for e in started]
         for event in started:
             await asyncio.wait_for(event.wait(), 60)
+        # Two more wait in the queue: drain must run them too.
+        streams += [asyncio.ensure_future(read_stream(c, long_stream(n_tokens))) for _ in range(2)]
+        await asyncio.to_thread(
+            worker.wait_for, lambda: worker.metric("llmfleet_worker_requests_waiting") == 2
+        )
         worker.proc.send_signal(signal.SIGTERM)
         # /ready flips at once; new work is refused while the old finishes.
         ready = await c.get("/ready")
@@ -127,6 +132,7 @@ async def test_sigterm_drains_streams_to_completion_then_exits_0(
         assert late.json()["error"]["code"] == "draining"
         results = await asyncio.gather(*streams)
     assert await asyncio.to_thread(worker.proc.wait, 60) == 0, worker.log()
+    assert len(results) == 6
     for _chunks, reason, usage in results:
         assert reason == "length"
         assert usage == n_tokens
