@@ -86,7 +86,7 @@ _HELP: dict[str, str] = {
     "api_key_file": "file holding the bearer API key (else env LLMFLEET_API_KEY)",
     "drain_timeout": "seconds to finish in-flight requests after SIGTERM",
     "retry_after": "Retry-After seconds sent with 429",
-    "threads": "torch intra-op threads on CPU (default: CPUs available)",
+    "threads": "torch intra-op threads on CPU (default: CPUs usable, cgroup limit included)",
     "log_level": "debug, info, warning, error",
 }
 

@@ -3,6 +3,7 @@ prefill, sequences joining and leaving mid-flight, and cache rows moving."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from llmfleet_worker.engine.loader import ModelLoadError, load_model  # noqa: E402  # after importorskip
+from llmfleet_worker.engine.loader import (  # noqa: E402  # after importorskip
+    ModelLoadError,
+    available_cpus,
+    load_model,
+)
 from llmfleet_worker.engine.runner import FastRunner, HFRunner, Sampler  # noqa: E402
 from llmfleet_worker.engine.scheduler import SamplingParams, Scheduler, Sequence  # noqa: E402
 from llmfleet_worker.tinymodel import make_tiny_model  # noqa: E402
@@ -111,3 +116,12 @@ def test_seeded_sampling_does_not_depend_on_the_batch() -> None:
     # A vanishing top_p keeps only the most likely token.
     tight = SamplingParams(max_tokens=1, temperature=1.0, top_p=1e-6)
     assert sampler.sample(logits[:1], [Sequence([1], tight)]) == [int(logits[0].argmax())]
+
+
+def test_threads_respect_a_cgroup_cpu_quota(tmp_path: Path) -> None:
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("150000 100000\n")  # a 1.5-CPU limit
+    assert available_cpus(cpu_max) == min(2, len(os.sched_getaffinity(0)))
+    cpu_max.write_text("max 100000\n")
+    assert available_cpus(cpu_max) == len(os.sched_getaffinity(0))
+    assert available_cpus(tmp_path / "missing") == len(os.sched_getaffinity(0))

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 import os
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -171,9 +173,23 @@ def load_model(
     )
 
 
+def available_cpus(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota (a pod's
+    CPU limit). More OpenMP threads than that stall each other badly under throttling."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = cpus or 1
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+    except (OSError, ValueError):
+        return cpus
+    if quota == "max":
+        return cpus
+    return max(1, min(cpus, math.ceil(int(quota) / int(period))))
+
+
 def set_threads(threads: int | None) -> int:
-    """Intra-op threads for CPU inference: the flag, else the CPUs this process may use."""
+    """Intra-op threads for CPU inference: the flag, else :func:`available_cpus`."""
     if threads is None or threads <= 0:
-        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        threads = available_cpus()
     torch.set_num_threads(threads)
     return threads
