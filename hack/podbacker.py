@@ -376,6 +376,7 @@ class PodBacker:
         for d in (self.state_dir, self.sd_file.parent, self.logs_dir):
             d.mkdir(parents=True, exist_ok=True)
         self._kube = KubeClient(self.kubeconfig, self.state_dir, self._kubectl)
+        self._synced.clear()
         self._write(self.sd_file, "[]\n")
         self._write(self.endpoints_file, "{}\n")
         self._thread = threading.Thread(target=self._thread_main, name="podbacker", daemon=True)
@@ -601,7 +602,9 @@ class PodBacker:
                 env=env,
                 cwd=self.state_dir,
                 start_new_session=True,  # a terminal's Ctrl-C reaches the backer, not workers
-                preexec_fn=_die_with_parent,  # SIGTERM when this thread's process dies
+                # SIGTERM when the thread that forks it (the loop's) ends: after stop()
+                # reaped it, or when the whole backer process dies.
+                preexec_fn=_die_with_parent,
             )
         with self._lock:
             self._workers[pod.uid] = _Worker(pod, port, proc, log_path)
@@ -661,22 +664,28 @@ class PodBacker:
 
     async def _probe_loop(self) -> None:
         while True:
-            probing = [w for w in self._workers.values() if w.state not in ("draining", "killed")]
-            results = await asyncio.gather(*(self._probe(w) for w in probing))
-            changed = False
-            for worker, ok in zip(probing, results, strict=True):
-                if ok is None or worker.state in ("draining", "killed"):
-                    continue  # no answer in time (busy), or it started draining meanwhile
-                state = "ready" if ok else ("unready" if worker.ever_ready else "starting")
-                if state != worker.state:
-                    with self._lock:
-                        worker.state = state
-                        worker.ever_ready = worker.ever_ready or ok
-                    changed = True
-                    log.info("pod %s/%s: worker %s", worker.pod.namespace, worker.pod.name, state)
-            if changed:
-                self._publish()
+            try:
+                await self._probe_all()
+            except Exception:  # a bug here must not stop the probing, nor the backer
+                log.exception("probing workers failed")
             await asyncio.sleep(self.probe_interval)
+
+    async def _probe_all(self) -> None:
+        probing = [w for w in self._workers.values() if w.state not in ("draining", "killed")]
+        results = await asyncio.gather(*(self._probe(w) for w in probing))
+        changed = False
+        for worker, ok in zip(probing, results, strict=True):
+            if ok is None or worker.state in ("draining", "killed"):
+                continue  # no answer in time (busy), or it started draining meanwhile
+            state = "ready" if ok else ("unready" if worker.ever_ready else "starting")
+            if state != worker.state:
+                with self._lock:
+                    worker.state = state
+                    worker.ever_ready = worker.ever_ready or ok
+                changed = True
+                log.info("pod %s/%s: worker %s", worker.pod.namespace, worker.pod.name, state)
+        if changed:
+            self._publish()
 
     async def _probe(self, worker: _Worker) -> bool | None:
         """True: ready; False: answered not-ready or refused; None: no answer in time."""

@@ -159,6 +159,8 @@ class LoadGenerator:
 
     def join(self, timeout: float | None = None) -> LoadResult:
         """Wait for the run to end by itself (duration or request budget reached)."""
+        if not self._threads:
+            raise RuntimeError("the load generator was not started")
         limit = self.duration + self.request_timeout + 5.0
         deadline = time.monotonic() + (limit if timeout is None else timeout)
         for t in self._threads:

@@ -50,6 +50,7 @@ class PrometheusServer:
         lookback_delta: str | None = None,
         binary: str = BINARY,
         port: int | None = None,
+        tie_to_parent: bool = True,
     ) -> None:
         self.workdir = Path(workdir)
         self.sd_file = Path(sd_file).resolve()
@@ -62,6 +63,9 @@ class PrometheusServer:
         self.config_file = self.workdir / "prometheus.yml"
         self.data_dir = self.workdir / "data"
         self.log_path = self.workdir / "prometheus.log"
+        # True: it gets SIGTERM when this process dies (tests). False: it outlives us in its
+        # own process group (``make demo``; register its pid with the cluster to stop it).
+        self.tie_to_parent = tie_to_parent
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -144,7 +148,8 @@ class PrometheusServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.workdir,
-                preexec_fn=_die_with_parent,
+                preexec_fn=_die_with_parent if self.tie_to_parent else None,
+                start_new_session=not self.tie_to_parent,
             )
         wait_for(f"Prometheus /-/ready (log: {self.log_path})", self._ready, timeout=timeout)
         return self
