@@ -352,6 +352,7 @@ class FastRunner:
             cos = self.rope[0][pos][:, None, :]
             sin = self.rope[1][pos][:, None, :]
         hq, hk, hd = m.num_heads, m.num_kv_heads, m.head_dim
+        decode_only = bool(n_dec) and dec_dense and not prefills
         gqa = hq != hk
         tokens = len(ids)
         blk: _Block
@@ -364,7 +365,7 @@ class FastRunner:
             q, k = qk[:, :hq], qk[:, hq:]
             v = qkv[:, (hq + hk) * hd :].view(tokens, hk, hd)
             kc, vc = self.k_cache[li], self.v_cache[li]
-            attn = torch.empty(tokens, hq, hd, device=dev, dtype=q.dtype)
+            attn = torch.empty(0) if decode_only else q.new_empty(tokens, hq, hd)
             if n_dec:
                 assert dec_rows is not None
                 assert dec_pos is not None
@@ -383,7 +384,10 @@ class FastRunner:
                     scale=m.scale,
                     enable_gqa=gqa,
                 )
-                attn[:n_dec] = out[:, :, 0] if dec_dense else out[dec_rows, :, 0]
+                if decode_only:  # the common steady state: SDPA's output is the result
+                    attn = out
+                else:
+                    attn[:n_dec] = out[:, :, 0] if dec_dense else out[dec_rows, :, 0]
             offset = n_dec
             for c in prefills:
                 row, s, n = _slot(c.seq), c.start, c.length
@@ -403,7 +407,7 @@ class FastRunner:
                     )
                 attn[offset : offset + n] = out[0].transpose(0, 1)
                 offset += n
-            x = x + blk.o(attn.view(tokens, hq * hd))
+            x = x + blk.o(attn.reshape(tokens, hq * hd))
             h = blk.norm2(x)
             up = blk.up(h)
             if m.kind == "llama":
