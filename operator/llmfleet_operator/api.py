@@ -89,6 +89,7 @@ class ConditionType(StrEnum):
     STALLED = "Stalled"
     PROGRESSING = "Progressing"
     SCALING_ACTIVE = "ScalingActive"
+    SCALING_LIMITED = "ScalingLimited"
     DEGRADED = "Degraded"
 
 

@@ -13,7 +13,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -41,6 +41,7 @@ class ScaleState:
     last_decision: dict[str, Any] | None = None
     last_scale_time: str | None = None
     condition: Condition | None = None
+    limited: Condition | None = None
 
 
 class PrometheusError(Exception):
@@ -77,7 +78,7 @@ class AutoscaleLoop:
         prometheus_url: str,
         interval: float = 15.0,
         rate_window: str = "1m",
-        capacity: Callable[[str], Any] | None = None,
+        capacity: Callable[[str, float], Awaitable[GpuCapacity | None]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.cache = cache
@@ -107,10 +108,12 @@ class AutoscaleLoop:
             block["lastScaleTime"] = st.last_scale_time
         return block
 
-    def condition(self, key: Key) -> Condition | None:
-        """``ScalingActive`` for ``key``."""
+    def conditions(self, key: Key) -> list[Condition]:
+        """``ScalingActive`` and ``ScalingLimited`` for ``key``."""
         st = self.state.get(key)
-        return st.condition if st else None
+        if st is None:
+            return []
+        return [c for c in (st.condition, st.limited) if c is not None]
 
     def forget(self, key: Key) -> None:
         """Drop the state of a deleted LLMDeployment."""
@@ -264,10 +267,19 @@ class AutoscaleLoop:
         ):
             resource = spec.worker.resources.gpu_resource_name
             if resource not in capacities:
-                capacities[resource] = await self._capacity(resource)
+                capacities[resource] = await self._capacity(resource, 0.0)
             cap = capacities[resource]
             if cap is not None:
-                fleet = Fleet(fleet.current, fleet.ready, fleet.pending_for_gpu, cap.fits(gpus))
+                # Pods asked for but not yet placed will take GPUs too.
+                placed = sum(
+                    1
+                    for p in self.cache.pods.get(key, {}).values()
+                    if p.get("spec", {}).get("nodeName")
+                    and not p["metadata"].get("deletionTimestamp")
+                )
+                unplaced = max(0, fleet.current - placed)
+                headroom = max(0, cap.fits(gpus) - unplaced)
+                fleet = Fleet(fleet.current, fleet.ready, fleet.pending_for_gpu, headroom)
         decision = decide(policy, fleet, signals, st.history, now)
         await self._set_condition(key, body, st, decision, problem, url)
         if decision.replicas != fleet.current or st.wants is None:
@@ -300,8 +312,43 @@ class AutoscaleLoop:
         if st.condition != cond:
             st.condition = cond
             self.enqueue(key)
+        limited = self._limited(decision, st.limited)
+        if limited != st.limited:
+            st.limited = limited
+            self.enqueue(key)
         if flipped and not decision.metrics_ok:
             await self.kube.event(body, Reason.METRICS_UNAVAILABLE, cond.message, "Warning")
+
+    @staticmethod
+    def _limited(decision: Decision, before: Condition | None) -> Condition | None:
+        """``ScalingLimited`` (as HPA names it): whether a bound or the GPUs cap the size.
+
+        Messages carry no live numbers, so a steady limit writes nothing.
+        """
+        t = ConditionType.SCALING_LIMITED
+        if not decision.metrics_ok:
+            return before  # nothing new is known
+        if decision.reason == Why.GPU_LIMITED:
+            return Condition(
+                t,
+                "True",
+                Reason.INSUFFICIENT_GPU,
+                "more replicas are wanted than the free GPUs can hold; "
+                "holding until capacity appears",
+            )
+        if decision.reason == Why.AT_MAX:
+            return Condition(
+                t,
+                "True",
+                "TooManyReplicas",
+                "the load asks for more than spec.autoscaling.maxReplicas",
+            )
+        return Condition(
+            t,
+            "False",
+            "DesiredWithinRange",
+            "the desired size is within bounds and fits on free GPUs",
+        )
 
     async def _record(
         self,
@@ -331,8 +378,10 @@ class AutoscaleLoop:
         metrics.SCALING_DECISIONS.labels(direction=direction, reason=decision.reason).inc()
         detail = ", ".join(f"{k}={v:g}" for k, v in decision.signals.items())
         message = f"{current} -> {decision.replicas} replicas: {decision.reason} ({detail})"
-        if decision.reason == Why.GPU_LIMITED:
+        if decision.limited_by == Why.GPU_LIMITED:
             message += "; capped by free GPUs"
+        elif decision.limited_by == Why.AT_MAX:
+            message += "; capped by maxReplicas"
         log.info("autoscaler %s/%s: %s", *key, message)
         await self.kube.event(body, "ScaledUp" if direction == "up" else "ScaledDown", message)
         self.enqueue(key)

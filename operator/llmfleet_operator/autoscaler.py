@@ -120,6 +120,8 @@ class Decision:
     metrics_ok: bool
     #: The unbounded proposal of each signal (for the explanation).
     proposals: dict[str, int] = field(default_factory=dict)
+    #: What held the size below the proposal: ``AtMaxReplicas`` or ``InsufficientGPU``.
+    limited_by: str | None = None
 
     def direction(self, current: int) -> str:
         """``up``, ``down`` or ``none`` relative to ``current``."""
@@ -181,17 +183,18 @@ def decide(
     if current > 0 and abs(unbounded / current - 1) <= policy.tolerance:
         unbounded, reason = current, Why.STEADY
     raw = min(hi, max(lo, unbounded))
-    if raw != unbounded:
-        reason = Why.AT_MAX if unbounded > hi else Why.AT_MIN
+    limited_by = Why.AT_MAX if unbounded > hi else None
+    if unbounded < lo and reason != Why.IDLE:
+        reason = Why.AT_MIN
     history.record(now, raw, policy.stabilization_seconds)
 
     target = raw
     if target > current:
         target = min(target, max(current * 2, current + 1))
         if fleet.pending_for_gpu > 0:
-            target, reason = current, Why.GPU_LIMITED
+            target, limited_by = current, Why.GPU_LIMITED
         elif fleet.gpu_headroom is not None and target - current > fleet.gpu_headroom:
-            target, reason = current + fleet.gpu_headroom, Why.GPU_LIMITED
+            target, limited_by = current + fleet.gpu_headroom, Why.GPU_LIMITED
     elif target < current:
         # The highest recommendation inside the window wins: a short lull changes nothing.
         highest = history.highest_since(now - policy.stabilization_seconds)
@@ -202,7 +205,7 @@ def decide(
             target = max(stabilized, math.ceil(current / 2))
     # Bounds always hold, even against the current size (e.g. after minReplicas was raised).
     target = min(hi, max(lo, target))
-    return Decision(target, reason, signals.as_dict(), True, wanted)
+    return Decision(target, reason, signals.as_dict(), True, wanted, limited_by)
 
 
 def count_flaps(replicas: Sequence[int]) -> int:

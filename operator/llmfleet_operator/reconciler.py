@@ -131,7 +131,7 @@ class ScalingView(Protocol):
 
     def wants(self, key: Key) -> int | None: ...
     def status_block(self, key: Key) -> dict[str, Any] | None: ...
-    def condition(self, key: Key) -> Condition | None: ...
+    def conditions(self, key: Key) -> list[Condition]: ...
 
 
 class NoAutoscaler:
@@ -143,8 +143,8 @@ class NoAutoscaler:
     def status_block(self, key: Key) -> dict[str, Any] | None:
         return None
 
-    def condition(self, key: Key) -> Condition | None:
-        return None
+    def conditions(self, key: Key) -> list[Condition]:
+        return []
 
 
 class Reconciler:
@@ -268,11 +268,12 @@ class Reconciler:
         # write of ours goes into the cache; a margin covers clock granularity.
         return born.timestamp() < self._started_at - 5.0
 
-    async def gpu_capacity(self, resource: str) -> GpuCapacity | None:
-        """Free GPUs, cached briefly; None when RBAC does not allow the cluster-wide look."""
+    async def gpu_capacity(self, resource: str, max_age: float = 10.0) -> GpuCapacity | None:
+        """Free GPUs, cached up to ``max_age`` seconds; None when RBAC does not allow the
+        cluster-wide look."""
         now = time.monotonic()
         cached = self._capacity.get(resource)
-        if cached and now - cached[0] < 10.0:
+        if cached and now - cached[0] < max_age:
             return cached[1]
         try:
             nodes = await self.kube.list(resource_path("v1", "Node"))
@@ -331,9 +332,7 @@ class Reconciler:
         extra = []
         block = None
         if spec.autoscaling.mode == "Builtin" and not spec.suspend:
-            scaling_condition = self.scaling.condition(key)
-            if scaling_condition is not None:
-                extra.append(scaling_condition)
+            extra.extend(self.scaling.conditions(key))
             block = self.scaling.status_block(key)
         status = build_status(obs, previous, self._clock(), extra, block)
         await self._store_status(body, previous, status, result)

@@ -112,9 +112,15 @@ async def test_one_constant_set_of_queries_scales_every_builtin_fleet(prometheus
     assert block["lastDecision"]["to"] == 4
     assert block["lastDecision"]["reason"] == "QueueDepth"
     assert block["lastDecision"]["signals"]["waiting"] == 24.0
-    cond = loop.condition(("ns", "a"))
-    assert cond is not None
-    assert (cond.status, cond.reason) == ("True", "MetricsAvailable")
+    conds = {c.type: c for c in loop.conditions(("ns", "a"))}
+    assert (conds["ScalingActive"].status, conds["ScalingActive"].reason) == (
+        "True",
+        "MetricsAvailable",
+    )
+    assert (conds["ScalingLimited"].status, conds["ScalingLimited"].reason) == (
+        "False",
+        "DesiredWithinRange",
+    )
     assert ("ns", "a") in enqueued
     assert [e[0] for e in kube.events] == ["ScaledUp", "ScaledUp"]
     json.dumps(block)  # status must be JSON-serialisable
@@ -131,14 +137,12 @@ async def test_prometheus_down_holds_and_reports(prometheus: Any) -> None:
         await loop.tick(session)
         await loop.tick(session)
     assert loop.wants(("ns", "a")) == 3
-    cond = loop.condition(("ns", "a"))
-    assert cond is not None
+    [cond] = loop.conditions(("ns", "a"))
     assert (cond.status, cond.reason) == ("False", "MetricsUnavailable")
     assert "HTTP 503" in cond.message
     assert [e[0] for e in kube.events] == ["MetricsUnavailable"]  # once, on the flip
     state["up"] = True
     async with aiohttp.ClientSession() as session:
         await loop.tick(session)
-    cond = loop.condition(("ns", "a"))
-    assert cond is not None
+    cond = next(c for c in loop.conditions(("ns", "a")) if c.type == "ScalingActive")
     assert cond.status == "True"

@@ -163,7 +163,7 @@ def test_gpu_exhaustion_caps_and_never_piles_up_pending() -> None:
     sim = Sim(policy(), replicas=2, gpu_slots=5)
     curve = sim.run(600, lambda t: 64)
     assert max(curve) == 5
-    assert any(d.reason == Why.GPU_LIMITED for d in sim.decisions)
+    assert any(d.limited_by == Why.GPU_LIMITED for d in sim.decisions)
 
 
 def test_pending_pods_block_further_scale_up() -> None:
@@ -174,7 +174,7 @@ def test_pending_pods_block_further_scale_up() -> None:
         History(),
         0,
     )
-    assert (d.replicas, d.reason) == (4, Why.GPU_LIMITED)
+    assert (d.replicas, d.limited_by) == (4, Why.GPU_LIMITED)
 
 
 @pytest.mark.parametrize(("ttft", "want"), [(1.0, 4), (4.0, 8)])
@@ -190,7 +190,8 @@ def test_ttft_objective_scales_up_only(ttft: float, want: int) -> None:
 def test_bounds_and_suspend() -> None:
     s = Signals(at=0, waiting=400, running=64, capacity=64.0, reporting=16)
     assert decide(policy(max_replicas=6), Fleet(5, 5), s, History(), 0).replicas == 6
-    assert decide(policy(max_replicas=6), Fleet(5, 5), s, History(), 0).reason == Why.AT_MAX
+    capped = decide(policy(max_replicas=6), Fleet(5, 5), s, History(), 0)
+    assert (capped.reason, capped.limited_by) == (Why.QUEUE, Why.AT_MAX)
     assert decide(policy(min_replicas=3), Fleet(1, 1), None, History(), 0).replicas == 3
     assert decide(Policy(1, 4, 4, suspended=True), Fleet(3, 3), s, History(), 0).replicas == 0
 
