@@ -128,10 +128,10 @@ class Decision:
         return "up" if self.replicas > current else "down" if self.replicas < current else "none"
 
 
-def proposals(policy: Policy, fleet: Fleet, s: Signals) -> dict[str, int]:
-    """The size each signal asks for."""
+def needs(policy: Policy, fleet: Fleet, s: Signals) -> dict[str, float]:
+    """How many replicas each signal says the load needs (fractional)."""
     base = max(fleet.ready, 1)
-    out: dict[str, int] = {}
+    out: dict[str, float] = {}
     per_worker = (s.capacity / max(s.reporting, 1)) if s.capacity else None
     if per_worker and per_worker > 0:
         # Every request in flight is either in a batch or waiting. One replica should hold a
@@ -139,18 +139,18 @@ def proposals(policy: Policy, fleet: Fleet, s: Signals) -> dict[str, int]:
         # in-flight / (batch + target) replicas. This counts no replica that is still
         # starting, so a queue that persists while new pods load does not over-scale.
         in_flight = s.waiting + s.running
-        size = math.ceil(in_flight / (per_worker + policy.target_queue_per_replica))
-        out[Why.QUEUE if s.waiting > 0 else Why.RUNNING] = size
+        need = in_flight / (per_worker + policy.target_queue_per_replica)
+        out[Why.QUEUE if s.waiting > 0 else Why.RUNNING] = need
     else:
         # Engines that do not export their batch capacity: HPA's formula on the average queue
         # per replica, and the target standing in for a worker's concurrency.
-        out[Why.QUEUE] = math.ceil(s.waiting / policy.target_queue_per_replica)
-        out[Why.RUNNING] = math.ceil(s.running / policy.target_queue_per_replica)
+        out[Why.QUEUE] = s.waiting / policy.target_queue_per_replica
+        out[Why.RUNNING] = s.running / policy.target_queue_per_replica
     if policy.ttft_p95_seconds and s.ttft_p95 is not None and s.ttft_p95 > 0:
         ratio = s.ttft_p95 / policy.ttft_p95_seconds
         # Latency below target says nothing about how few replicas would do: only scale up.
         if ratio > 1 + policy.tolerance:
-            out[Why.TTFT] = math.ceil(base * ratio)
+            out[Why.TTFT] = base * ratio
     return out
 
 
@@ -161,9 +161,16 @@ def decide(
     history: History,
     now: float,
 ) -> Decision:
-    """The replica count for the next interval, with its reason."""
+    """The replica count for the next interval, with its reason.
+
+    Hysteresis keeps a noisy load from flapping: the fleet grows when the load needs more
+    than ``current * (1 + tolerance)``; it shrinks only to a size that the highest load of
+    the stabilization window would still need less than ``1 / (1 + tolerance)`` of, so the
+    next peak of the same noise cannot send it straight back up.
+    """
     lo, hi = policy.min_replicas, max(policy.max_replicas, policy.min_replicas)
     current = fleet.current
+    tol = policy.tolerance
     if policy.suspended:
         return Decision(0, Why.SUSPENDED, {}, True)
     if signals is None or now - signals.at > MAX_SIGNAL_AGE:
@@ -175,46 +182,54 @@ def decide(
         # After a (re)start nothing is known about the last window: count the current size
         # as recommended now, so that a scale-down waits one full window.
         history.record(now, current, policy.stabilization_seconds)
-    wanted = proposals(policy, fleet, signals)
-    reason, unbounded = max(wanted.items(), key=lambda kv: (kv[1], kv[0] == Why.QUEUE))
-    if unbounded == 0 and signals.waiting == 0 and signals.running == 0:
+    need = needs(policy, fleet, signals)
+    wanted = {why: math.ceil(n - 1e-9) for why, n in need.items()}
+    reason, top = max(need.items(), key=lambda kv: (kv[1], kv[0] == Why.QUEUE))
+    if top == 0 and signals.waiting == 0 and signals.running == 0:
         reason = Why.IDLE
-    # Tolerance band: small deviations are noise, not load changes.
-    if current > 0 and abs(unbounded / current - 1) <= policy.tolerance:
-        unbounded, reason = current, Why.STEADY
-    raw = min(hi, max(lo, unbounded))
-    limited_by = Why.AT_MAX if unbounded > hi else None
-    if unbounded < lo and reason != Why.IDLE:
-        reason = Why.AT_MIN
-    history.record(now, raw, policy.stabilization_seconds)
+    up = math.ceil(top - 1e-9)
+    # What the window may shrink to: the load would use at most 1/(1+tol) of it.
+    down_floor = min(hi, max(lo, math.ceil(top * (1 + tol) - 1e-9)))
+    history.record(now, down_floor, policy.stabilization_seconds)
+    limited_by = Why.AT_MAX if up > hi else None
 
-    target = raw
+    target = current
+    if current == 0 or top > current * (1 + tol):
+        target = min(hi, max(lo, up))
     if target > current:
         target = min(target, max(current * 2, current + 1))
         if fleet.pending_for_gpu > 0:
             target, limited_by = current, Why.GPU_LIMITED
         elif fleet.gpu_headroom is not None and target - current > fleet.gpu_headroom:
             target, limited_by = current + fleet.gpu_headroom, Why.GPU_LIMITED
-    elif target < current:
+    elif down_floor < current:
         # The highest recommendation inside the window wins: a short lull changes nothing.
         highest = history.highest_since(now - policy.stabilization_seconds)
-        stabilized = max(target, highest if highest is not None else current)
+        stabilized = max(down_floor, highest if highest is not None else current)
         if stabilized >= current:
-            target, reason = current, Why.STABILIZING
+            reason = Why.STABILIZING
         else:
             target = max(stabilized, math.ceil(current / 2))
+            if up < lo and reason != Why.IDLE:
+                reason = Why.AT_MIN
+    elif target == current and reason != Why.IDLE:
+        reason = Why.STEADY
     # Bounds always hold, even against the current size (e.g. after minReplicas was raised).
     target = min(hi, max(lo, target))
     return Decision(target, reason, signals.as_dict(), True, wanted, limited_by)
 
 
-def count_flaps(replicas: Sequence[int]) -> int:
-    """Direction reversals in a replica curve (up then down, or down then up)."""
-    flaps, last = 0, 0
-    for a, b in itertools.pairwise(replicas):
+def count_flaps(replicas: Sequence[int], interval: float = 1.0, window: float = math.inf) -> int:
+    """Flaps in a replica curve sampled every ``interval`` seconds: direction reversals that
+    come less than ``window`` seconds after the previous change (up then soon down, or down
+    then soon up). A scale-down long after a burst ended is not a flap."""
+    flaps, last_dir, last_at = 0, 0, -math.inf
+    for i, (a, b) in enumerate(itertools.pairwise(replicas)):
         step = (b > a) - (b < a)
-        if step and last and step != last:
+        if not step:
+            continue
+        now = (i + 1) * interval
+        if last_dir and step != last_dir and now - last_at < window:
             flaps += 1
-        if step:
-            last = step
+        last_dir, last_at = step, now
     return flaps

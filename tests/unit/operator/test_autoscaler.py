@@ -216,3 +216,15 @@ def test_count_flaps() -> None:
     assert count_flaps([1, 2, 2, 3, 3]) == 0
     assert count_flaps([1, 2, 1]) == 1
     assert count_flaps([3, 2, 2, 3, 2]) == 2
+    # A scale-down long after the scale-up is the load going away, not a flap.
+    assert count_flaps([1, 4, 4, 4, 4, 1], interval=15, window=60) == 0
+    assert count_flaps([1, 4, 4, 1], interval=15, window=60) == 1
+
+
+def test_noisy_loads_of_many_sizes_never_flap() -> None:
+    for seed in range(20):
+        rng = random.Random(seed)
+        base = rng.uniform(10, 60)
+        sim = Sim(policy(), replicas=2)
+        curve = sim.run(3600, lambda t, r=rng, b=base: b * r.uniform(0.7, 1.3))
+        assert count_flaps(curve, INTERVAL, 600) == 0, (seed, curve)
