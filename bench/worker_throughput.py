@@ -24,6 +24,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -242,6 +243,8 @@ def main() -> int:
     parser.add_argument("--skip-hf-serve", action="store_true")
     parser.add_argument("--quick", action="store_true", help="short outputs, one repeat")
     args = parser.parse_args()
+    # Turn SIGTERM into an exception so the server subprocesses are stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.quick:
         args.output_len, args.repeats, args.requests_per_client, args.naive_requests = 32, 1, 1, 2
 
