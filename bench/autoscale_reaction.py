@@ -262,7 +262,8 @@ def main() -> int:
         ok = max(r["decision"] for r in runs) <= target
     flaps, burst_flaps = replay(args.seeds)
     print(
-        f"\nreplay: {args.seeds} noisy steady hours (load +-30%, 15 s loop, 300 s window): "
+        f"\nreplay: {args.seeds} noisy steady hours (load +-30%, 15 s loop, 300 s window; "
+        f"a flap = a reversal within {FLAP_WINDOW:.0f} s of the previous change): "
         f"flaps total {sum(flaps)}, worst hour {max(flaps)}; burst-and-idle trace: "
         f"{burst_flaps} flaps"
     )

@@ -14,13 +14,24 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from localcluster import ROOT, LocalCluster, free_port, model_volume, pid_alive
 
+sys.path.insert(0, str(ROOT / "tests"))
+from support.loadgen import LoadGenerator
+from support.prometheus import PrometheusServer
+
 NAMESPACE = "llmfleet-demo"
+#: The autoscaling part runs in its own namespace: only its pods get real workers.
+BURST_NAMESPACE = "llmfleet-autoscale"
+BURST_NAME = "chat-burst"
+#: The demo loop is fast (the production default is 15 s) so the burst fits in a minute.
+AUTOSCALE_INTERVAL = 2
+STABILIZATION = 20
 EXAMPLES = ROOT / "examples"
 CRD = ROOT / "crds" / "llmfleet.io_llmdeployments.yaml"
 
@@ -36,13 +47,50 @@ def kubectl(cluster: LocalCluster, *args: str, check: bool = True) -> str:
     return result.stdout
 
 
-def start_operator(cluster: LocalCluster) -> int:
-    """Start the operator unless one from an earlier demo still runs; return its pid."""
-    pid_file = cluster.dir / "operator.pid"
-    if pid_file.exists() and pid_alive(int(pid_file.read_text())):
-        return int(pid_file.read_text())
-    log = (cluster.logs / "operator.log").open("ab")
+def stop_previous(cluster: LocalCluster, name: str) -> None:
+    """Stop a process an earlier demo left running (its pid is in NAME.pid)."""
+    pid_file = cluster.dir / f"{name}.pid"
+    if pid_file.exists():
+        pid = int(pid_file.read_text())
+        if pid_alive(pid):
+            os.killpg(pid, 15)
+            deadline = time.monotonic() + 30
+            while pid_alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.2)
+        pid_file.unlink()
+
+
+def spawn(cluster: LocalCluster, name: str, cmd: list[str]) -> int:
+    """Start a background process that `make cluster-down` will stop."""
+    stop_previous(cluster, name)
+    log = (cluster.logs / f"{name}.log").open("ab")
     proc = subprocess.Popen(
+        cmd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)},
+        start_new_session=True,
+    )
+    (cluster.dir / f"{name}.pid").write_text(str(proc.pid))
+    cluster.register_extra(name, proc.pid)
+    return proc.pid
+
+
+def start_prometheus(cluster: LocalCluster, sd_file: Path) -> PrometheusServer:
+    stop_previous(cluster, "prometheus")
+    server = PrometheusServer(cluster.dir / "prometheus", sd_file, tie_to_parent=False)
+    server.start()
+    assert server.proc is not None
+    (cluster.dir / "prometheus.pid").write_text(str(server.proc.pid))
+    cluster.register_extra("prometheus", server.proc.pid)
+    return server
+
+
+def start_operator(cluster: LocalCluster, prometheus_url: str) -> int:
+    return spawn(
+        cluster,
+        "operator",
         [
             sys.executable,
             "-m",
@@ -53,16 +101,29 @@ def start_operator(cluster: LocalCluster) -> int:
             f"--metrics-port={free_port()}",
             "--bind-address=127.0.0.1",
             "--log-format=plain",
+            f"--prometheus-url={prometheus_url}",
+            f"--autoscale-interval={AUTOSCALE_INTERVAL}",
+            "--rate-window=15s",
         ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)},
-        start_new_session=True,
     )
-    pid_file.write_text(str(proc.pid))
-    cluster.register_extra("operator", proc.pid)
-    return proc.pid
+
+
+def start_pod_backer(cluster: LocalCluster, sd_file: Path) -> int:
+    return spawn(
+        cluster,
+        "podbacker",
+        [
+            sys.executable,
+            str(ROOT / "hack" / "podbacker.py"),
+            f"--kubeconfig={cluster.kubeconfig}",
+            "-n",
+            BURST_NAMESPACE,
+            f"--model-dir={cluster.dir / 'tiny-model'}",
+            f"--state-dir={cluster.dir / 'podbacker'}",
+            f"--sd-file={sd_file}",
+            "--worker-args=--max-num-seqs 2 --max-queue 256",
+        ],
+    )
 
 
 def examples() -> list[dict[str, Any]]:
@@ -103,8 +164,13 @@ def main() -> int:
     say("installing the LLMDeployment CRD (generated from the API models)")
     kubectl(cluster, "apply", "--server-side", "--force-conflicts", "-f", str(CRD))
     kubectl(cluster, "wait", "--for=condition=Established", "crd/llmdeployments.llmfleet.io")
-    pid = start_operator(cluster)
-    say(f"operator running (pid {pid}), log: {cluster.logs / 'operator.log'}")
+    sd_file = cluster.dir / "podbacker" / "workers.json"
+    prometheus = start_prometheus(cluster, sd_file)
+    pid = start_operator(cluster, prometheus.url)
+    say(
+        f"operator running (pid {pid}), log: {cluster.logs / 'operator.log'}; "
+        f"Prometheus {prometheus.url}"
+    )
     kubectl(cluster, "create", "namespace", NAMESPACE, check=False)
     say("a read-only model volume (PV + PVC `models`), as a platform team provides it")
     volume = json.dumps({"apiVersion": "v1", "kind": "List", "items": model_volume(NAMESPACE)})
@@ -140,9 +206,11 @@ def main() -> int:
         text = kubectl(cluster, "describe", "llmd", name, "-n", NAMESPACE)
         keep = text[text.find("Status:") :] if "Status:" in text else text
         print("\n".join(keep.splitlines()[:45]))
+    burst_outcome = autoscaling_demo(cluster, sd_file)
     say("summary")
     for name in names:
         print(f"  {name:12} {outcome[name]}")
+    print(f"  {BURST_NAME:12} {burst_outcome}")
     print(f"\nexport KUBECONFIG={cluster.kubeconfig}   # then: kubectl get llmd -A")
     print("make cluster-down                           # stops the cluster and the operator")
     expected_stalled = {"too-big"}
@@ -151,7 +219,126 @@ def main() -> int:
         for n in expected_stalled
         if n in outcome
     )
-    return 0 if ok else 1
+    return 0 if ok and burst_outcome.startswith("grew") else 1
+
+
+def burst_status(cluster: LocalCluster) -> dict[str, Any]:
+    out = kubectl(cluster, "get", "llmd", BURST_NAME, "-n", BURST_NAMESPACE, "-o", "json")
+    return dict(json.loads(out).get("status", {}))
+
+
+def serving_workers(cluster: LocalCluster) -> int:
+    """Workers the pod backer lists for Prometheus (ready ones) for the burst fleet."""
+    sd = cluster.dir / "podbacker" / "workers.json"
+    if not sd.exists():
+        return 0
+    groups = json.loads(sd.read_text() or "[]")
+    return sum(
+        len(g.get("targets", []))
+        for g in groups
+        if g.get("labels", {}).get("llmdeployment") == BURST_NAME
+    )
+
+
+def endpoint(cluster: LocalCluster) -> str | None:
+    path = cluster.dir / "podbacker" / "endpoints.json"
+    if not path.exists():
+        return None
+    url = json.loads(path.read_text() or "{}").get(f"{BURST_NAMESPACE}/{BURST_NAME}")
+    return str(url) if url else None
+
+
+def timeline_row(cluster: LocalCluster, t0: float, note: str = "") -> tuple[int, int]:
+    st = burst_status(cluster)
+    desired, ready = st.get("desiredReplicas", 0), st.get("readyReplicas", 0)
+    last = st.get("autoscaler", {}).get("lastDecision", {})
+    signals = last.get("signals", {})
+    print(
+        f"  t={time.monotonic() - t0:5.1f}s  desired {desired}  ready pods {ready}  "
+        f"serving workers {serving_workers(cluster)}  last decision: "
+        f"{last.get('from', '-')}->{last.get('to', '-')} {last.get('reason', '')} "
+        f"waiting={signals.get('waiting', '-')} {note}",
+        flush=True,
+    )
+    return int(desired), int(ready)
+
+
+def autoscaling_demo(cluster: LocalCluster, sd_file: Path) -> str:
+    """A burst of requests against real workers: the fleet grows, then shrinks."""
+    say(
+        f"autoscaling: {BURST_NAMESPACE}/{BURST_NAME}, real worker processes behind its pods, "
+        "Prometheus scraping them every second"
+    )
+    kubectl(cluster, "create", "namespace", BURST_NAMESPACE, check=False)
+    volume = json.dumps(
+        {"apiVersion": "v1", "kind": "List", "items": model_volume(BURST_NAMESPACE)}
+    )
+    cluster.kubectl("apply", "-f", "-", stdin=volume)
+    start_pod_backer(cluster, sd_file)
+    manifest = {
+        "apiVersion": "llmfleet.io/v1alpha1",
+        "kind": "LLMDeployment",
+        "metadata": {"name": BURST_NAME, "namespace": BURST_NAMESPACE},
+        "spec": {
+            "model": {"uri": "pvc://models/tiny"},
+            "worker": {"resources": {"gpus": 1, "cpu": "1", "memory": "1Gi"}},
+            "autoscaling": {
+                "minReplicas": 1,
+                "maxReplicas": 4,
+                "targetQueueDepthPerReplica": 2,
+                "scaleDownStabilizationSeconds": STABILIZATION,
+            },
+        },
+    }
+    print(cluster.kubectl("apply", "-f", "-", stdin=json.dumps(manifest)).stdout.strip())
+    print(
+        f"  (demo settings: autoscaler loop {AUTOSCALE_INTERVAL}s, scale-down window "
+        f"{STABILIZATION}s; each worker runs batches of 2 so a small burst queues)"
+    )
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not (serving_workers(cluster) >= 1 and endpoint(cluster)):
+        time.sleep(1)
+    url = endpoint(cluster)
+    if not url:
+        return f"no worker came up; see {cluster.logs / 'podbacker.log'}"
+    say(f"a burst: 12 concurrent clients for 45 s through {url}")
+    t0 = time.monotonic()
+    peak = 1
+    with LoadGenerator(url, model=BURST_NAME, concurrency=12, duration=45, max_tokens=48) as gen:
+        while not gen.done:
+            desired, _ = timeline_row(cluster, t0)
+            peak = max(peak, desired)
+            time.sleep(3)
+        result = gen.join()
+    print(f"  load: {result.summary()}")
+    say(f"the burst is over: the fleet shrinks after the {STABILIZATION}s window")
+    deadline = time.monotonic() + STABILIZATION + 90
+    desired = peak
+    while time.monotonic() < deadline:
+        desired, _ = timeline_row(cluster, t0)
+        if desired == 1:
+            break
+        time.sleep(3)
+    say(f"kubectl get events -n {BURST_NAMESPACE} (the autoscaler explains itself)")
+    events = json.loads(
+        kubectl(
+            cluster,
+            "get",
+            "events",
+            "-n",
+            BURST_NAMESPACE,
+            "-o",
+            "json",
+            "--field-selector",
+            "involvedObject.kind=LLMDeployment",
+        )
+    )
+    for e in sorted(events["items"], key=lambda e: e.get("lastTimestamp") or ""):
+        if e["reason"] in ("ScaledUp", "ScaledDown", "MetricsUnavailable"):
+            print(f"  {e['type']:8} {e['reason']:11} {e['message']}")
+    if peak > 1 and desired == 1:
+        return f"grew 1 -> {peak} under the burst, shrank back to 1"
+    return f"did not follow the burst (peak {peak}, now {desired})"
 
 
 if __name__ == "__main__":
