@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
         cluster-up cluster-down cluster-status crds demo bench clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 venv: ## the Python virtual environment in .venv
 	@bash hack/python-env.sh
@@ -57,6 +57,11 @@ crds: venv ## regenerate crds/ (and the Helm chart's copy) from the API models
 
 demo: setup ## the main job: local GPU cluster + operator + examples, end to end
 	$(PY) hack/demo.py
+
+bench: setup ## benchmarks (numbers, not pass/fail): operator scale, autoscaler reaction, worker
+	$(PY) bench/operator_scale.py
+	$(PY) bench/autoscale_reaction.py
+	$(PY) bench/worker_throughput.py
 
 clean: cluster-down ## remove build outputs (keeps the tool cache)
 	rm -rf .cluster .mypy_cache .ruff_cache .pytest_cache

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "hack"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from localcluster import LocalCluster, Topology, free_port, model_volume  # noqa: E402
+from localcluster import LocalCluster, Topology, free_port  # noqa: E402
 from support.processes import scrape  # noqa: E402
 
 NAMESPACE = "bench"
@@ -108,18 +108,8 @@ def main() -> int:
     cluster.up(timeout=300)
     operator: subprocess.Popen[bytes] | None = None
     try:
-        crd = ROOT / "crds" / "llmfleet.io_llmdeployments.yaml"
-        cluster.kubectl("apply", "--server-side", "-f", str(crd))
-        cluster.kubectl("wait", "--for=condition=Established", "crd/llmdeployments.llmfleet.io")
-        cluster.kubectl("create", "namespace", NAMESPACE)
-        cluster.kubectl(
-            "apply",
-            "-f",
-            "-",
-            stdin=json.dumps(
-                {"apiVersion": "v1", "kind": "List", "items": model_volume(NAMESPACE)}
-            ),
-        )
+        cluster.install_crd()
+        cluster.prepare_namespace(NAMESPACE)
         kubeconfig = cluster.kubeconfig_for(OPERATOR_USER, ("system:masters",))
         metrics_port = free_port()
         log = (state_dir / "operator.log").open("wb")

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from localcluster import ROOT, LocalCluster, free_port, model_volume, pid_alive
+from localcluster import ROOT, LocalCluster, free_port, pid_alive, tiny_llmdeployment
 
 sys.path.insert(0, str(ROOT / "tests"))
 from support.loadgen import LoadGenerator
@@ -33,7 +33,6 @@ BURST_NAME = "chat-burst"
 AUTOSCALE_INTERVAL = 2
 STABILIZATION = 20
 EXAMPLES = ROOT / "examples"
-CRD = ROOT / "crds" / "llmfleet.io_llmdeployments.yaml"
 
 
 def say(text: str) -> None:
@@ -162,8 +161,7 @@ def main() -> int:
     say("nodes: 4 simulated GPU nodes with 8 nvidia.com/gpu each, and a CPU node")
     print(kubectl(cluster, "get", "nodes", "-L", "nvidia.com/gpu.product,nvidia.com/gpu.count"))
     say("installing the LLMDeployment CRD (generated from the API models)")
-    kubectl(cluster, "apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    kubectl(cluster, "wait", "--for=condition=Established", "crd/llmdeployments.llmfleet.io")
+    cluster.install_crd()
     sd_file = cluster.dir / "podbacker" / "workers.json"
     prometheus = start_prometheus(cluster, sd_file)
     pid = start_operator(cluster, prometheus.url)
@@ -171,10 +169,8 @@ def main() -> int:
         f"operator running (pid {pid}), log: {cluster.logs / 'operator.log'}; "
         f"Prometheus {prometheus.url}"
     )
-    kubectl(cluster, "create", "namespace", NAMESPACE, check=False)
     say("a read-only model volume (PV + PVC `models`), as a platform team provides it")
-    volume = json.dumps({"apiVersion": "v1", "kind": "List", "items": model_volume(NAMESPACE)})
-    print(cluster.kubectl("apply", "-f", "-", stdin=volume).stdout.strip())
+    cluster.prepare_namespace(NAMESPACE)
     docs = examples()
     say(f"applying {len(docs)} LLMDeployments from examples/")
     for doc in docs:
@@ -269,27 +265,11 @@ def autoscaling_demo(cluster: LocalCluster, sd_file: Path) -> str:
         f"autoscaling: {BURST_NAMESPACE}/{BURST_NAME}, real worker processes behind its pods, "
         "Prometheus scraping them every second"
     )
-    kubectl(cluster, "create", "namespace", BURST_NAMESPACE, check=False)
-    volume = json.dumps(
-        {"apiVersion": "v1", "kind": "List", "items": model_volume(BURST_NAMESPACE)}
-    )
-    cluster.kubectl("apply", "-f", "-", stdin=volume)
+    cluster.prepare_namespace(BURST_NAMESPACE)
     start_pod_backer(cluster, sd_file)
-    manifest = {
-        "apiVersion": "llmfleet.io/v1alpha1",
-        "kind": "LLMDeployment",
-        "metadata": {"name": BURST_NAME, "namespace": BURST_NAMESPACE},
-        "spec": {
-            "model": {"uri": "pvc://models/tiny"},
-            "worker": {"resources": {"gpus": 1, "cpu": "1", "memory": "1Gi"}},
-            "autoscaling": {
-                "minReplicas": 1,
-                "maxReplicas": 4,
-                "targetQueueDepthPerReplica": 2,
-                "scaleDownStabilizationSeconds": STABILIZATION,
-            },
-        },
-    }
+    manifest = tiny_llmdeployment(
+        BURST_NAME, BURST_NAMESPACE, scaleDownStabilizationSeconds=STABILIZATION
+    )
     print(cluster.kubectl("apply", "-f", "-", stdin=json.dumps(manifest)).stdout.strip())
     print(
         f"  (demo settings: autoscaler loop {AUTOSCALE_INTERVAL}s, scale-down window "

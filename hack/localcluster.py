@@ -155,6 +155,29 @@ def model_volume(namespace: str, claim: str = "models") -> list[dict[str, object
     ]
 
 
+CRD_FILE = ROOT / "crds" / "llmfleet.io_llmdeployments.yaml"
+
+
+def tiny_llmdeployment(name: str, namespace: str, **autoscaling: object) -> dict[str, object]:
+    """An LLMDeployment of the tiny model on one GPU, autoscaled by the operator (Builtin),
+    for the demo and the benchmarks; ``autoscaling`` overrides the small defaults."""
+    return {
+        "apiVersion": "llmfleet.io/v1alpha1",
+        "kind": "LLMDeployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "model": {"uri": "pvc://models/tiny"},
+            "worker": {"resources": {"gpus": 1, "cpu": "1", "memory": "1Gi"}},
+            "autoscaling": {
+                "minReplicas": 1,
+                "maxReplicas": 4,
+                "targetQueueDepthPerReplica": 2,
+                **autoscaling,
+            },
+        },
+    }
+
+
 @dataclass
 class State:
     """What a running cluster left on disk: ports and process ids."""
@@ -326,6 +349,18 @@ class LocalCluster:
         state.pids[component] = self._start(component, state)
         self._save_state(state)
         self._wait_component(component, state, timeout)
+
+    def install_crd(self) -> None:
+        """Apply the generated LLMDeployment CRD and wait until it is served."""
+        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
+        self.kubectl("wait", "--for=condition=Established", "crd/llmdeployments.llmfleet.io")
+
+    def prepare_namespace(self, namespace: str) -> None:
+        """Create ``namespace`` (if missing) with a bound ``models`` volume in it."""
+        if self.kubectl("get", "namespace", namespace, check=False).returncode != 0:
+            self.kubectl("create", "namespace", namespace)
+        volume = {"apiVersion": "v1", "kind": "List", "items": model_volume(namespace)}
+        self.kubectl("apply", "-f", "-", stdin=json.dumps(volume))
 
     def register_extra(self, name: str, pid: int) -> None:
         """Have ``down`` stop this process too (it must lead its own process group)."""
