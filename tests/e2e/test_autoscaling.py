@@ -93,7 +93,10 @@ pytestmark = pytest.mark.usefixtures("autoscaling_operator", "prometheus")
 
 
 def test_load_scales_up_then_down_after_the_window(
-    kube: Kubectl, apply_llmd: Callable[..., dict[str, Any]], pod_backer: PodBacker
+    kube: Kubectl,
+    apply_llmd: Callable[..., dict[str, Any]],
+    pod_backer: PodBacker,
+    prometheus: PrometheusServer,
 ) -> None:
     apply_llmd("chat", **autoscaled())
     wait_for("one worker serving", lambda: serving(pod_backer, kube, "chat", 1), timeout=90)
@@ -126,6 +129,18 @@ def test_load_scales_up_then_down_after_the_window(
         )["items"]
         assert events
         assert "QueueDepth" in events[0]["message"]
+        # More workers under the same closed-loop load: the queue Prometheus sees falls.
+        queued = (
+            f'sum(llmfleet_worker_requests_waiting{{namespace="{kube.namespace}",'
+            'llmdeployment="chat"})'
+        )
+        wait_for(
+            "the queue to fall below what triggered the scale-up",
+            lambda: (
+                (v := prometheus.value(queued)) is not None and v < decision["signals"]["waiting"]
+            ),
+            timeout=60,
+        )
     finally:
         result = gen.stop()
     assert result.ok, result.summary()
