@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shlex
@@ -91,45 +92,41 @@ def make_prompt(tokenizer: Any, length: int) -> str:
 
 
 # ---- in-process baselines ------------------------------------------------------------
-def bench_naive(model: Any, ids: Any, output_len: int, requests: int, repeats: int) -> Result:
+def bench_naive(model: Any, ids: Any, output_len: int, requests: int, res: Result) -> None:
     import torch
 
-    res = Result("naive generate (sequential)", 1)
     with torch.inference_mode():
         model.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)  # warm-up
-        for _ in range(repeats):
-            start = time.perf_counter()
-            for _ in range(requests):
-                model.generate(
-                    ids, max_new_tokens=output_len, min_new_tokens=output_len, do_sample=False
-                )
-            res.tokens_per_s.append(requests * output_len / (time.perf_counter() - start))
-            for _ in range(requests):  # first-token time: prefill + one token
-                t = time.perf_counter()
-                model.generate(ids, max_new_tokens=1, do_sample=False)
-                res.ttft.append(time.perf_counter() - t)
-    return res
+        start = time.perf_counter()
+        for _ in range(requests):
+            model.generate(
+                ids, max_new_tokens=output_len, min_new_tokens=output_len, do_sample=False
+            )
+        res.tokens_per_s.append(requests * output_len / (time.perf_counter() - start))
+        for _ in range(requests):  # first-token time: prefill + one token
+            t = time.perf_counter()
+            model.generate(ids, max_new_tokens=1, do_sample=False)
+            res.ttft.append(time.perf_counter() - t)
+    print(f"  naive: {res.tokens_per_s[-1]:.1f} tok/s", flush=True)
 
 
-def bench_static(model: Any, ids: Any, output_len: int, batch: int, repeats: int) -> Result:
+def bench_static(model: Any, ids: Any, output_len: int, batch: int, res: Result) -> None:
     import torch
 
-    res = Result("static batch generate", batch)
     inputs = ids.repeat(batch, 1)
     with torch.inference_mode():
-        for _ in range(repeats):
-            start = time.perf_counter()
-            out = model.generate(
-                inputs,
-                attention_mask=torch.ones_like(inputs),
-                max_new_tokens=output_len,
-                min_new_tokens=output_len,
-                do_sample=False,
-            )
-            elapsed = time.perf_counter() - start
-            assert out.shape == (batch, ids.shape[1] + output_len)
-            res.tokens_per_s.append(batch * output_len / elapsed)
-    return res
+        start = time.perf_counter()
+        out = model.generate(
+            inputs,
+            attention_mask=torch.ones_like(inputs),
+            max_new_tokens=output_len,
+            min_new_tokens=output_len,
+            do_sample=False,
+        )
+        elapsed = time.perf_counter() - start
+    assert out.shape == (batch, ids.shape[1] + output_len)
+    res.tokens_per_s.append(batch * output_len / elapsed)
+    print(f"  static c={batch}: {res.tokens_per_s[-1]:.1f} tok/s", flush=True)
 
 
 # ---- servers -------------------------------------------------------------------------
@@ -202,26 +199,22 @@ def check_lengths(url: str, body: dict[str, Any], output_len: int) -> None:
         raise RuntimeError(f"{url} generated {usage} instead of {output_len} tokens")
 
 
-def bench_server(
-    name: str, url: str, body: dict[str, Any], args: argparse.Namespace
-) -> list[Result]:
-    check_lengths(url, body, args.output_len)
-    asyncio.run(run_load(url, {**body, "max_tokens": 8}, 4, 1))  # warm-up
-    results = []
-    for c in args.concurrency:
-        res = Result(name, c)
-        per_client = args.requests_per_client if c > 1 else max(args.requests_per_client, 3)
-        for _ in range(args.repeats):
-            elapsed, ttfts = asyncio.run(run_load(url, body, c, per_client))
-            res.tokens_per_s.append(c * per_client * args.output_len / elapsed)
-            res.ttft.extend(ttfts)
-        p50 = res.pct(0.5) * 1000
-        print(
-            f"  {name} c={c}: {res.tps:.1f} tok/s, TTFT p50 {p50:.0f} ms (load {load()})",
-            flush=True,
-        )
-        results.append(res)
-    return results
+def warm_server(url: str, body: dict[str, Any], output_len: int) -> None:
+    check_lengths(url, body, output_len)
+    asyncio.run(run_load(url, {**body, "max_tokens": 8}, 4, 1))
+
+
+def measure_server(
+    url: str, body: dict[str, Any], c: int, args: argparse.Namespace, res: Result
+) -> None:
+    per_client = args.requests_per_client if c > 1 else max(args.requests_per_client, 3)
+    elapsed, ttfts = asyncio.run(run_load(url, body, c, per_client))
+    res.tokens_per_s.append(c * per_client * args.output_len / elapsed)
+    res.ttft.extend(ttfts)
+    p50 = statistics.median(ttfts) * 1000
+    print(
+        f"  {res.name} c={c}: {res.tokens_per_s[-1]:.1f} tok/s, TTFT p50 {p50:.0f} ms", flush=True
+    )
 
 
 # ---- main ----------------------------------------------------------------------------
@@ -242,7 +235,13 @@ def main() -> int:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (bf16 on cuda)")
     parser.add_argument("--skip-hf-serve", action="store_true")
     parser.add_argument("--quick", action="store_true", help="short outputs, one repeat")
+    parser.add_argument(
+        "--omp-wait-policy",
+        default="PASSIVE",
+        help="OMP_WAIT_POLICY for every contender (the worker defaults to PASSIVE)",
+    )
     args = parser.parse_args()
+    os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy  # before torch starts its threads
     # Turn SIGTERM into an exception so the server subprocesses are stopped on the way out.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.quick:
@@ -272,18 +271,6 @@ def main() -> int:
 
     load_before = load()
     print(f"model {model_dir} ({params / 1e6:.1f}M params), load {load_before}", flush=True)
-    results: list[Result] = []
-    # Naive generate runs at the start and (for the rest of the repeats) at the end, so a
-    # change in background load during the run biases the ratios less.
-    first, later = (args.repeats + 1) // 2, args.repeats // 2
-    naive = bench_naive(model, ids, args.output_len, args.naive_requests, first)
-    print(f"  naive: {naive.tps:.1f} tok/s, first token {naive.pct(0.5) * 1000:.0f} ms", flush=True)
-    results.append(naive)
-    for c in args.concurrency:
-        if c > 1:
-            results.append(bench_static(model, ids, args.output_len, c, args.repeats))
-            print(f"  static c={c}: {results[-1].tps:.1f} tok/s", flush=True)
-
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     body = {
         "model": "bench",
@@ -301,11 +288,10 @@ def main() -> int:
         "--max-num-seqs", str(max(args.concurrency)), "--max-model-len", "1024",
         "--log-level", "warning",
     ]  # fmt: skip
-    with server(ours, port, env, workdir / "llmfleet.log") as url:
-        results += bench_server("llmfleet worker (HTTP)", url, body, args)
-
     hf_cli = shutil.which("transformers", path=str(BIN)) or shutil.which("transformers")
     hf_note = ""
+    hf_cmd: list[str] | None = None
+    hf_port = free_port()
     if args.skip_hf_serve:
         hf_note = "skipped (--skip-hf-serve)"
     elif (
@@ -317,31 +303,42 @@ def main() -> int:
     ):
         hf_note = "not available in the installed transformers"
     else:
-        port = free_port()
-        cmd = [
+        hf_cmd = [
             hf_cli, "serve", str(model_dir), "--continuous-batching", "--device", args.device,
-            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+            "--host", "127.0.0.1", "--port", str(hf_port), "--log-level", "warning",
         ]  # fmt: skip
-        gen = {
-            "max_new_tokens": args.output_len,
-            "min_new_tokens": args.output_len,
-            "do_sample": False,
-        }
-        hf_body = {**body, "model": str(model_dir), "generation_config": json.dumps(gen)}
-        hf_body.pop("ignore_eos")
-        try:
-            with server(cmd, port, env, workdir / "hf-serve.log") as url:
-                results += bench_server(
-                    "transformers serve --continuous-batching", url, hf_body, args
-                )
-        except (RuntimeError, httpx.HTTPError) as exc:
-            hf_note = f"failed: {exc}"[:300]
+    gen = {"max_new_tokens": args.output_len, "min_new_tokens": args.output_len}
+    hf_body = {**body, "model": str(model_dir), "generation_config": json.dumps(gen)}
+    hf_body.pop("ignore_eos")
 
-    if later:
-        again = bench_naive(model, ids, args.output_len, args.naive_requests, later)
-        naive.tokens_per_s += again.tokens_per_s
-        naive.ttft += again.ttft
-        print(f"  naive again: {again.tps:.1f} tok/s (load {load()})", flush=True)
+    # Every contender runs once per repeat, in turn, so that background load drifting during
+    # the run (this machine may be shared) spreads over all of them instead of one.
+    naive = Result("naive generate (sequential)", 1)
+    static = {c: Result("static batch generate", c) for c in args.concurrency if c > 1}
+    ours_r = {c: Result("llmfleet worker (HTTP)", c) for c in args.concurrency}
+    hf_r = {c: Result("transformers serve --continuous-batching", c) for c in args.concurrency}
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(server(ours, port, env, workdir / "llmfleet.log"))
+        warm_server(url, body, args.output_len)
+        hf_url = None
+        if hf_cmd is not None:
+            try:
+                hf_url = stack.enter_context(server(hf_cmd, hf_port, env, workdir / "hf.log"))
+                warm_server(hf_url, hf_body, args.output_len)
+            except (RuntimeError, httpx.HTTPError) as exc:
+                hf_note = f"failed: {exc}"[:300]
+        for rep in range(args.repeats):
+            print(f"repeat {rep + 1}/{args.repeats} (load {load()})", flush=True)
+            bench_naive(model, ids, args.output_len, args.naive_requests, naive)
+            for c, res in static.items():
+                bench_static(model, ids, args.output_len, c, res)
+            for c in args.concurrency:
+                measure_server(url, body, c, args, ours_r[c])
+                if hf_url is not None:
+                    measure_server(hf_url, hf_body, c, args, hf_r[c])
+    results = [naive, *static.values(), *ours_r.values()]
+    if hf_url is not None:
+        results += hf_r.values()
     print_table(results, args, params, load_before, hf_note)
     return 0
 
