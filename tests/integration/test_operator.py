@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from localcluster import LocalCluster
 from support.kube import Kubectl
 from support.wait import wait_for
 
@@ -203,14 +204,50 @@ def test_suspend_scales_to_zero_and_back(kube: Kubectl) -> None:
     wait_condition(kube, "sleepy", "Ready", "True", "Available")
 
 
-def test_insufficient_gpus_stall_with_a_message_and_clear(kube: Kubectl) -> None:
-    # Asks for more whole 8-GPU nodes than the cluster has.
+def test_insufficient_gpus_stall_with_a_message_and_clear(
+    kube: Kubectl, cluster: LocalCluster
+) -> None:
+    # Plain pods take every GPU node whole; the LLMDeployment then waits for capacity.
+    per_node, nodes = cluster.topology.gpus_per_node, cluster.topology.gpu_nodes
     kube.apply(
-        llmd("huge", replicas=9, autoscaling={"mode": "Manual"}, worker={"resources": {"gpus": 8}})
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "blocker"},
+            "spec": {
+                "replicas": nodes,
+                "selector": {"matchLabels": {"app": "blocker"}},
+                "template": {
+                    "metadata": {"labels": {"app": "blocker"}},
+                    "spec": {
+                        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
+                        "containers": [
+                            {
+                                "name": "c",
+                                "image": "registry.k8s.io/pause:3.10",
+                                "resources": {"limits": {"nvidia.com/gpu": str(per_node)}},
+                            }
+                        ],
+                    },
+                },
+            },
+        }
+    )
+    wait_for(
+        "the blockers to hold GPUs",
+        lambda: kube.get("deployment", "blocker")["status"].get("readyReplicas", 0) >= 1,
+    )
+    kube.apply(
+        llmd(
+            "huge",
+            replicas=2,
+            autoscaling={"mode": "Manual"},
+            worker={"resources": {"gpus": per_node}},
+        )
     )
     obj = wait_condition(kube, "huge", "Stalled", "True", "InsufficientGPU", timeout=90)
     stalled = conditions(obj)["Stalled"]
-    assert "asks for 8 nvidia.com/gpu" in stalled["message"]
+    assert f"asks for {per_node} nvidia.com/gpu" in stalled["message"]
     assert " free of " in stalled["message"]
     assert conditions(obj)["Reconciling"]["status"] == "False"
     assert conditions(obj)["Ready"]["status"] == "False"
@@ -219,8 +256,10 @@ def test_insufficient_gpus_stall_with_a_message_and_clear(kube: Kubectl) -> None
     )["items"]
     assert events
     assert events[0]["type"] == "Warning"
-    kube("scale", "llmd/huge", "--replicas=0")
-    wait_condition(kube, "huge", "Stalled", "False", timeout=90)
+    # Capacity appears: the pods schedule and the condition clears by itself.
+    kube("delete", "deployment", "blocker")
+    wait_condition(kube, "huge", "Ready", "True", "Available", timeout=90)
+    assert conditions(kube.get("llmd", "huge"))["Stalled"]["status"] == "False"
 
 
 def test_progress_deadline_makes_the_rollout_stall(kube: Kubectl) -> None:
