@@ -27,7 +27,7 @@ LABEL_COMPONENT: Final = "app.kubernetes.io/component"
 WORKER_PORT_NAME: Final = "http"
 MODEL_MOUNT: Final = "/models"
 HF_HOME: Final = "/var/cache/huggingface"
-WORKER_UID: Final = 1000
+WORKER_UID: Final = 65532  # the worker image's USER (Dockerfile.worker)
 #: Seconds the worker gets to finish in-flight requests after SIGTERM.
 DRAIN_SECONDS: Final = 120
 #: preStop pause so that endpoints stop routing to the pod before it stops admitting.
