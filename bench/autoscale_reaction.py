@@ -44,7 +44,12 @@ from llmfleet_operator.autoscaler import (  # noqa: E402
     count_flaps,
     decide,
 )
-from localcluster import LocalCluster, Topology, free_port, model_volume  # noqa: E402
+from localcluster import (  # noqa: E402
+    LocalCluster,
+    Topology,
+    operator_command,
+    tiny_llmdeployment,
+)
 from podbacker import PodBacker, ensure_tiny_model  # noqa: E402
 from support.loadgen import LoadGenerator  # noqa: E402
 from support.prometheus import PrometheusServer  # noqa: E402
@@ -83,17 +88,8 @@ def live(args: argparse.Namespace) -> list[dict[str, float]]:
     ).start()
     backer = operator = None
     try:
-        cluster.kubectl(
-            "apply", "--server-side", "-f", str(ROOT / "crds" / "llmfleet.io_llmdeployments.yaml")
-        )
-        cluster.kubectl("wait", "--for=condition=Established", "crd/llmdeployments.llmfleet.io")
-        cluster.kubectl("create", "namespace", NS)
-        cluster.kubectl(
-            "apply",
-            "-f",
-            "-",
-            stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": model_volume(NS)}),
-        )
+        cluster.install_crd()
+        cluster.prepare_namespace(NS)
         backer = PodBacker(
             cluster.kubeconfig,
             model,
@@ -105,39 +101,16 @@ def live(args: argparse.Namespace) -> list[dict[str, float]]:
         ).start()
         log = (work / "operator.log").open("wb")
         operator = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "llmfleet_operator",
-                "run",
-                "--all-namespaces",
-                f"--health-port={free_port()}",
-                f"--metrics-port={free_port()}",
-                "--bind-address=127.0.0.1",
-                "--log-format=plain",
+            operator_command(
                 f"--prometheus-url={prometheus.url}",
                 f"--autoscale-interval={args.interval}",
                 "--rate-window=15s",
-            ],
+            ),
             env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig)},
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        manifest = {
-            "apiVersion": "llmfleet.io/v1alpha1",
-            "kind": "LLMDeployment",
-            "metadata": {"name": NAME, "namespace": NS},
-            "spec": {
-                "model": {"uri": "pvc://models/tiny"},
-                "worker": {"resources": {"gpus": 1, "cpu": "1", "memory": "1Gi"}},
-                "autoscaling": {
-                    "minReplicas": 1,
-                    "maxReplicas": 4,
-                    "targetQueueDepthPerReplica": 2,
-                    "scaleDownStabilizationSeconds": args.stabilization,
-                },
-            },
-        }
+        manifest = tiny_llmdeployment(NAME, NS, scaleDownStabilizationSeconds=args.stabilization)
         cluster.kubectl("apply", "-f", "-", stdin=json.dumps(manifest))
         runs = []
         for i in range(args.runs):

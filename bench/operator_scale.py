@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "hack"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from localcluster import LocalCluster, Topology, free_port  # noqa: E402
+from localcluster import LocalCluster, Topology, free_port, operator_command  # noqa: E402
 from support.processes import scrape  # noqa: E402
 
 NAMESPACE = "bench"
@@ -114,18 +114,7 @@ def main() -> int:
         metrics_port = free_port()
         log = (state_dir / "operator.log").open("wb")
         operator = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "llmfleet_operator",
-                "run",
-                "--all-namespaces",
-                f"--health-port={free_port()}",
-                f"--metrics-port={metrics_port}",
-                "--bind-address=127.0.0.1",
-                "--log-format=plain",
-                "--log-level=WARNING",
-            ],
+            operator_command("--log-level=WARNING", metrics_port=metrics_port),
             env={**os.environ, "KUBECONFIG": str(kubeconfig)},
             stdout=log,
             stderr=subprocess.STDOUT,

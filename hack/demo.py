@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from localcluster import ROOT, LocalCluster, free_port, pid_alive, tiny_llmdeployment
+from localcluster import ROOT, LocalCluster, operator_command, pid_alive, tiny_llmdeployment
 
 sys.path.insert(0, str(ROOT / "tests"))
 from support.loadgen import LoadGenerator
@@ -90,20 +90,11 @@ def start_operator(cluster: LocalCluster, prometheus_url: str) -> int:
     return spawn(
         cluster,
         "operator",
-        [
-            sys.executable,
-            "-m",
-            "llmfleet_operator",
-            "run",
-            "--all-namespaces",
-            f"--health-port={free_port()}",
-            f"--metrics-port={free_port()}",
-            "--bind-address=127.0.0.1",
-            "--log-format=plain",
+        operator_command(
             f"--prometheus-url={prometheus_url}",
             f"--autoscale-interval={AUTOSCALE_INTERVAL}",
             "--rate-window=15s",
-        ],
+        ),
     )
 
 

@@ -158,6 +158,22 @@ def model_volume(namespace: str, claim: str = "models") -> list[dict[str, object
 CRD_FILE = ROOT / "crds" / "llmfleet.io_llmdeployments.yaml"
 
 
+def operator_command(
+    *flags: str, health_port: int | None = None, metrics_port: int | None = None
+) -> list[str]:
+    """``llmfleet-operator run`` for a local run: loopback ports, plain logs, ``flags`` last
+    (every namespace unless a ``--namespace`` is among them)."""
+    cmd = [
+        sys.executable, "-m", "llmfleet_operator", "run",
+        f"--health-port={health_port or free_port()}",
+        f"--metrics-port={metrics_port or free_port()}",
+        "--bind-address=127.0.0.1", "--log-format=plain", *flags,
+    ]  # fmt: skip
+    if not any(f.startswith(("--namespace", "-n")) for f in flags):
+        cmd.append("--all-namespaces")
+    return cmd
+
+
 def tiny_llmdeployment(name: str, namespace: str, **autoscaling: object) -> dict[str, object]:
     """An LLMDeployment of the tiny model on one GPU, autoscaled by the operator (Builtin),
     for the demo and the benchmarks; ``autoscaling`` overrides the small defaults."""

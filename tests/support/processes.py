@@ -5,11 +5,10 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
-from localcluster import free_port
+from localcluster import free_port, operator_command
 from support.wait import GiveUpError, wait_for
 
 
@@ -37,20 +36,12 @@ class OperatorProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> OperatorProcess:
-        args = [
-            sys.executable,
-            "-m",
-            "llmfleet_operator",
-            "run",
-            f"--health-port={self.health_port}",
-            f"--metrics-port={self.metrics_port}",
-            "--bind-address=127.0.0.1",
-            "--log-format=plain",
+        args = operator_command(
             "--autoscale-interval=2",
             *self.extra_args,
-        ]
-        if not any(a.startswith(("--namespace", "-n")) for a in self.extra_args):
-            args.append("--all-namespaces")
+            health_port=self.health_port,
+            metrics_port=self.metrics_port,
+        )
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
