@@ -22,7 +22,7 @@ import aiohttp
 from pydantic import ValidationError
 
 from llmfleet_operator import metrics, promql
-from llmfleet_operator.api import ConditionType, LLMDeploymentSpec, Reason, parse_spec
+from llmfleet_operator.api import ConditionType, LLMDeploymentSpec, Reason
 from llmfleet_operator.autoscaler import Decision, Fleet, History, Policy, Signals, Why, decide
 from llmfleet_operator.capacity import GpuCapacity, pod_info
 from llmfleet_operator.conditions import Condition, rfc3339
@@ -141,7 +141,7 @@ class AutoscaleLoop:
             if body["metadata"].get("deletionTimestamp"):
                 continue
             try:
-                spec = parse_spec(body)
+                spec = self.cache.spec_of(key, body)
             except ValidationError:
                 continue
             if spec.autoscaling.mode == "Builtin":

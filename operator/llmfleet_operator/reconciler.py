@@ -40,7 +40,7 @@ from llmfleet_operator.resources import (
     revision_of,
     selector_string,
 )
-from llmfleet_operator.status import Observation, build_status
+from llmfleet_operator.status import Observation, build_status, invalid_spec_conditions
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +82,26 @@ class Cache:
     llmds: dict[Key, dict[str, Any]] = field(default_factory=dict)
     children: dict[Key, dict[ChildKey, dict[str, Any]]] = field(default_factory=dict)
     pods: dict[Key, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    # Parsed specs by (key, generation): the spec changes only with the generation, and the
+    # autoscaler looks at every object each interval.
+    _specs: dict[Key, tuple[int, LLMDeploymentSpec]] = field(default_factory=dict)
+
+    def spec_of(self, key: Key, body: Mapping[str, Any]) -> LLMDeploymentSpec:
+        """The typed spec of ``body`` (raises pydantic's ValidationError)."""
+        generation = int(body["metadata"].get("generation", 0))
+        cached = self._specs.get(key)
+        if cached is not None and cached[0] == generation:
+            return cached[1]
+        spec = parse_spec(body)
+        self._specs[key] = (generation, spec)
+        return spec
 
     def observe_llmd(self, event: str | None, body: Mapping[str, Any]) -> Key:
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
         if event == "DELETED":
             self.llmds.pop(key, None)
+            self._specs.pop(key, None)
         else:
             self.llmds[key] = copy.deepcopy(dict(body))
         return key
@@ -191,7 +205,7 @@ class Reconciler:
     async def _reconcile(self, key: Key, body: dict[str, Any], result: ReconcileResult) -> None:
         owner = Owner.of(body)
         try:
-            spec = parse_spec(body)
+            spec = self.cache.spec_of(key, body)
         except ValidationError as e:
             await self._write_invalid(owner, body, _validation_message(e), result)
             return
@@ -341,11 +355,7 @@ class Reconciler:
         self, owner: Owner, body: dict[str, Any], message: str, result: ReconcileResult
     ) -> None:
         previous = body.get("status") or {}
-        conds = [
-            Condition(ConditionType.READY, "False", "InvalidSpec", message),
-            Condition(ConditionType.RECONCILING, "False", "InvalidSpec", message),
-            Condition(ConditionType.STALLED, "True", "InvalidSpec", message),
-        ]
+        conds = invalid_spec_conditions(message)
         status = {k: v for k, v in previous.items() if k in STATUS_KEYS or k == "autoscaler"}
         status["observedGeneration"] = owner.generation
         status["conditions"] = merge(

@@ -33,7 +33,6 @@ class Observation:
     deployment: Mapping[str, Any] | None
     pods: Sequence[PodInfo]
     capacity: GpuCapacity | None = None
-    invalid_spec: str | None = None
 
 
 def _deployment_condition(dep: Mapping[str, Any], type_: str) -> Mapping[str, Any]:
@@ -62,6 +61,15 @@ def gpu_shortage_message(obs: Observation, waiting: Sequence[PodInfo]) -> str:
     )
 
 
+def invalid_spec_conditions(message: str) -> list[Condition]:
+    """The conditions when the spec cannot be read: stalled until a human fixes it."""
+    return [
+        Condition(ConditionType.READY, "False", Reason.INVALID_SPEC, message),
+        Condition(ConditionType.RECONCILING, "False", Reason.INVALID_SPEC, message),
+        Condition(ConditionType.STALLED, "True", Reason.INVALID_SPEC, message),
+    ]
+
+
 def evaluate(obs: Observation) -> list[Condition]:
     """The conditions for one observation."""
     ready_t, rec_t, stalled_t = (
@@ -69,13 +77,6 @@ def evaluate(obs: Observation) -> list[Condition]:
         ConditionType.RECONCILING,
         ConditionType.STALLED,
     )
-    if obs.invalid_spec is not None:
-        msg = obs.invalid_spec
-        return [
-            Condition(ready_t, "False", Reason.INVALID_SPEC, msg),
-            Condition(rec_t, "False", Reason.INVALID_SPEC, msg),
-            Condition(stalled_t, "True", Reason.INVALID_SPEC, msg),
-        ]
     dep = obs.deployment or {}
     dstat = dep.get("status", {})
     want = obs.desired_replicas

@@ -11,7 +11,7 @@ import pytest
 
 from localcluster import LocalCluster
 from podbacker import PodBacker
-from support.kube import Kubectl
+from support.kube import Kubectl, gpu_blocker
 from support.loadgen import LoadGenerator
 from support.processes import OperatorProcess
 from support.prometheus import PrometheusServer
@@ -224,30 +224,7 @@ def test_more_replicas_than_gpus_are_capped_without_pending_pile_up(
     # two workers fit (fewer while other tests' pods still hold GPUs).
     per_node = cluster.topology.gpus_per_node
     blockers = cluster.topology.gpu_nodes - 2
-    kube.apply(
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": "blocker"},
-            "spec": {
-                "replicas": blockers,
-                "selector": {"matchLabels": {"app": "blocker"}},
-                "template": {
-                    "metadata": {"labels": {"app": "blocker"}},
-                    "spec": {
-                        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
-                        "containers": [
-                            {
-                                "name": "c",
-                                "image": "registry.k8s.io/pause:3.10",
-                                "resources": {"limits": {"nvidia.com/gpu": str(per_node)}},
-                            }
-                        ],
-                    },
-                },
-            },
-        }
-    )
+    kube.apply(gpu_blocker(blockers, per_node))
     kube("rollout", "status", "deployment/blocker", "--timeout=60s")
     spec = autoscaled(max_replicas=6)
     spec["worker"]["resources"]["gpus"] = per_node

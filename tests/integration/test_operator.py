@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from localcluster import LocalCluster
-from support.kube import Kubectl
+from support.kube import Kubectl, gpu_blocker
 from support.wait import wait_for
 
 pytestmark = pytest.mark.usefixtures("operator", "models_pvc")
@@ -209,30 +209,7 @@ def test_insufficient_gpus_stall_with_a_message_and_clear(
 ) -> None:
     # Plain pods take every GPU node whole; the LLMDeployment then waits for capacity.
     per_node, nodes = cluster.topology.gpus_per_node, cluster.topology.gpu_nodes
-    kube.apply(
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": "blocker"},
-            "spec": {
-                "replicas": nodes,
-                "selector": {"matchLabels": {"app": "blocker"}},
-                "template": {
-                    "metadata": {"labels": {"app": "blocker"}},
-                    "spec": {
-                        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
-                        "containers": [
-                            {
-                                "name": "c",
-                                "image": "registry.k8s.io/pause:3.10",
-                                "resources": {"limits": {"nvidia.com/gpu": str(per_node)}},
-                            }
-                        ],
-                    },
-                },
-            },
-        }
-    )
+    kube.apply(gpu_blocker(nodes, per_node))
     wait_for(
         "the blockers to hold GPUs",
         lambda: kube.get("deployment", "blocker")["status"].get("readyReplicas", 0) >= 1,

@@ -69,3 +69,29 @@ class Kubectl:
                 return None
             raise KubectlError(["get", kind, name], result)
         return json.loads(result.stdout)
+
+
+def gpu_blocker(replicas: int, gpus_per_pod: int, name: str = "blocker") -> dict[str, Any]:
+    """A plain Deployment whose pods just hold GPUs, to make capacity scarce in a test."""
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
+                    "containers": [
+                        {
+                            "name": "c",
+                            "image": "registry.k8s.io/pause:3.10",
+                            "resources": {"limits": {"nvidia.com/gpu": str(gpus_per_pod)}},
+                        }
+                    ],
+                },
+            },
+        },
+    }

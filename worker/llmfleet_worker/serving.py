@@ -304,11 +304,7 @@ class Serving:
                 "server_error",
                 outcome=outcome,
             ).response()
-        usage = Usage(
-            prompt_tokens=handle.prompt_tokens,
-            completion_tokens=count,
-            total_tokens=handle.prompt_tokens + count,
-        )
+        usage = _usage(handle, count)
         text = "".join(pieces)
         body: ChatCompletionResponse | CompletionResponse
         if chat:
@@ -378,11 +374,7 @@ class Serving:
             if reason is not None:
                 yield chunk(ChatDelta(), reason)
         if include_usage:
-            usage = Usage(
-                prompt_tokens=handle.prompt_tokens,
-                completion_tokens=count,
-                total_tokens=handle.prompt_tokens + count,
-            )
+            usage = _usage(handle, count)
             yield _data(
                 ChatCompletionChunk(
                     id=rid, created=created, model=model, choices=[], usage=usage
@@ -409,17 +401,22 @@ class Serving:
                     f'"finish_reason":{_json(reason)},"logprobs":null}}]}}\n\n'
                 )
         if include_usage:
-            usage = Usage(
-                prompt_tokens=handle.prompt_tokens,
-                completion_tokens=count,
-                total_tokens=handle.prompt_tokens + count,
-            )
+            usage = _usage(handle, count)
             yield _data(
                 CompletionResponse(
                     id=rid, created=created, model=model, choices=[], usage=usage
                 ).model_dump()
             )
         yield "data: [DONE]\n\n"
+
+
+def _usage(handle: RequestHandle, completion_tokens: int) -> Usage:
+    """Token counts of a finished (or cut short) request."""
+    return Usage(
+        prompt_tokens=handle.prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=handle.prompt_tokens + completion_tokens,
+    )
 
 
 class _ServingError(APIError):
