@@ -13,6 +13,7 @@ Each CEL rule below sits next to its Python twin and shares its message.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Mapping
 from enum import StrEnum
@@ -38,6 +39,10 @@ CRD_NAME: Final = f"{PLURAL}.{GROUP}"
 #: Labels every child object carries; Prometheus relabelling and selectors rely on them.
 LABEL_DEPLOYMENT: Final = f"{GROUP}/deployment"
 LABEL_REVISION: Final = f"{GROUP}/revision"
+#: Which worker Deployment a pod belongs to: the stable one, or the canary during a canary.
+LABEL_TRACK: Final = f"{GROUP}/track"
+STABLE_TRACK: Final = "stable"
+CANARY_TRACK: Final = "canary"
 
 #: The worker image is released together with the operator, so it carries the same version.
 DEFAULT_WORKER_IMAGE: Final = f"ghcr.io/llmfleet/worker:{__version__}"
@@ -75,10 +80,33 @@ QUANTITY_PATTERN: Final = (
 MAX_REPLICAS_MESSAGE: Final = (
     "spec.autoscaling.maxReplicas must be greater than or equal to spec.autoscaling.minReplicas"
 )
+STEPS_INCREASING_MESSAGE: Final = (
+    "spec.rollout.canary.steps: weights must increase strictly from one step to the next "
+    "(e.g. 10, 50), each at most 100"
+)
+PAUSED_NEEDS_CANARY_MESSAGE: Final = (
+    "spec.rollout.paused holds a canary step; it means nothing with strategy RollingUpdate "
+    "(set strategy: Canary, or remove paused)"
+)
+CANARY_NEEDS_STRATEGY_MESSAGE: Final = (
+    "spec.rollout.canary configures the Canary strategy; set strategy: Canary or remove canary"
+)
+CANARY_NEEDS_LLMFLEET_MESSAGE: Final = (
+    "spec.rollout.strategy Canary analyses the llmfleet worker's metrics (error outcomes, "
+    "time to first token by revision); it cannot analyse worker.engine vllm"
+)
+#: Annotations on an LLMDeployment that GitOps can carry: each names the candidate revision
+#: (status.rollout.candidateRevision) it acts on, so a stale one never acts on a later one.
+ANNOTATION_PROMOTE: Final = f"{GROUP}/promote"
+ANNOTATION_ABORT: Final = f"{GROUP}/abort"
 REPLICAS_BUILTIN_MESSAGE: Final = (
     "spec.replicas must not be set when spec.autoscaling.mode is Builtin (the operator sizes "
     "the fleet); use mode Manual or External to set replicas"
 )
+
+
+#: status.revisions keeps this many entries.
+MAX_REVISIONS: Final = 10
 
 
 class ConditionType(StrEnum):
@@ -87,10 +115,8 @@ class ConditionType(StrEnum):
     READY = "Ready"
     RECONCILING = "Reconciling"
     STALLED = "Stalled"
-    PROGRESSING = "Progressing"
     SCALING_ACTIVE = "ScalingActive"
     SCALING_LIMITED = "ScalingLimited"
-    DEGRADED = "Degraded"
 
 
 class Reason(StrEnum):
@@ -101,16 +127,21 @@ class Reason(StrEnum):
     SUSPENDED = "Suspended"
     PODS_NOT_READY = "PodsNotReady"
     ROLLING_OUT = "RollingOut"
+    REPLACING_IN_PLACE = "ReplacingInPlace"
+    WAITING_FOR_GPU = "WaitingForGPU"
     SCALING = "Scaling"
     CANARY_IN_PROGRESS = "CanaryInProgress"
+    CANARY_PAUSED = "CanaryPaused"
+    PROMOTING = "Promoting"
     ROLLED_BACK = "RolledBack"
     INSUFFICIENT_GPU = "InsufficientGPU"
     PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
     CANARY_ANALYSIS_FAILED = "CanaryAnalysisFailed"
     INVALID_SPEC = "InvalidSpec"
+    METRICS_AVAILABLE = "MetricsAvailable"
     METRICS_UNAVAILABLE = "MetricsUnavailable"
-    MANUAL_SCALING = "ManualScaling"
-    EXTERNAL_SCALING = "ExternalScaling"
+    TOO_MANY_REPLICAS = "TooManyReplicas"
+    DESIRED_WITHIN_RANGE = "DesiredWithinRange"
 
 
 class ConditionStatus(StrEnum):
@@ -367,40 +398,102 @@ class AutoscalingSpec(
 
 class CanaryStep(_Model):
     weight: int = Field(ge=1, le=100)
-    """Percent of workers running the candidate at this step."""
+    """Percent of the fleet's workers that run the candidate at this step (at least one)."""
     pause_seconds: int = Field(default=60, ge=0)
-    """How long analysis watches this step before the next."""
+    """How long analysis watches this step, once its workers are Ready, before the next."""
 
 
 class CanaryAnalysis(_Model):
     """Gates between canary steps: the candidate's metrics against the stable revision's."""
 
     max_error_ratio: float = Field(default=0.05, ge=0, le=1)
-    """Highest tolerated fraction of failed candidate requests."""
+    """Highest tolerated fraction of failed candidate requests (outcome="error")."""
     max_ttft_ratio: float = Field(default=1.5, gt=0)
     """Highest tolerated candidate/stable ratio of p95 time to first token."""
-    interval_seconds: int = Field(default=30, ge=1)
+    interval_seconds: int = Field(default=30, ge=1, le=3600)
     """Seconds between two analysis queries."""
+    min_requests: int = Field(default=20, ge=0)
+    """Fewest candidate requests in the analysis window for a verdict; with less traffic the
+    check is inconclusive and the step holds."""
+    failure_limit: int = Field(default=2, ge=1, le=100)
+    """Consecutive failed checks that roll the candidate back."""
+
+
+#: Index pairs for the strictly-increasing check (CEL has no index loop over a list).
+_STEP_PAIRS: Final = 20
 
 
 class CanarySpec(_Model):
-    steps: list[CanaryStep] = Field(
-        default_factory=lambda: [CanaryStep(weight=10), CanaryStep(weight=50)], max_length=20
-    )
-    """Traffic steps before the candidate takes everything."""
+    steps: Annotated[
+        list[CanaryStep],
+        Field(
+            min_length=1,
+            max_length=_STEP_PAIRS,
+            json_schema_extra=_validations(
+                cel(
+                    "self.size() < 2 || "
+                    f"{list(range(_STEP_PAIRS - 1))}.all(i, i + 1 >= self.size()"
+                    " || self[i].weight < self[i + 1].weight)",
+                    STEPS_INCREASING_MESSAGE,
+                )
+            ),
+        ),
+    ] = Field(default_factory=lambda: [CanaryStep(weight=10), CanaryStep(weight=50)])
+    """Traffic steps before the candidate takes everything; weights strictly increase."""
     analysis: CanaryAnalysis = Field(default_factory=CanaryAnalysis)
+    """What each step checks before the next one."""
+
+    @model_validator(mode="after")
+    def _check_steps(self) -> Self:
+        weights = [s.weight for s in self.steps]
+        if any(a >= b for a, b in itertools.pairwise(weights)):
+            raise ValueError(STEPS_INCREASING_MESSAGE)
+        return self
 
 
-class RolloutSpec(_Model):
+class RolloutSpec(
+    _Model,
+    json_schema_extra=_validations(
+        cel(
+            "!has(self.paused) || !self.paused"
+            " || (has(self.strategy) && self.strategy == 'Canary')",
+            PAUSED_NEEDS_CANARY_MESSAGE,
+            field_path=".paused",
+        ),
+        cel(
+            "!has(self.canary) || (has(self.strategy) && self.strategy == 'Canary')",
+            CANARY_NEEDS_STRATEGY_MESSAGE,
+            field_path=".canary",
+        ),
+    ),
+):
     """How a new revision (model uri/revision, worker image, ...) replaces the old one."""
 
     strategy: RolloutStrategy = RolloutStrategy.ROLLING_UPDATE
-    """RollingUpdate replaces workers (surging when GPUs are free); Canary shifts traffic in
-    analysed steps and rolls back on failure."""
+    """RollingUpdate replaces workers (surging when GPUs are free, else in place); Canary
+    shifts traffic in analysed steps and rolls back on failure."""
     progress_deadline_seconds: int = Field(default=900, gt=0)
-    """A rollout that makes no progress for this long is rolled back (Stalled)."""
+    """A rollout that makes no progress for this long is rolled back to the last revision
+    that was fully Ready (Stalled, reason RolledBack)."""
+    allow_downtime: bool = False
+    """With one replica and no free GPU, may the only pod be replaced in place (a gap in
+    service)? false: wait for a free GPU and report Stalled/InsufficientGPU."""
+    paused: bool = False
+    """Canary only: hold the current step (analysis keeps running)."""
     canary: CanarySpec | None = None
-    """Steps and analysis of the Canary strategy."""
+    """Steps and analysis of the Canary strategy (defaults when unset)."""
+
+    @model_validator(mode="after")
+    def _check_strategy(self) -> Self:
+        if self.paused and self.strategy is not RolloutStrategy.CANARY:
+            raise ValueError(PAUSED_NEEDS_CANARY_MESSAGE)
+        if self.canary is not None and self.strategy is not RolloutStrategy.CANARY:
+            raise ValueError(CANARY_NEEDS_STRATEGY_MESSAGE)
+        return self
+
+    def canary_settings(self) -> CanarySpec:
+        """The canary steps and analysis in effect (the defaults when ``canary`` is unset)."""
+        return self.canary or CanarySpec()
 
 
 class ServiceSpec(_Model):
@@ -423,7 +516,14 @@ class LLMDeploymentSpec(
             " && self.autoscaling.mode != 'Builtin')",
             REPLICAS_BUILTIN_MESSAGE,
             field_path=".replicas",
-        )
+        ),
+        cel(
+            "!has(self.rollout) || !has(self.rollout.strategy)"
+            " || self.rollout.strategy != 'Canary'"
+            " || !has(self.worker) || !has(self.worker.engine) || self.worker.engine != 'vllm'",
+            CANARY_NEEDS_LLMFLEET_MESSAGE,
+            field_path=".rollout.strategy",
+        ),
     ),
 ):
     """Desired state of an LLMDeployment."""
@@ -450,6 +550,8 @@ class LLMDeploymentSpec(
     def _check_replicas(self) -> Self:
         if self.replicas is not None and self.autoscaling.mode is AutoscalingMode.BUILTIN:
             raise ValueError(REPLICAS_BUILTIN_MESSAGE)
+        if self.rollout.strategy is RolloutStrategy.CANARY and self.worker.engine is Engine.VLLM:
+            raise ValueError(CANARY_NEEDS_LLMFLEET_MESSAGE)
         return self
 
 
@@ -486,6 +588,60 @@ class AutoscalerStatus(_StatusModel):
     last_decision: ScaleDecision | None = None
 
 
+class AnalysisResult(_StatusModel):
+    """One canary analysis: the candidate's measured values and the verdict."""
+
+    verdict: str
+    """Passed, Failed or Inconclusive (no data, too little traffic, Prometheus unreachable)."""
+    message: str | None = None
+    error_ratio: float | None = None
+    ttft_p95_seconds: float | None = None
+    stable_ttft_p95_seconds: float | None = None
+    ttft_ratio: float | None = None
+    requests: float | None = None
+    time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
+
+
+class RolloutStatus(_StatusModel):
+    """Where the rollout of the requested revision stands."""
+
+    phase: str
+    """Stable, Progressing, WaitingForGPU, Canary, Paused, Promoting or RolledBack."""
+    strategy: str | None = None
+    mode: str | None = None
+    """RollingUpdate: Surge (an extra pod next to the old ones) or InPlace (one at a time)."""
+    stable_revision: str | None = None
+    candidate_revision: str | None = None
+    step: int | None = Field(default=None, ge=0)
+    """Canary: the current step, 1-based (0 before the first step is reached)."""
+    steps: int | None = Field(default=None, ge=0)
+    canary_weight: int | None = Field(default=None, ge=0, le=100)
+    canary_replicas: int | None = Field(default=None, ge=0)
+    step_started_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
+    """When the current step's workers were all Ready (analysis counts from here)."""
+    last_progress_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
+    """The last time the rollout moved; progressDeadlineSeconds counts from here."""
+    progress: str | None = None
+    """What moved last (the marker the deadline compares)."""
+    failed_checks: int | None = Field(default=None, ge=0)
+    """Consecutive failed analyses of the current candidate."""
+    passed_checks: int | None = Field(default=None, ge=0)
+    """Passed analyses since the current step started."""
+    last_analysis: AnalysisResult | None = None
+    message: str | None = None
+
+
+class RevisionRecord(_StatusModel):
+    """One revision the LLMDeployment ran or tried."""
+
+    revision: str
+    phase: str
+    """Active, Candidate, RolledBack or Superseded."""
+    since: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
+    reason: str | None = None
+    message: str | None = None
+
+
 class LLMDeploymentStatus(_StatusModel):
     """Observed state, written only by the operator."""
 
@@ -512,6 +668,9 @@ class LLMDeploymentStatus(_StatusModel):
         ),
     ] = None
     autoscaler: AutoscalerStatus | None = None
+    rollout: RolloutStatus | None = None
+    revisions: list[RevisionRecord] | None = Field(default=None, max_length=MAX_REVISIONS)
+    """The latest revisions, newest first (bounded)."""
 
 
 class LLMDeployment(

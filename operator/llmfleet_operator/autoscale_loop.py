@@ -10,7 +10,6 @@ applies the Deployment's replicas and the status. Holding steady writes nothing.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -24,10 +23,11 @@ from pydantic import ValidationError
 from llmfleet_operator import metrics, promql
 from llmfleet_operator.api import ConditionType, LLMDeploymentSpec, Reason
 from llmfleet_operator.autoscaler import Decision, Fleet, History, Policy, Signals, Why, decide
+from llmfleet_operator.cache import Cache, Key
 from llmfleet_operator.capacity import GpuCapacity, pod_info
 from llmfleet_operator.conditions import Condition, rfc3339
 from llmfleet_operator.k8s import Kube
-from llmfleet_operator.reconciler import Cache, Key
+from llmfleet_operator.prometheus import PrometheusError, query_prometheus
 
 log = logging.getLogger(__name__)
 
@@ -42,29 +42,6 @@ class ScaleState:
     last_scale_time: str | None = None
     condition: Condition | None = None
     limited: Condition | None = None
-
-
-class PrometheusError(Exception):
-    """Prometheus could not be queried."""
-
-
-async def query_prometheus(
-    session: aiohttp.ClientSession, base_url: str, query: str
-) -> dict[Key, promql.Sample]:
-    """One instant query; raises PrometheusError on any failure."""
-    url = base_url.rstrip("/") + "/api/v1/query"
-    try:
-        async with session.get(url, params={"query": query}) as resp:
-            text = await resp.text()
-            if resp.status >= 400:
-                raise PrometheusError(f"HTTP {resp.status}: {text[:200]}")
-            body = json.loads(text)
-    except (TimeoutError, aiohttp.ClientError, ValueError) as e:
-        raise PrometheusError(f"{type(e).__name__}: {e}".strip(": ")) from e
-    try:
-        return promql.parse_vector(body)
-    except ValueError as e:
-        raise PrometheusError(str(e)) from e
 
 
 class AutoscaleLoop:
@@ -152,13 +129,13 @@ class AutoscaleLoop:
 
     async def _fetch(
         self, session: aiohttp.ClientSession, url: str, engine: str
-    ) -> dict[str, dict[Key, promql.Sample]] | PrometheusError:
+    ) -> dict[str, dict[tuple[str, ...], promql.Sample]] | PrometheusError:
         qs = promql.queries(engine, self.rate_window)
         self.queries_sent += len(qs)
         results = await asyncio.gather(
             *(query_prometheus(session, url, q) for q in qs.values()), return_exceptions=True
         )
-        answers: dict[str, dict[Key, promql.Sample]] = {}
+        answers: dict[str, dict[tuple[str, ...], promql.Sample]] = {}
         for name, result in zip(qs, results, strict=True):
             if isinstance(result, BaseException):
                 return (
@@ -199,7 +176,7 @@ class AutoscaleLoop:
 
     @staticmethod
     def _signals(
-        answers: Mapping[str, Mapping[Key, promql.Sample]], key: Key, now: float
+        answers: Mapping[str, Mapping[tuple[str, ...], promql.Sample]], key: Key, now: float
     ) -> Signals | None:
         def value(name: str) -> float | None:
             sample = answers.get(name, {}).get(key)
@@ -298,7 +275,7 @@ class AutoscaleLoop:
             cond = Condition(
                 ConditionType.SCALING_ACTIVE,
                 "True",
-                "MetricsAvailable",
+                Reason.METRICS_AVAILABLE,
                 f"scaling on worker metrics from {url}",
             )
         else:
@@ -340,13 +317,13 @@ class AutoscaleLoop:
             return Condition(
                 t,
                 "True",
-                "TooManyReplicas",
+                Reason.TOO_MANY_REPLICAS,
                 "the load asks for more than spec.autoscaling.maxReplicas",
             )
         return Condition(
             t,
             "False",
-            "DesiredWithinRange",
+            Reason.DESIRED_WITHIN_RANGE,
             "the desired size is within bounds and fits on free GPUs",
         )
 

@@ -103,3 +103,17 @@ def gpu_capacity(
         free_per_node=free,
         nodes=len(allocatable),
     )
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def free_gpus_text(capacity: GpuCapacity | None) -> str:
+    """What is free, for messages: "3 free of 32 on 4 GPU nodes (at most 3 free on one node)"."""
+    if capacity is None:
+        return "the scheduler found no node with enough free GPUs"
+    return (
+        f"{capacity.free} free of {capacity.total} on {_plural(capacity.nodes, 'GPU node')} "
+        f"(at most {capacity.largest_free_block} free on one node)"
+    )

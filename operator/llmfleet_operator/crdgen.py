@@ -48,6 +48,8 @@ PRINTER_COLUMNS: list[Schema] = [
         "type": "string",
         "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
     },
+    {"name": "Rollout", "type": "string", "jsonPath": ".status.rollout.phase"},
+    {"name": "Canary", "type": "integer", "jsonPath": ".status.rollout.canaryWeight"},
     {
         "name": "Reason",
         "type": "string",

@@ -19,10 +19,12 @@ from typing import Any
 import kopf
 
 from llmfleet_operator import metrics
+from llmfleet_operator.analysis_loop import AnalysisLoop
 from llmfleet_operator.api import GROUP, LABEL_DEPLOYMENT, PLURAL, VERSION
 from llmfleet_operator.autoscale_loop import AutoscaleLoop
+from llmfleet_operator.cache import Cache, Key
 from llmfleet_operator.k8s import SERVICE_ACCOUNT_TOKEN, Credentials, Kube
-from llmfleet_operator.reconciler import Cache, Key, Reconciler
+from llmfleet_operator.reconciler import Reconciler
 from llmfleet_operator.settings import OperatorSettings
 from llmfleet_operator.workqueue import WorkQueue
 
@@ -97,6 +99,13 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         capacity=reconciler.gpu_capacity,
     )
     reconciler.scaling = autoscaler
+    analysis = AnalysisLoop(
+        cache,
+        enqueue=lambda key: queue.add(key),
+        prometheus_url=config.prometheus_url,
+        min_window_seconds=config.analysis_min_window_seconds,
+    )
+    reconciler.analysis = analysis
 
     async def handle(key: Key) -> None:
         result = await reconciler.reconcile(key)
@@ -106,16 +115,17 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 
     queue: WorkQueue[Key] = WorkQueue(handle, workers=config.workers)
     memo.kube, memo.cache, memo.reconciler, memo.queue = kube, cache, reconciler, queue
-    memo.autoscaler = autoscaler
+    memo.autoscaler, memo.analysis = autoscaler, analysis
     memo.queue_task = asyncio.create_task(queue.run(), name="llmfleet-workqueue")
     memo.autoscaler_task = asyncio.create_task(autoscaler.run(), name="llmfleet-autoscaler")
+    memo.analysis_task = asyncio.create_task(analysis.run(), name="llmfleet-analysis")
     log.info("operator started", extra={"namespaces": list(config.namespaces) or "all"})
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     """Stop the workers and close the API client."""
-    for name in ("autoscaler_task", "queue_task"):
+    for name in ("analysis_task", "autoscaler_task", "queue_task"):
         task: asyncio.Task[None] | None = memo.get(name)
         if task is not None:
             task.cancel()
@@ -134,6 +144,8 @@ def llmdeployment_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_:
     if type == "DELETED":
         memo.queue.forget(key)
         memo.autoscaler.forget(key)
+        memo.analysis.forget(key)
+        metrics.forget_rollout(key)
         memo.cache.children.pop(key, None)
         memo.cache.pods.pop(key, None)
         return

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from llmfleet_operator.rollout import PHASES
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -46,3 +50,36 @@ API_REQUESTS = Counter(
     ["method"],
     registry=REGISTRY,
 )
+ROLLOUT_PHASE = Gauge(
+    "llmfleet_operator_rollout_phase",
+    "1 for the rollout phase each LLMDeployment is in (status.rollout.phase), 0 for the others.",
+    ["namespace", "llmdeployment", "phase"],
+    registry=REGISTRY,
+)
+CANARY_ANALYSES = Counter(
+    "llmfleet_operator_canary_analyses_total",
+    "Canary analyses by verdict (Passed, Failed, Inconclusive).",
+    ["verdict"],
+    registry=REGISTRY,
+)
+ROLLBACKS = Counter(
+    "llmfleet_operator_rollbacks_total",
+    "Candidate revisions rolled back, by Stalled reason.",
+    ["reason"],
+    registry=REGISTRY,
+)
+
+
+def set_rollout_phase(key: tuple[str, str], phase: str) -> None:
+    """One series per phase, so ``== 1`` selects the current one."""
+    for p in PHASES:
+        ROLLOUT_PHASE.labels(namespace=key[0], llmdeployment=key[1], phase=p).set(
+            1 if p == phase else 0
+        )
+
+
+def forget_rollout(key: tuple[str, str]) -> None:
+    """Drop the series of a deleted LLMDeployment."""
+    for p in PHASES:
+        with contextlib.suppress(KeyError):
+            ROLLOUT_PHASE.remove(key[0], key[1], p)

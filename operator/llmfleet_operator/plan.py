@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from llmfleet_operator.api import LABEL_REVISION
+
 # Fields the API server owns or rewrites; never compared.
 _IGNORED_METADATA = {
     "resourceVersion",
@@ -54,11 +56,29 @@ def is_subset(desired: Any, observed: Any, path: str = "") -> bool:
     return bool(desired == observed)
 
 
+@dataclass(frozen=True)
+class Apply:
+    """One server-side apply, with everything the executor needs to do and announce it."""
+
+    obj: dict[str, Any]
+    #: ``Created`` or ``Updated`` (the Event reason is verb + kind).
+    verb: str
+    #: The Event message.
+    message: str
+    #: The child may exist although the watch has not delivered it (it predates this
+    #: operator): GET it first, and skip the write when it already is what we want.
+    look_first: bool = False
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return child_key(self.obj)
+
+
 @dataclass
 class Plan:
     """What to do to the children of one LLMDeployment."""
 
-    apply: list[dict[str, Any]] = field(default_factory=list)
+    apply: list[Apply] = field(default_factory=list)
     delete: list[dict[str, Any]] = field(default_factory=list)
     unchanged: list[tuple[str, str, str]] = field(default_factory=list)
 
@@ -68,13 +88,33 @@ class Plan:
         return not self.apply and not self.delete
 
 
+def _announcement(obj: Mapping[str, Any], verb: str, current: Mapping[str, Any] | None) -> str:
+    kind, name = obj["kind"], obj["metadata"]["name"]
+    message = f"{verb.lower()} {kind} {name}"
+    if kind == "Deployment":
+        want = obj["spec"]["replicas"]
+        before = (current or {}).get("spec", {}).get("replicas")
+        if before is not None and before != want:
+            message += f" (replicas {before} -> {want})"
+        else:
+            labels = obj["spec"]["template"]["metadata"].get("labels") or {}
+            revision = labels.get(LABEL_REVISION)
+            message += f" (replicas {want}, revision {revision})"
+    return message
+
+
 def plan_children(
     desired: Sequence[Mapping[str, Any]],
     observed: Iterable[Mapping[str, Any]],
     managed_kinds: Iterable[tuple[str, str]],
+    may_predate: bool = False,
 ) -> Plan:
     """Apply the desired children that differ; delete observed children of a managed kind
-    that are no longer desired (e.g. the PodDisruptionBudget when one replica is left)."""
+    that are no longer desired (e.g. the PodDisruptionBudget when one replica is left).
+
+    ``may_predate``: the owner is older than this operator process, so a child missing from
+    ``observed`` may still exist (the watch has not delivered it yet).
+    """
     by_key = {child_key(o): o for o in observed}
     want = {child_key(d) for d in desired}
     managed = set(managed_kinds)
@@ -83,8 +123,16 @@ def plan_children(
         current = by_key.get(child_key(obj))
         if current is not None and is_subset(obj, current):
             plan.unchanged.append(child_key(obj))
-        else:
-            plan.apply.append(dict(obj))
+            continue
+        verb = "Updated" if current is not None else "Created"
+        plan.apply.append(
+            Apply(
+                dict(obj),
+                verb,
+                _announcement(obj, verb, current),
+                look_first=current is None and may_predate,
+            )
+        )
     for key, obj in sorted(by_key.items()):
         if key not in want and (key[0], key[1]) in managed:
             plan.delete.append(dict(obj))

@@ -59,19 +59,40 @@ class Sample:
     value: float | None  # None for NaN/Inf (e.g. a quantile of no traffic)
 
 
-def parse_vector(body: Mapping[str, Any]) -> dict[Key, Sample]:
-    """An instant-vector answer of /api/v1/query -> (namespace, llmdeployment) -> value."""
+def parse_vector(
+    body: Mapping[str, Any], labels: tuple[str, ...] = ("namespace", "llmdeployment")
+) -> dict[tuple[str, ...], Sample]:
+    """An instant-vector answer of /api/v1/query -> (values of ``labels``) -> value."""
     if body.get("status") != "success":
         raise ValueError(f"Prometheus answered {body.get('status')}: {body.get('error')}")
     data = body.get("data", {})
     if data.get("resultType") != "vector":
         raise ValueError(f"expected a vector, got {data.get('resultType')}")
-    out: dict[Key, Sample] = {}
+    out: dict[tuple[str, ...], Sample] = {}
     for item in data.get("result", []):
-        labels = item.get("metric", {})
-        ns, name = labels.get("namespace"), labels.get("llmdeployment")
-        if not ns or not name:
+        metric = item.get("metric", {})
+        key = tuple(str(metric.get(label) or "") for label in labels)
+        if not all(key):
             continue
         raw = float(item["value"][1])
-        out[(ns, name)] = Sample(raw if math.isfinite(raw) else None)
+        out[key] = Sample(raw if math.isfinite(raw) else None)
     return out
+
+
+# --- canary analysis ---------------------------------------------------------------------------
+
+ANALYSIS_BY: Final = ("namespace", "llmdeployment", "revision")
+REQUESTS_TOTAL: Final = "llmfleet_worker_requests_total"
+ERROR_OUTCOME: Final = "error"
+
+
+def analysis_queries(window_seconds: int) -> dict[str, str]:
+    """Per-revision requests, errors and TTFT p95 over the last ``window_seconds``."""
+    by = ", ".join(ANALYSIS_BY)
+    w = f"{window_seconds}s"
+    ttft = ENGINE_METRICS["llmfleet"]["ttft_bucket"]
+    return {
+        "requests": f"sum by ({by}) (increase({REQUESTS_TOTAL}[{w}]))",
+        "errors": (f'sum by ({by}) (increase({REQUESTS_TOTAL}{{outcome="{ERROR_OUTCOME}"}}[{w}]))'),
+        "ttft_p95": (f"histogram_quantile(0.95, sum by ({by}, le) (rate({ttft}[{w}])))"),
+    }

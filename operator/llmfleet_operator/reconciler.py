@@ -7,7 +7,7 @@ API reads and, because plans and statuses are compared before writing, no writes
 
 from __future__ import annotations
 
-import copy
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -17,35 +17,40 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from llmfleet_operator import metrics
+from llmfleet_operator import metrics, rollout
 from llmfleet_operator.api import (
+    ANNOTATION_ABORT,
+    ANNOTATION_PROMOTE,
     API_VERSION,
+    CANARY_TRACK,
     KIND,
-    LABEL_DEPLOYMENT,
     LABEL_REVISION,
+    STABLE_TRACK,
     ConditionType,
     LLMDeploymentSpec,
-    parse_spec,
 )
-from llmfleet_operator.capacity import GpuCapacity, gpu_capacity, pod_info
+from llmfleet_operator.cache import Cache, ChildKey, Key
+from llmfleet_operator.capacity import GpuCapacity, free_gpus_text, gpu_capacity
 from llmfleet_operator.conditions import Condition, find, merge
+from llmfleet_operator.fleet import FleetObservation, observe_fleet
 from llmfleet_operator.k8s import ApiError, Kube, object_path, resource_path
-from llmfleet_operator.plan import child_key, is_subset, plan_children
+from llmfleet_operator.plan import Apply, child_key, is_subset, plan_children
 from llmfleet_operator.resources import (
+    ANNOTATION_STABLE_REVISION,
+    ANNOTATION_STABLE_SPEC,
     MANAGED_KINDS,
     Owner,
+    deployment_name,
     desired_children,
     desired_replicas,
     endpoint,
     revision_of,
     selector_string,
+    spec_json,
 )
 from llmfleet_operator.status import Observation, build_status, invalid_spec_conditions
 
 log = logging.getLogger(__name__)
-
-Key = tuple[str, str]  # (namespace, LLMDeployment name)
-ChildKey = tuple[str, str, str]  # (apiVersion, kind, name)
 
 #: Status keys this reconciler owns; others (status.autoscaler) are carried over.
 STATUS_KEYS = (
@@ -60,74 +65,13 @@ STATUS_KEYS = (
     "updateRevision",
     "currentRevision",
     "conditions",
+    "rollout",
+    "revisions",
 )
 #: While pods wait for GPUs, look again this often to refresh the free-GPU figures.
 GPU_RECHECK_SECONDS = 30.0
-
-
-def owner_key_of_child(obj: Mapping[str, Any]) -> Key | None:
-    """The LLMDeployment a child belongs to (by controller ownerReference, then label)."""
-    meta = obj.get("metadata", {})
-    for ref in meta.get("ownerReferences", []) or []:
-        if ref.get("kind") == KIND and ref.get("apiVersion") == API_VERSION:
-            return (meta["namespace"], ref["name"])
-    name = (meta.get("labels") or {}).get(LABEL_DEPLOYMENT)
-    return (meta["namespace"], name) if name else None
-
-
-@dataclass
-class Cache:
-    """What the watches have told us, keyed by owner."""
-
-    llmds: dict[Key, dict[str, Any]] = field(default_factory=dict)
-    children: dict[Key, dict[ChildKey, dict[str, Any]]] = field(default_factory=dict)
-    pods: dict[Key, dict[str, dict[str, Any]]] = field(default_factory=dict)
-    # Parsed specs by (key, generation): the spec changes only with the generation, and the
-    # autoscaler looks at every object each interval.
-    _specs: dict[Key, tuple[int, LLMDeploymentSpec]] = field(default_factory=dict)
-
-    def spec_of(self, key: Key, body: Mapping[str, Any]) -> LLMDeploymentSpec:
-        """The typed spec of ``body`` (raises pydantic's ValidationError)."""
-        generation = int(body["metadata"].get("generation", 0))
-        cached = self._specs.get(key)
-        if cached is not None and cached[0] == generation:
-            return cached[1]
-        spec = parse_spec(body)
-        self._specs[key] = (generation, spec)
-        return spec
-
-    def observe_llmd(self, event: str | None, body: Mapping[str, Any]) -> Key:
-        meta = body["metadata"]
-        key = (meta["namespace"], meta["name"])
-        if event == "DELETED":
-            self.llmds.pop(key, None)
-            self._specs.pop(key, None)
-        else:
-            self.llmds[key] = copy.deepcopy(dict(body))
-        return key
-
-    def observe_child(self, event: str | None, body: Mapping[str, Any]) -> Key | None:
-        key = owner_key_of_child(body)
-        if key is None:
-            return None
-        if body.get("kind") == "Pod":
-            pods = self.pods.setdefault(key, {})
-            name = body["metadata"]["name"]
-            if event == "DELETED":
-                pods.pop(name, None)
-            else:
-                pods[name] = copy.deepcopy(dict(body))
-            return key
-        children = self.children.setdefault(key, {})
-        ck = child_key(body)
-        if event == "DELETED":
-            children.pop(ck, None)
-        else:
-            children[ck] = copy.deepcopy(dict(body))
-        return key
-
-    def put_child(self, key: Key, body: Mapping[str, Any]) -> None:
-        self.children.setdefault(key, {})[child_key(body)] = copy.deepcopy(dict(body))
+#: While a rollout runs, look again at least this often (deadlines, pauses).
+ROLLOUT_RECHECK_SECONDS = 5.0
 
 
 @dataclass
@@ -146,6 +90,19 @@ class ScalingView(Protocol):
     def wants(self, key: Key) -> int | None: ...
     def status_block(self, key: Key) -> dict[str, Any] | None: ...
     def conditions(self, key: Key) -> list[Condition]: ...
+
+
+class AnalysisView(Protocol):
+    """What the reconciler reads from the canary analysis loop."""
+
+    def latest(self, key: Key, revision: str) -> Mapping[str, Any] | None: ...
+
+
+class NoAnalysis:
+    """The view when no analysis loop runs: canaries hold their step."""
+
+    def latest(self, key: Key, revision: str) -> Mapping[str, Any] | None:
+        return None
 
 
 class NoAutoscaler:
@@ -170,10 +127,12 @@ class Reconciler:
         cache: Cache,
         scaling: ScalingView | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        analysis: AnalysisView | None = None,
     ) -> None:
         self.kube = kube
         self.cache = cache
         self.scaling: ScalingView = scaling or NoAutoscaler()
+        self.analysis: AnalysisView = analysis or NoAnalysis()
         self._clock = clock
         self._capacity: dict[str, tuple[float, GpuCapacity | None]] = {}
         self._started_at = time.time()
@@ -211,18 +170,50 @@ class Reconciler:
             return
         revision = revision_of(spec)
         observed = self.cache.children.get(key, {})
-        deployment = observed.get(("apps/v1", "Deployment", owner.name))
-        current = deployment["spec"].get("replicas") if deployment else None
-        # Our own last decision, not the Deployment's field: a hand-made `kubectl scale
+        stable_dep = observed.get(_deployment_key(owner, STABLE_TRACK))
+        canary_dep = observed.get(_deployment_key(owner, CANARY_TRACK))
+        sizes = [int(d["spec"].get("replicas", 0)) for d in (stable_dep, canary_dep) if d]
+        current = sum(sizes) if sizes else None
+        previous = body.get("status") or {}
+        # Our own last decision, not the Deployments' fields: a hand-made `kubectl scale
         # deployment` must be reverted, not adopted.
-        decided = (body.get("status") or {}).get("desiredReplicas")
+        decided = previous.get("desiredReplicas")
         replicas = desired_replicas(
             spec, decided if decided is not None else current, self._wants(key, spec)
         )
-        desired = desired_children(owner, spec, replicas, revision)
-        plan = plan_children(desired, observed.values(), MANAGED_KINDS)
-        for obj in plan.apply:
-            await self._apply_child(key, body, obj, current, result)
+        resource = spec.worker.resources.gpu_resource_name
+        fleet = observe_fleet(self.cache.pods.get(key, {}).values(), resource)
+        stable_rev, stable_spec, stable_raw = _stable_of(stable_dep)
+        now = self._clock()
+        facts = await self._rollout_facts(
+            key, body, spec, revision, replicas, fleet, stable_dep, canary_dep, stable_rev, now
+        )
+        decision = rollout.plan(facts)
+        template_spec = (
+            stable_spec if decision.stable.from_stable_spec and stable_spec is not None else spec
+        )
+        good: tuple[str, str] | None = None
+        if decision.good == revision:
+            good = (revision, spec_json(spec))
+        elif decision.good is not None and decision.good == stable_rev and stable_raw:
+            good = (stable_rev, stable_raw)
+        desired = desired_children(
+            owner,
+            spec,
+            decision.stable.replicas,
+            decision.stable.revision,
+            template_spec=template_spec,
+            surge=decision.stable.surge,
+            stable=good,
+            canary=(decision.canary.replicas, decision.canary.revision)
+            if decision.canary is not None
+            else None,
+        )
+        plan = plan_children(
+            desired, observed.values(), MANAGED_KINDS, may_predate=self._may_predate_us(body)
+        )
+        for step in plan.apply:
+            await self._apply_child(key, body, step, result)
         for obj in plan.delete:
             if await self.kube.delete(obj):
                 await self.kube.event(
@@ -231,44 +222,114 @@ class Reconciler:
                 metrics.WRITES.labels(kind=obj["kind"], verb="delete").inc()
             self.cache.children.get(key, {}).pop(child_key(obj), None)
             result.deleted.append(child_key(obj))
-        deployment = self.cache.children.get(key, {}).get(("apps/v1", "Deployment", owner.name))
-        await self._write_status(owner, spec, body, deployment, replicas, revision, result)
+        children = self.cache.children.get(key, {})
+        await self._write_status(
+            owner,
+            spec,
+            body,
+            children.get(_deployment_key(owner, STABLE_TRACK)),
+            children.get(_deployment_key(owner, CANARY_TRACK)),
+            replicas,
+            revision,
+            fleet,
+            decision,
+            now,
+            result,
+        )
+        for reason, message, type_ in decision.events:
+            await self.kube.event(body, reason, message, type_)
+        if decision.rolled_back is not None:
+            metrics.ROLLBACKS.labels(reason=decision.rolled_back).inc()
+        metrics.set_rollout_phase(key, str(decision.status.get("phase", rollout.STABLE)))
+        if decision.requeue_after is not None:
+            wait = max(1.0, min(decision.requeue_after, ROLLOUT_RECHECK_SECONDS))
+            result.requeue_after = min(result.requeue_after or wait, wait)
 
-    async def _apply_child(
+    async def _rollout_facts(
         self,
         key: Key,
-        body: dict[str, Any],
-        obj: dict[str, Any],
-        current_replicas: int | None,
-        result: ReconcileResult,
+        body: Mapping[str, Any],
+        spec: LLMDeploymentSpec,
+        revision: str,
+        replicas: int,
+        fleet: FleetObservation,
+        stable_dep: Mapping[str, Any] | None,
+        canary_dep: Mapping[str, Any] | None,
+        stable_rev: str | None,
+        now: datetime,
+    ) -> rollout.Facts:
+        previous = body.get("status") or {}
+        rolled_back = rollout.rolled_back_revisions(previous.get("revisions") or [])
+        headroom = None
+        summary = ""
+        gpus = spec.worker.resources.gpus
+        prev_rollout = previous.get("rollout") or {}
+        choosing = (
+            prev_rollout.get("candidateRevision") != revision
+            or prev_rollout.get("phase") == rollout.WAITING_FOR_GPU
+        )
+        if (
+            choosing
+            and stable_rev not in (None, revision)
+            and revision not in rolled_back
+            and gpus > 0
+        ):
+            # Surge or in place is decided once per candidate, on a fresh look at the GPUs.
+            cap = await self.gpu_capacity(spec.worker.resources.gpu_resource_name, max_age=0.0)
+            summary = (
+                f"one pod asks for {gpus} {spec.worker.resources.gpu_resource_name}; "
+                f"{free_gpus_text(cap)}"
+            )
+            if cap is not None:
+                # Pods asked for but not yet placed will take GPUs too.
+                unplaced = max(0, len(fleet.live) - fleet.placed)
+                headroom = max(0, cap.fits(gpus) - unplaced)
+        annotations = body["metadata"].get("annotations") or {}
+        canary = spec.rollout.canary_settings()
+        template_rev = None
+        if stable_dep is not None:
+            labels = stable_dep["spec"]["template"]["metadata"].get("labels") or {}
+            template_rev = labels.get(LABEL_REVISION)
+        return rollout.Facts(
+            strategy=spec.rollout.strategy,
+            desired=revision,
+            stable=stable_rev,
+            stable_template=template_rev,
+            replicas=replicas,
+            now=now,
+            progress_deadline_seconds=float(spec.rollout.progress_deadline_seconds),
+            allow_downtime=spec.rollout.allow_downtime,
+            paused=spec.rollout.paused,
+            steps=tuple((s.weight, s.pause_seconds) for s in canary.steps),
+            failure_limit=canary.analysis.failure_limit,
+            rolled_back=rolled_back,
+            previous=prev_rollout,
+            analysis=self.analysis.latest(key, revision),
+            promote_requested=annotations.get(ANNOTATION_PROMOTE) == revision,
+            abort_requested=annotations.get(ANNOTATION_ABORT) == revision,
+            ready=fleet.ready_by,
+            waiting_for_gpu=fleet.waiting_by_track,
+            gpu_headroom=headroom,
+            gpu_summary=summary,
+            stable_settled=_settled(stable_dep),
+            stable_observed_replicas=_replicas_of(stable_dep),
+            canary_observed_replicas=_replicas_of(canary_dep),
+        )
+
+    async def _apply_child(
+        self, key: Key, body: dict[str, Any], step: Apply, result: ReconcileResult
     ) -> None:
-        ck = child_key(obj)
-        if ck not in self.cache.children.get(key, {}) and self._may_predate_us(body):
-            # Created before this operator started, so the child may exist although the
-            # watch has not delivered it yet: look before writing.
-            live = await self.kube.get(object_path(obj))
+        if step.look_first:
+            live = await self.kube.get(object_path(step.obj))
             if live is not None:
                 self.cache.put_child(key, live)
-                if is_subset(obj, live):
+                if is_subset(step.obj, live):
                     return
-            verb = "Created" if live is None else "Updated"
-        else:
-            verb = "Updated" if ck in self.cache.children.get(key, {}) else "Created"
-        applied = await self.kube.apply(obj)
+        applied = await self.kube.apply(step.obj)
         self.cache.put_child(key, applied)
-        result.applied.append(ck)
-        metrics.WRITES.labels(kind=obj["kind"], verb="apply").inc()
-        kind, name = obj["kind"], obj["metadata"]["name"]
-        message = f"{verb.lower()} {kind} {name}"
-        if kind == "Deployment":
-            want = obj["spec"]["replicas"]
-            if current_replicas is not None and current_replicas != want:
-                message += f" (replicas {current_replicas} -> {want})"
-            else:
-                message += (
-                    f" (replicas {want}, revision {obj['metadata']['labels'][LABEL_REVISION]})"
-                )
-        await self.kube.event(body, f"{verb}{kind}", message)
+        result.applied.append(step.key)
+        metrics.WRITES.labels(kind=step.obj["kind"], verb="apply").inc()
+        await self.kube.event(body, f"{step.verb}{step.obj['kind']}", step.message)
 
     def _wants(self, key: Key, spec: LLMDeploymentSpec) -> int | None:
         return self.scaling.wants(key) if spec.autoscaling.mode == "Builtin" else None
@@ -315,19 +376,20 @@ class Reconciler:
         spec: LLMDeploymentSpec,
         body: dict[str, Any],
         deployment: Mapping[str, Any] | None,
+        canary: Mapping[str, Any] | None,
         replicas: int,
         revision: str,
+        fleet: FleetObservation,
+        decision: rollout.RolloutPlan,
+        now: datetime,
         result: ReconcileResult,
     ) -> None:
         resource = spec.worker.resources.gpu_resource_name
-        pods = [
-            pod_info(p, resource, LABEL_REVISION)
-            for p in self.cache.pods.get((owner.namespace, owner.name), {}).values()
-        ]
-        waiting = any(p.waiting_for_gpu and not p.terminating for p in pods)
+        waiting = fleet.waiting_for_gpu > 0
         capacity = await self.gpu_capacity(resource) if waiting else None
         if waiting:
             result.requeue_after = GPU_RECHECK_SECONDS
+        previous = body.get("status") or {}
         obs = Observation(
             generation=owner.generation,
             desired_replicas=replicas,
@@ -338,17 +400,23 @@ class Reconciler:
             gpus_per_pod=spec.worker.resources.gpus,
             gpu_resource=resource,
             deployment=deployment,
-            pods=pods,
+            pods=fleet.pods,
             capacity=capacity,
+            rollout=decision.verdict,
+            canary_deployment=canary,
+            current_revision=decision.good,
+            rollout_status=decision.status,
+            revisions=rollout.record_revisions(
+                previous.get("revisions") or [], decision.records, now
+            ),
         )
-        previous = body.get("status") or {}
         key = (owner.namespace, owner.name)
         extra = []
         block = None
         if spec.autoscaling.mode == "Builtin" and not spec.suspend:
             extra.extend(self.scaling.conditions(key))
             block = self.scaling.status_block(key)
-        status = build_status(obs, previous, self._clock(), extra, block)
+        status = build_status(obs, previous, now, extra, block)
         await self._store_status(body, previous, status, result)
 
     async def _write_invalid(
@@ -414,6 +482,45 @@ class Reconciler:
                     f"{state}: {cond['message']}",
                     "Normal" if cond["status"] == "True" else "Warning",
                 )
+
+
+def _deployment_key(owner: Owner, track: str) -> ChildKey:
+    return ("apps/v1", "Deployment", deployment_name(owner, track))
+
+
+def _replicas_of(dep: Mapping[str, Any] | None) -> int | None:
+    return int(dep["spec"].get("replicas", 0)) if dep else None
+
+
+def _settled(dep: Mapping[str, Any] | None) -> bool:
+    """The Deployment controller has acted on the latest spec and every pod runs its template."""
+    if not dep:
+        return False
+    st = dep.get("status", {})
+    want = int(dep["spec"].get("replicas", 0))
+    return (
+        int(st.get("observedGeneration", 0)) >= int(dep["metadata"].get("generation", 0))
+        and int(st.get("updatedReplicas", 0)) == want
+        and int(st.get("replicas", 0)) == want
+    )
+
+
+def _stable_of(
+    dep: Mapping[str, Any] | None,
+) -> tuple[str | None, LLMDeploymentSpec | None, str | None]:
+    """(revision, spec, spec JSON) of the last good revision the stable Deployment records."""
+    annotations = ((dep or {}).get("metadata") or {}).get("annotations") or {}
+    revision, raw = (
+        annotations.get(ANNOTATION_STABLE_REVISION),
+        annotations.get(ANNOTATION_STABLE_SPEC),
+    )
+    if not revision or not raw:
+        return None, None, None
+    try:
+        return str(revision), LLMDeploymentSpec.model_validate(json.loads(raw)), str(raw)
+    except (ValueError, ValidationError):
+        log.warning("unreadable %s annotation; no rollback target", ANNOTATION_STABLE_SPEC)
+        return None, None, None
 
 
 def _validation_message(error: ValidationError) -> str:

@@ -15,14 +15,16 @@ from typing import Any, Final
 
 from llmfleet_operator.api import (
     API_VERSION,
+    CANARY_TRACK,
     KIND,
     LABEL_DEPLOYMENT,
     LABEL_REVISION,
+    LABEL_TRACK,
+    STABLE_TRACK,
     AutoscalingMode,
     LLMDeploymentSpec,
 )
 
-LABEL_TRACK: Final = "llmfleet.io/track"
 LABEL_COMPONENT: Final = "app.kubernetes.io/component"
 WORKER_PORT_NAME: Final = "http"
 MODEL_MOUNT: Final = "/models"
@@ -36,6 +38,10 @@ PRESTOP_SECONDS: Final = 5
 STARTUP_PERIOD: Final = 10
 STARTUP_FAILURES: Final = 180
 GPU_TOLERATION_EFFECT: Final = "NoSchedule"
+#: On the stable Deployment: the last revision that was fully Ready, and the spec that built
+#: it, so that a rollback can rebuild its pods after the spec has moved on.
+ANNOTATION_STABLE_REVISION: Final = "llmfleet.io/stable-revision"
+ANNOTATION_STABLE_SPEC: Final = "llmfleet.io/stable-spec"
 
 
 @dataclass(frozen=True)
@@ -259,35 +265,70 @@ def pod_template(
     return {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod_spec}
 
 
+def deployment_name(owner: Owner, track: str) -> str:
+    """The worker Deployment of ``track``: NAME for stable, NAME-canary for the canary."""
+    return owner.name if track == STABLE_TRACK else f"{owner.name}-{track}"
+
+
+def rolling_strategy(surge: bool) -> dict[str, Any]:
+    """Surge: one extra pod next to the old ones (needs a free GPU). In place: one old pod
+    goes before its replacement starts (never fewer than N-1 Ready)."""
+    budget = {"maxSurge": 1, "maxUnavailable": 0} if surge else {"maxSurge": 0, "maxUnavailable": 1}
+    return {"type": "RollingUpdate", "rollingUpdate": budget}
+
+
 def worker_deployment(
-    owner: Owner, spec: LLMDeploymentSpec, replicas: int, revision: str, track: str = "stable"
+    owner: Owner,
+    spec: LLMDeploymentSpec,
+    replicas: int,
+    revision: str,
+    track: str = STABLE_TRACK,
+    *,
+    template_spec: LLMDeploymentSpec | None = None,
+    surge: bool = True,
+    stable: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The worker Deployment of one track (``stable``; ``canary`` during a canary rollout)."""
-    name = owner.name if track == "stable" else f"{owner.name}-{track}"
+    """The worker Deployment of one track (``stable``; ``canary`` during a canary rollout).
+
+    ``template_spec`` builds the pods (default ``spec``: a rollback passes the stable
+    revision's spec); ``stable`` is (revision, spec JSON) of the last good revision, recorded
+    on the stable Deployment.
+    """
     labels = {
         **common_labels(owner),
         LABEL_COMPONENT: "worker",
         LABEL_REVISION: revision,
         LABEL_TRACK: track,
     }
+    meta = _meta(owner, deployment_name(owner, track), labels)
+    if stable is not None:
+        meta["annotations"] = {
+            ANNOTATION_STABLE_REVISION: stable[0],
+            ANNOTATION_STABLE_SPEC: stable[1],
+        }
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _meta(owner, name, labels),
+        "metadata": meta,
         "spec": {
             "replicas": replicas,
             # Immutable once created: only labels that never change for this track.
             "selector": {"matchLabels": {**selector_labels(owner), LABEL_TRACK: track}},
             "progressDeadlineSeconds": spec.rollout.progress_deadline_seconds,
             "revisionHistoryLimit": 3,
-            "strategy": {
-                "type": "RollingUpdate",
-                # Never below the serving capacity while rolling: one extra pod at a time.
-                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
-            },
-            "template": pod_template(owner, spec, revision, track),
+            "strategy": rolling_strategy(surge),
+            "template": pod_template(owner, template_spec or spec, revision, track),
         },
     }
+
+
+def spec_json(spec: LLMDeploymentSpec) -> str:
+    """The spec as stored in ANNOTATION_STABLE_SPEC (compact, stable key order)."""
+    return json.dumps(
+        spec.model_dump(mode="json", by_alias=True, exclude_defaults=True),
+        sort_keys=True,
+        separators=(",", ":"),
+    )
 
 
 def service(owner: Owner, spec: LLMDeploymentSpec) -> dict[str, Any]:
@@ -358,10 +399,36 @@ MANAGED_KINDS: Final = (
 
 
 def desired_children(
-    owner: Owner, spec: LLMDeploymentSpec, replicas: int, revision: str
+    owner: Owner,
+    spec: LLMDeploymentSpec,
+    replicas: int,
+    revision: str,
+    *,
+    template_spec: LLMDeploymentSpec | None = None,
+    surge: bool = True,
+    stable: tuple[str, str] | None = None,
+    canary: tuple[int, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Everything one LLMDeployment owns when it is not rolling out a canary."""
-    children = [worker_deployment(owner, spec, replicas, revision), service(owner, spec)]
-    if replicas > 1:
+    """Everything one LLMDeployment owns: the stable Deployment (``replicas`` pods of
+    ``revision``, built from ``template_spec`` or ``spec``), during a canary the canary
+    Deployment (``canary`` = (replicas, revision), built from ``spec``), the Service in front
+    of both, and a PodDisruptionBudget once more than one pod runs."""
+    children = [
+        worker_deployment(
+            owner,
+            spec,
+            replicas,
+            revision,
+            template_spec=template_spec,
+            surge=surge,
+            stable=stable,
+        ),
+        service(owner, spec),
+    ]
+    total = replicas
+    if canary is not None:
+        children.insert(1, worker_deployment(owner, spec, canary[0], canary[1], CANARY_TRACK))
+        total += canary[0]
+    if total > 1:
         children.append(pod_disruption_budget(owner))
     return children

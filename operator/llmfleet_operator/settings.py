@@ -22,6 +22,8 @@ class OperatorSettings:
     autoscale_interval_seconds: float = 15.0
     #: Window of the TTFT rate() in the autoscaler's query (short in tests).
     rate_window: str = "1m"
+    #: Shortest PromQL range of a canary analysis: a few scrape intervals (short in tests).
+    analysis_min_window_seconds: int = 60
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -96,6 +98,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         default=_env("RATE_WINDOW", "1m"),
         help="PromQL range for rate() in the TTFT query, e.g. 1m or 30s",
     )
+    parser.add_argument(
+        "--analysis-min-window",
+        type=int,
+        default=int(_env("ANALYSIS_MIN_WINDOW", "60")),
+        help="shortest PromQL range (seconds) of a canary analysis; at least a few scrapes",
+    )
 
 
 def from_args(args: argparse.Namespace) -> OperatorSettings:
@@ -112,4 +120,5 @@ def from_args(args: argparse.Namespace) -> OperatorSettings:
         prometheus_url=args.prometheus_url,
         autoscale_interval_seconds=args.autoscale_interval,
         rate_window=args.rate_window,
+        analysis_min_window_seconds=args.analysis_min_window,
     )

@@ -8,14 +8,15 @@ the same status, so an idle fleet causes no writes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from llmfleet_operator.api import ConditionType, Reason
-from llmfleet_operator.capacity import GpuCapacity, PodInfo
+from llmfleet_operator.capacity import GpuCapacity, PodInfo, free_gpus_text
 from llmfleet_operator.conditions import Condition, merge
+from llmfleet_operator.rollout import Verdict as RolloutVerdict
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,15 @@ class Observation:
     deployment: Mapping[str, Any] | None
     pods: Sequence[PodInfo]
     capacity: GpuCapacity | None = None
+    #: What the rollout machine says (None: no rollout in progress or held back).
+    rollout: RolloutVerdict | None = None
+    #: The canary Deployment, when one exists (its pods count in the replica totals).
+    canary_deployment: Mapping[str, Any] | None = None
+    #: The last revision that was fully Ready, as the rollout machine knows it.
+    current_revision: str | None = None
+    #: status.rollout and status.revisions, as the rollout machine built them.
+    rollout_status: Mapping[str, Any] | None = None
+    revisions: Sequence[Mapping[str, Any]] | None = None
 
 
 def _deployment_condition(dep: Mapping[str, Any], type_: str) -> Mapping[str, Any]:
@@ -52,45 +62,72 @@ def gpu_shortage_message(obs: Observation, waiting: Sequence[PodInfo]) -> str:
         f"{_plural(len(waiting), 'pod')} Pending: each asks for {obs.gpus_per_pod} "
         f"{obs.gpu_resource}"
     )
-    cap = obs.capacity
-    if cap is None:
-        return f"{asked}; the scheduler found no node with enough free GPUs"
-    return (
-        f"{asked}; {cap.free} free of {cap.total} on {_plural(cap.nodes, 'GPU node')} "
-        f"(at most {cap.largest_free_block} free on one node)"
-    )
+    return f"{asked}; {free_gpus_text(obs.capacity)}"
 
 
 def invalid_spec_conditions(message: str) -> list[Condition]:
     """The conditions when the spec cannot be read: stalled until a human fixes it."""
-    return [
-        Condition(ConditionType.READY, "False", Reason.INVALID_SPEC, message),
-        Condition(ConditionType.RECONCILING, "False", Reason.INVALID_SPEC, message),
-        Condition(ConditionType.STALLED, "True", Reason.INVALID_SPEC, message),
-    ]
+    return conditions_for(Verdict(Reason.INVALID_SPEC, message, STALLED))
 
 
-def evaluate(obs: Observation) -> list[Condition]:
-    """The conditions for one observation."""
-    ready_t, rec_t, stalled_t = (
-        ConditionType.READY,
-        ConditionType.RECONCILING,
-        ConditionType.STALLED,
-    )
+# --- facts, checks, verdicts -------------------------------------------------------------------
+
+READY: Final = "Ready"
+RECONCILING: Final = "Reconciling"
+STALLED: Final = "Stalled"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of the first check that has something to say."""
+
+    reason: str
+    message: str
+    #: Ready (rolled out), Reconciling (converging by itself) or Stalled (needs a human).
+    state: str
+    #: The Ready condition's status; a stalled fleet can still serve (e.g. a scale-up that
+    #: waits for GPUs while every asked-for replica before it is Ready).
+    ready: bool = False
+    #: The Ready condition's message when it differs from ``message``.
+    ready_message: str | None = None
+    #: Reconciling's message when the fleet is Ready.
+    settled_message: str = ""
+
+
+@dataclass(frozen=True)
+class Facts:
+    """Everything the checks look at, computed once from the observation."""
+
+    want: int
+    revision: str
+    ready: int
+    waiting: tuple[PodInfo, ...]
+    blocked: tuple[PodInfo, ...]
+    deployment_seen: bool
+    total: int
+    updated: int
+    rolled_out: bool
+    deadline_message: str | None
+    suspended: bool
+    gpu_message: str
+    rollout: RolloutVerdict | None
+
+
+def facts_of(obs: Observation) -> Facts:
     dep = obs.deployment or {}
     dstat = dep.get("status", {})
     want = obs.desired_replicas
-    current_pods = [p for p in obs.pods if not p.terminating]
-    ready = sum(1 for p in current_pods if p.ready and p.revision == obs.revision)
-    waiting = [p for p in current_pods if p.waiting_for_gpu]
-    dep_seen = bool(dep) and dstat.get("observedGeneration", 0) >= dep.get("metadata", {}).get(
+    live = [p for p in obs.pods if not p.terminating]
+    ready = sum(1 for p in live if p.ready and p.revision == obs.revision)
+    waiting = tuple(p for p in live if p.waiting_for_gpu)
+    seen = bool(dep) and dstat.get("observedGeneration", 0) >= dep.get("metadata", {}).get(
         "generation", 0
     )
     total = int(dstat.get("replicas", 0))
     updated = int(dstat.get("updatedReplicas", 0))
     available = int(dstat.get("availableReplicas", 0))
     rolled_out = (
-        dep_seen
+        seen
         and int(dep.get("spec", {}).get("replicas", -1)) == want
         and updated == want
         and total == want
@@ -98,68 +135,160 @@ def evaluate(obs: Observation) -> list[Condition]:
         and ready >= want
     )
     progressing = _deployment_condition(dep, "Progressing")
-    deadline = (
+    deadline = None
+    if (
         progressing.get("status") == "False"
         and progressing.get("reason") == "ProgressDeadlineExceeded"
-    )
-
-    if waiting:
-        msg = gpu_shortage_message(obs, waiting)
-        return [
-            Condition(
-                ready_t,
-                "False" if ready < want else "True",
-                Reason.INSUFFICIENT_GPU,
-                f"{ready}/{want} replicas ready; {msg}",
-            ),
-            Condition(rec_t, "False", Reason.INSUFFICIENT_GPU, msg),
-            Condition(stalled_t, "True", Reason.INSUFFICIENT_GPU, msg),
-        ]
-    if deadline and not rolled_out:
-        msg = (
+    ):
+        deadline = (
             f"rollout of revision {obs.revision} made no progress: "
             f"{progressing.get('message', '')}".strip()
         )
+    return Facts(
+        want=want,
+        revision=obs.revision,
+        ready=ready,
+        waiting=waiting,
+        blocked=tuple(p for p in live if p.unschedulable_message),
+        deployment_seen=seen,
+        total=total,
+        updated=updated,
+        rolled_out=rolled_out,
+        deadline_message=deadline,
+        suspended=obs.suspended,
+        gpu_message=gpu_shortage_message(obs, waiting) if waiting else "",
+        rollout=obs.rollout,
+    )
+
+
+def _ready_count(f: Facts) -> str:
+    return f"{f.ready}/{f.want} replicas ready"
+
+
+def check_rollout_stalled(f: Facts) -> Verdict | None:
+    """A rolled-back candidate, or a single replica that waits for a GPU to be replaced."""
+    r = f.rollout
+    if r is None or not r.stalled:
+        return None
+    return Verdict(r.reason, r.message, STALLED)
+
+
+def check_insufficient_gpu(f: Facts) -> Verdict | None:
+    """Pods the scheduler refuses for GPUs, outside a rollout that expects to wait for one."""
+    if not f.waiting or (f.rollout is not None and not f.rollout.stalled):
+        return None
+    return Verdict(
+        Reason.INSUFFICIENT_GPU,
+        f.gpu_message,
+        STALLED,
+        ready=f.ready >= f.want,
+        ready_message=f"{_ready_count(f)}; {f.gpu_message}",
+    )
+
+
+def check_progress_deadline(f: Facts) -> Verdict | None:
+    """The Deployment gave up, with no earlier revision to roll back to."""
+    if f.deadline_message is None or f.rolled_out or f.rollout is not None:
+        return None
+    return Verdict(
+        Reason.PROGRESS_DEADLINE_EXCEEDED,
+        f.deadline_message,
+        STALLED,
+        ready_message=f"{_ready_count(f)}; {f.deadline_message}",
+    )
+
+
+def check_rolling_out(f: Facts) -> Verdict | None:
+    """A rollout in progress says how it goes (surge, in place, canary step, promotion)."""
+    if f.rollout is None:
+        return None
+    return Verdict(f.rollout.reason, f.rollout.message, RECONCILING)
+
+
+def check_rolled_out(f: Facts) -> Verdict | None:
+    if not f.rolled_out:
+        return None
+    done = f"revision {f.revision} rolled out"
+    if f.want == 0:
+        if f.suspended:
+            return Verdict(
+                Reason.SUSPENDED,
+                "suspended: scaled to zero, GPUs released",
+                READY,
+                ready=True,
+                settled_message=done,
+            )
+        return Verdict(Reason.AVAILABLE, "scaled to zero", READY, ready=True, settled_message=done)
+    return Verdict(Reason.AVAILABLE, _ready_count(f), READY, ready=True, settled_message=done)
+
+
+def check_converging(f: Facts) -> Verdict:
+    """Always has a verdict: the last check of the chain."""
+    if f.updated < f.total or (f.deployment_seen and f.updated < f.want and f.total >= f.want):
+        reason: str = Reason.ROLLING_OUT
+        msg = (
+            f"rolling out revision {f.revision}: {f.updated}/{f.want} updated, "
+            f"{f.ready}/{f.want} ready"
+        )
+    elif f.total != f.want:
+        reason = Reason.SCALING
+        msg = f"scaling from {f.total} to {f.want} replicas; {f.ready} ready"
+    else:
+        reason, msg = Reason.PODS_NOT_READY, _ready_count(f)
+    if f.blocked:
+        # Not GPUs (handled above): e.g. a missing model PVC. Say what the scheduler said.
+        msg += (
+            f"; {_plural(len(f.blocked), 'pod')} unschedulable: "
+            f"{f.blocked[0].unschedulable_message}"
+        )
+    return Verdict(reason, msg, RECONCILING)
+
+
+#: The chain, first say wins (cert-manager's readiness policy chain).
+CHECKS: Final[tuple[Callable[[Facts], Verdict | None], ...]] = (
+    check_rollout_stalled,
+    check_insufficient_gpu,
+    check_progress_deadline,
+    check_rolling_out,
+    check_rolled_out,
+    check_converging,
+)
+
+
+def first_verdict(f: Facts) -> Verdict:
+    for check in CHECKS:
+        verdict = check(f)
+        if verdict is not None:
+            return verdict
+    raise AssertionError("check_converging always answers")  # pragma: no cover
+
+
+def conditions_for(v: Verdict) -> list[Condition]:
+    """Ready, Reconciling and Stalled from one verdict."""
+    ready_msg = v.ready_message or v.message
+    not_stalled = Condition(ConditionType.STALLED, "False", Reason.RECONCILED, "")
+    if v.state == READY:
         return [
-            Condition(
-                ready_t,
-                "False",
-                Reason.PROGRESS_DEADLINE_EXCEEDED,
-                f"{ready}/{want} replicas ready; {msg}",
-            ),
-            Condition(rec_t, "False", Reason.PROGRESS_DEADLINE_EXCEEDED, msg),
-            Condition(stalled_t, "True", Reason.PROGRESS_DEADLINE_EXCEEDED, msg),
-        ]
-    not_stalled = Condition(stalled_t, "False", Reason.RECONCILED, "")
-    if rolled_out:
-        if want == 0:
-            reason = Reason.SUSPENDED if obs.suspended else Reason.AVAILABLE
-            msg = "suspended: scaled to zero, GPUs released" if obs.suspended else "scaled to zero"
-        else:
-            reason, msg = Reason.AVAILABLE, f"{ready}/{want} replicas ready"
-        return [
-            Condition(ready_t, "True", reason, msg),
-            Condition(rec_t, "False", Reason.RECONCILED, f"revision {obs.revision} rolled out"),
+            Condition(ConditionType.READY, "True", v.reason, v.message),
+            Condition(ConditionType.RECONCILING, "False", Reason.RECONCILED, v.settled_message),
             not_stalled,
         ]
-    if updated < total or (dep_seen and updated < want and total >= want):
-        reason = Reason.ROLLING_OUT
-        msg = f"rolling out revision {obs.revision}: {updated}/{want} updated, {ready}/{want} ready"
-    elif total != want:
-        reason = Reason.SCALING
-        msg = f"scaling from {total} to {want} replicas; {ready} ready"
-    else:
-        reason = Reason.PODS_NOT_READY
-        msg = f"{ready}/{want} replicas ready"
-    blocked = [p for p in current_pods if p.unschedulable_message]
-    if blocked:
-        # Not GPUs (handled above): e.g. a missing model PVC. Say what the scheduler said.
-        msg += f"; {_plural(len(blocked), 'pod')} unschedulable: {blocked[0].unschedulable_message}"
+    if v.state == STALLED:
+        return [
+            Condition(ConditionType.READY, "True" if v.ready else "False", v.reason, ready_msg),
+            Condition(ConditionType.RECONCILING, "False", v.reason, v.message),
+            Condition(ConditionType.STALLED, "True", v.reason, v.message),
+        ]
     return [
-        Condition(ready_t, "False", reason, msg),
-        Condition(rec_t, "True", reason, msg),
+        Condition(ConditionType.READY, "False", v.reason, ready_msg),
+        Condition(ConditionType.RECONCILING, "True", v.reason, v.message),
         not_stalled,
     ]
+
+
+def evaluate(obs: Observation) -> list[Condition]:
+    """The conditions for one observation."""
+    return conditions_for(first_verdict(facts_of(obs)))
 
 
 def build_status(
@@ -176,26 +305,32 @@ def build_status(
     restarted operator keeps showing the last decision).
     """
     previous = previous or {}
-    dstat = (obs.deployment or {}).get("status", {})
-    conditions = evaluate(obs) + list(extra_conditions)
-    rolled = any(
-        c.type == ConditionType.READY and c.status == "True" and c.reason != Reason.INSUFFICIENT_GPU
-        for c in conditions
-    )
+    counts = {"replicas": 0, "readyReplicas": 0, "updatedReplicas": 0, "availableReplicas": 0}
+    for dep in (obs.deployment, obs.canary_deployment):
+        for name in counts:
+            counts[name] += int((dep or {}).get("status", {}).get(name, 0))
+    verdict = first_verdict(facts_of(obs))
+    conditions = conditions_for(verdict) + list(extra_conditions)
+    current: str | None
+    if obs.current_revision is not None:
+        current = obs.current_revision
+    else:
+        current = obs.revision if verdict.state == READY else previous.get("currentRevision")
     status: dict[str, Any] = {
         "observedGeneration": obs.generation,
-        "replicas": int(dstat.get("replicas", 0)),
-        "readyReplicas": int(dstat.get("readyReplicas", 0)),
-        "updatedReplicas": int(dstat.get("updatedReplicas", 0)),
-        "availableReplicas": int(dstat.get("availableReplicas", 0)),
+        **counts,
         "desiredReplicas": obs.desired_replicas,
         "selector": obs.selector,
         "endpoint": obs.endpoint,
         "updateRevision": obs.revision,
-        "currentRevision": obs.revision if rolled else previous.get("currentRevision"),
+        "currentRevision": current,
         "conditions": merge(previous.get("conditions", []), conditions, obs.generation, now),
     }
     block = autoscaler if autoscaler is not None else previous.get("autoscaler")
     if block:
         status["autoscaler"] = dict(block)
+    if obs.rollout_status is not None:
+        status["rollout"] = dict(obs.rollout_status)
+    if obs.revisions:
+        status["revisions"] = [dict(r) for r in obs.revisions]
     return {k: v for k, v in status.items() if v is not None}

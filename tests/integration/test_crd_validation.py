@@ -96,6 +96,58 @@ BAD = {
         llmd(worker={"gpus": 1}),
         ['unknown field "spec.worker.gpus"'],
     ),
+    "canary steps that do not increase": (
+        llmd(rollout={"strategy": "Canary", "canary": {"steps": [{"weight": 50}, {"weight": 20}]}}),
+        ["spec.rollout.canary.steps", api.STEPS_INCREASING_MESSAGE],
+    ),
+    "canary steps with a repeated weight": (
+        llmd(rollout={"strategy": "Canary", "canary": {"steps": [{"weight": 20}, {"weight": 20}]}}),
+        ["spec.rollout.canary.steps", api.STEPS_INCREASING_MESSAGE],
+    ),
+    "canary step above 100": (
+        llmd(rollout={"strategy": "Canary", "canary": {"steps": [{"weight": 150}]}}),
+        ["spec.rollout.canary.steps[0].weight", "less than or equal to 100"],
+    ),
+    "no canary steps": (
+        llmd(rollout={"strategy": "Canary", "canary": {"steps": []}}),
+        ["spec.rollout.canary.steps", "at least 1 items"],
+    ),
+    "error ratio above 1": (
+        llmd(rollout={"strategy": "Canary", "canary": {"analysis": {"maxErrorRatio": 1.5}}}),
+        ["spec.rollout.canary.analysis.maxErrorRatio", "less than or equal to 1"],
+    ),
+    "negative error ratio": (
+        llmd(rollout={"strategy": "Canary", "canary": {"analysis": {"maxErrorRatio": -0.1}}}),
+        ["spec.rollout.canary.analysis.maxErrorRatio", "greater than or equal to 0"],
+    ),
+    "failure limit of zero": (
+        llmd(rollout={"strategy": "Canary", "canary": {"analysis": {"failureLimit": 0}}}),
+        ["spec.rollout.canary.analysis.failureLimit", "greater than or equal to 1"],
+    ),
+    "negative minRequests": (
+        llmd(rollout={"strategy": "Canary", "canary": {"analysis": {"minRequests": -1}}}),
+        ["spec.rollout.canary.analysis.minRequests", "greater than or equal to 0"],
+    ),
+    "paused with RollingUpdate": (
+        llmd(rollout={"strategy": "RollingUpdate", "paused": True}),
+        ["spec.rollout.paused", api.PAUSED_NEEDS_CANARY_MESSAGE],
+    ),
+    "paused with the default strategy": (
+        llmd(rollout={"paused": True}),
+        ["spec.rollout.paused", api.PAUSED_NEEDS_CANARY_MESSAGE],
+    ),
+    "canary settings with RollingUpdate": (
+        llmd(rollout={"canary": {"steps": [{"weight": 10}]}}),
+        ["spec.rollout.canary", api.CANARY_NEEDS_STRATEGY_MESSAGE],
+    ),
+    "canary of a vllm worker": (
+        llmd(rollout={"strategy": "Canary"}, worker={"engine": "vllm"}),
+        ["spec.rollout.strategy", api.CANARY_NEEDS_LLMFLEET_MESSAGE],
+    ),
+    "zero progress deadline": (
+        llmd(rollout={"progressDeadlineSeconds": 0}),
+        ["spec.rollout.progressDeadlineSeconds", "greater than 0"],
+    ),
     "cpu that is not a quantity": (
         llmd(worker={"resources": {"cpu": "lots"}}),
         ["spec.worker.resources.cpu", "should match"],
@@ -143,7 +195,12 @@ def test_good_manifest_gets_the_model_defaults(kube: Kubectl) -> None:
     }
     assert stored["worker"]["image"] == api.DEFAULT_WORKER_IMAGE
     assert stored["model"]["maxModelLen"] == 2048
-    assert stored["rollout"] == {"strategy": "RollingUpdate", "progressDeadlineSeconds": 900}
+    assert stored["rollout"] == {
+        "strategy": "RollingUpdate",
+        "progressDeadlineSeconds": 900,
+        "allowDowntime": False,
+        "paused": False,
+    }
     assert stored["service"] == {"port": 8000, "type": "ClusterIP"}
     assert stored["suspend"] is False
     assert "replicas" not in stored  # no default: only Manual/External users set it
@@ -160,7 +217,13 @@ def test_canary_defaults_reach_into_lists(kube: Kubectl) -> None:
         {"weight": 10, "pauseSeconds": 60},
         {"weight": 50, "pauseSeconds": 60},
     ]
-    assert canary["analysis"] == {"maxErrorRatio": 0.05, "maxTtftRatio": 1.5, "intervalSeconds": 30}
+    assert canary["analysis"] == {
+        "maxErrorRatio": 0.05,
+        "maxTtftRatio": 1.5,
+        "intervalSeconds": 30,
+        "minRequests": 20,
+        "failureLimit": 2,
+    }
 
 
 def test_kubectl_scale_in_manual_mode(kube: Kubectl) -> None:
@@ -212,6 +275,8 @@ def test_status_subresource_and_printer_columns(kube: Kubectl) -> None:
         "READY": "1",
         "DESIRED": "2",
         "STATUS": "False",
+        "ROLLOUT": "",
+        "CANARY": "",
         "AGE": row["AGE"],
     }
     [wide] = table(kube("get", "llmd", "-o", "wide").stdout)

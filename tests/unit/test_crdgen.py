@@ -219,6 +219,8 @@ def test_printer_columns(crd: dict[str, Any]) -> None:
         ("Ready", ".status.readyReplicas"),
         ("Desired", ".status.desiredReplicas"),
         ("Status", '.status.conditions[?(@.type=="Ready")].status'),
+        ("Rollout", ".status.rollout.phase"),
+        ("Canary", ".status.rollout.canaryWeight"),
         ("Age", ".metadata.creationTimestamp"),
     ]
     wide = {c["name"]: c["jsonPath"] for c in columns if c.get("priority", 0) == 1}
@@ -238,7 +240,14 @@ def test_cel_rules_sit_where_their_messages_say(schema: dict[str, Any]) -> None:
         api.MODEL_URI_MESSAGE,
         api.MODEL_NAME_MESSAGE,
         api.OBJECT_NAME_MESSAGE,
+        api.STEPS_INCREASING_MESSAGE,
+        api.PAUSED_NEEDS_CANARY_MESSAGE,
+        api.CANARY_NEEDS_STRATEGY_MESSAGE,
+        api.CANARY_NEEDS_LLMFLEET_MESSAGE,
     }
+    assert rules[api.STEPS_INCREASING_MESSAGE][0] == ".spec.rollout.canary.steps"
+    assert rules[api.PAUSED_NEEDS_CANARY_MESSAGE][1]["fieldPath"] == ".paused"
+    assert rules[api.CANARY_NEEDS_STRATEGY_MESSAGE][1]["fieldPath"] == ".canary"
     assert rules[api.MAX_REPLICAS_MESSAGE][0] == ".spec.autoscaling"
     assert rules[api.MAX_REPLICAS_MESSAGE][1]["fieldPath"] == ".maxReplicas"
     assert rules[api.REPLICAS_BUILTIN_MESSAGE][0] == ".spec"

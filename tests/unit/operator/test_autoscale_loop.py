@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from llmfleet_operator.autoscale_loop import AutoscaleLoop
-from llmfleet_operator.reconciler import Cache
+from llmfleet_operator.cache import Cache
 
 
 class FakeKube:

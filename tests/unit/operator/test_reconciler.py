@@ -9,7 +9,8 @@ import copy
 from datetime import UTC, datetime
 from typing import Any
 
-from llmfleet_operator.reconciler import Cache, Reconciler
+from llmfleet_operator.cache import Cache
+from llmfleet_operator.reconciler import Reconciler
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 

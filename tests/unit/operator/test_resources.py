@@ -153,7 +153,7 @@ def test_plan_reverts_manual_edits_recreates_deleted_and_deletes_unwanted() -> N
     dep["spec"]["replicas"] = 5  # someone scaled the Deployment by hand
     pdb = desired_children(OWNER, spec(), 2, "r")[2]
     plan = plan_children(desired, [dep, pdb], MANAGED_KINDS)
-    assert [o["kind"] for o in plan.apply] == ["Deployment", "Service"]
+    assert [a.obj["kind"] for a in plan.apply] == ["Deployment", "Service"]
     assert [o["kind"] for o in plan.delete] == ["PodDisruptionBudget"]
     assert not is_subset(desired[0], dep)
 

@@ -1,0 +1,81 @@
+"""The informer cache: what the watch streams have told us about LLMDeployments and their
+children, keyed by owner. Reconciling and the autoscaler read it; only watch events and the
+reconciler's own writes change it."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmfleet_operator.api import API_VERSION, KIND, LABEL_DEPLOYMENT, LLMDeploymentSpec, parse_spec
+from llmfleet_operator.plan import child_key
+
+Key = tuple[str, str]  # (namespace, LLMDeployment name)
+ChildKey = tuple[str, str, str]  # (apiVersion, kind, name)
+
+
+def owner_key_of_child(obj: Mapping[str, Any]) -> Key | None:
+    """The LLMDeployment a child belongs to (by controller ownerReference, then label)."""
+    meta = obj.get("metadata", {})
+    for ref in meta.get("ownerReferences", []) or []:
+        if ref.get("kind") == KIND and ref.get("apiVersion") == API_VERSION:
+            return (meta["namespace"], ref["name"])
+    name = (meta.get("labels") or {}).get(LABEL_DEPLOYMENT)
+    return (meta["namespace"], name) if name else None
+
+
+@dataclass
+class Cache:
+    """What the watches have told us, keyed by owner."""
+
+    llmds: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    children: dict[Key, dict[ChildKey, dict[str, Any]]] = field(default_factory=dict)
+    pods: dict[Key, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    # Parsed specs by (key, generation): the spec changes only with the generation, and the
+    # autoscaler looks at every object each interval.
+    _specs: dict[Key, tuple[int, LLMDeploymentSpec]] = field(default_factory=dict)
+
+    def spec_of(self, key: Key, body: Mapping[str, Any]) -> LLMDeploymentSpec:
+        """The typed spec of ``body`` (raises pydantic's ValidationError)."""
+        generation = int(body["metadata"].get("generation", 0))
+        cached = self._specs.get(key)
+        if cached is not None and cached[0] == generation:
+            return cached[1]
+        spec = parse_spec(body)
+        self._specs[key] = (generation, spec)
+        return spec
+
+    def observe_llmd(self, event: str | None, body: Mapping[str, Any]) -> Key:
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        if event == "DELETED":
+            self.llmds.pop(key, None)
+            self._specs.pop(key, None)
+        else:
+            self.llmds[key] = copy.deepcopy(dict(body))
+        return key
+
+    def observe_child(self, event: str | None, body: Mapping[str, Any]) -> Key | None:
+        key = owner_key_of_child(body)
+        if key is None:
+            return None
+        if body.get("kind") == "Pod":
+            pods = self.pods.setdefault(key, {})
+            name = body["metadata"]["name"]
+            if event == "DELETED":
+                pods.pop(name, None)
+            else:
+                pods[name] = copy.deepcopy(dict(body))
+            return key
+        children = self.children.setdefault(key, {})
+        ck = child_key(body)
+        if event == "DELETED":
+            children.pop(ck, None)
+        else:
+            children[ck] = copy.deepcopy(dict(body))
+        return key
+
+    def put_child(self, key: Key, body: Mapping[str, Any]) -> None:
+        self.children.setdefault(key, {})[child_key(body)] = copy.deepcopy(dict(body))
