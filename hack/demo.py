@@ -258,8 +258,10 @@ def autoscaling_demo(cluster: LocalCluster, sd_file: Path) -> str:
     )
     cluster.prepare_namespace(BURST_NAMESPACE)
     start_pod_backer(cluster, sd_file)
+    # backed: its pods are Ready only once their real workers serve, so "ready pods" below
+    # counts workers that can take requests, not pods that were merely scheduled.
     manifest = tiny_llmdeployment(
-        BURST_NAME, BURST_NAMESPACE, scaleDownStabilizationSeconds=STABILIZATION
+        BURST_NAME, BURST_NAMESPACE, backed=True, scaleDownStabilizationSeconds=STABILIZATION
     )
     print(cluster.kubectl("apply", "-f", "-", stdin=json.dumps(manifest)).stdout.strip())
     print(

@@ -5,7 +5,9 @@ Starts etcd, kube-apiserver (RBAC, ServiceAccount tokens, PodSecurity admission)
 kube-controller-manager, kube-scheduler and kwok as host processes on free loopback ports,
 and registers kwok nodes that advertise ``nvidia.com/gpu`` capacity. The scheduler really
 places pods and really leaves them Pending when GPUs run out; kwok marks scheduled pods
-Running and Ready, except pods annotated ``sim.llmfleet.io/never-ready: "true"``.
+Running and Ready, except pods annotated ``sim.llmfleet.io/never-ready: "true"`` (Running,
+never Ready) and ``sim.llmfleet.io/backed: "true"`` (Running, not Ready until the pod backer,
+``hack/podbacker.py``, sees the real worker behind the pod answer ``/ready``).
 
 Standard library only (plus the ``openssl`` command for certificates), so it runs before any
 virtual environment exists. Used by ``make cluster-up``/``cluster-down`` and by the pytest
@@ -39,6 +41,9 @@ ROOT = HACK.parent
 
 GPU_RESOURCE = "nvidia.com/gpu"
 NEVER_READY_ANNOTATION = "sim.llmfleet.io/never-ready"
+#: A pod the pod backer backs with a real worker: its Ready condition follows that worker's
+#: /ready instead of being set by kwok at scheduling (hack/kwok/stages.yaml).
+BACKED_ANNOTATION = "sim.llmfleet.io/backed"
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 # Order matters: started in this order, stopped in reverse.
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
@@ -174,16 +179,25 @@ def operator_command(
     return cmd
 
 
-def tiny_llmdeployment(name: str, namespace: str, **autoscaling: object) -> dict[str, object]:
+def tiny_llmdeployment(
+    name: str, namespace: str, *, backed: bool = False, **autoscaling: object
+) -> dict[str, object]:
     """An LLMDeployment of the tiny model on one GPU, autoscaled by the operator (Builtin),
-    for the demo and the benchmarks; ``autoscaling`` overrides the small defaults."""
+    for the demo and the benchmarks; ``autoscaling`` overrides the small defaults.
+
+    ``backed``: its pods carry :data:`BACKED_ANNOTATION`, so they are Ready only while the
+    pod backer's worker behind them is (set it where a pod backer runs for the namespace;
+    without one such pods never become Ready)."""
+    worker: dict[str, object] = {"resources": {"gpus": 1, "cpu": "1", "memory": "1Gi"}}
+    if backed:
+        worker["podAnnotations"] = {BACKED_ANNOTATION: "true"}
     return {
         "apiVersion": "llmfleet.io/v1alpha1",
         "kind": "LLMDeployment",
         "metadata": {"name": name, "namespace": namespace},
         "spec": {
             "model": {"uri": "pvc://models/tiny"},
-            "worker": {"resources": {"gpus": 1, "cpu": "1", "memory": "1Gi"}},
+            "worker": worker,
             "autoscaling": {
                 "minReplicas": 1,
                 "maxReplicas": 4,

@@ -8,6 +8,14 @@ on the host (a tiny model, a free loopback port); when the pod terminates or goe
 sends that process SIGTERM (the worker drains and exits 0) and reaps it. A process that
 dies while its pod still runs is restarted with a back-off, as a kubelet would.
 
+Readiness, as a kubelet's readiness probe would set it: kwok makes a pod annotated
+``sim.llmfleet.io/backed: "true"`` Running but not Ready (``hack/kwok/stages.yaml``), and the
+backer patches that pod's status (conditions ``Ready`` and ``ContainersReady``, the
+containers' ``ready``) to True while its worker's ``/ready`` answers 200, and back to False
+when it answers not-ready, drains, or dies. It patches only on a change, and on stopping it
+marks the pods it had made Ready not Ready again (nothing serves behind them any more). Pods
+without the annotation are left as kwok made them (Ready at once).
+
 It also provides what the cluster network and a PodMonitor would:
 
 * a Prometheus file-based service discovery file (``file_sd/workers.json``, replaced
@@ -55,14 +63,20 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from localcluster import ROOT, _die_with_parent, free_port
+from localcluster import (
+    BACKED_ANNOTATION,
+    NEVER_READY_ANNOTATION,
+    ROOT,
+    _die_with_parent,
+    free_port,
+)
 
 log = logging.getLogger("podbacker")
 
@@ -70,6 +84,9 @@ LABEL_DEPLOYMENT = "llmfleet.io/deployment"
 LABEL_REVISION = "llmfleet.io/revision"
 LLMD_API = "/apis/llmfleet.io/v1alpha1"
 WORKER_CONTAINER = "worker"
+#: The pod conditions a passing readiness probe sets (kubelet: status.generateAPIPodStatus).
+READINESS_CONDITIONS = ("Ready", "ContainersReady")
+NOT_READY_REASON = "ContainersNotReady"
 #: Pod env the host must own: paths, addresses and devices inside a pod mean nothing here.
 HOST_OWNED_ENV = frozenset(
     {
@@ -123,6 +140,12 @@ class PodView:
     node: str
     terminating: bool
     env: tuple[tuple[str, str], ...]
+    #: Annotated BACKED_ANNOTATION (and not never-ready): the backer owns its readiness.
+    backed: bool = False
+    #: Its Ready condition is True right now.
+    ready: bool = False
+    #: status.containerStatuses as listed: a status patch replaces that list as a whole.
+    container_statuses: tuple[dict[str, Any], ...] = field(default=(), compare=False)
 
     @classmethod
     def from_object(cls, pod: dict[str, Any]) -> PodView:
@@ -136,16 +159,24 @@ class PodView:
             for e in (container or containers[0]).get("env") or []
             if "value" in e  # valueFrom (secrets, field refs) cannot be resolved here
         ]
+        annotations = meta.get("annotations") or {}
+        status = pod.get("status") or {}
+        conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
         return cls(
             namespace=meta.get("namespace", ""),
             name=meta.get("name", ""),
             uid=meta.get("uid", ""),
             llmdeployment=labels.get(LABEL_DEPLOYMENT, ""),
             revision=labels.get(LABEL_REVISION, ""),
-            phase=pod.get("status", {}).get("phase", ""),
+            phase=status.get("phase", ""),
             node=spec.get("nodeName") or "",
             terminating=meta.get("deletionTimestamp") is not None,
             env=tuple(env),
+            # never-ready wins, as in the kwok stages: such a pod must stay unready.
+            backed=annotations.get(BACKED_ANNOTATION) == "true"
+            and NEVER_READY_ANNOTATION not in annotations,
+            ready=conditions.get("Ready") == "True",
+            container_statuses=tuple(status.get("containerStatuses") or ()),
         )
 
     @property
@@ -201,6 +232,19 @@ class ExitedWorker:
     log_path: Path
 
 
+@dataclass(frozen=True)
+class ReadinessPatch:
+    """One change the backer made to a backed pod's Ready condition."""
+
+    namespace: str
+    pod: str
+    ready: bool
+    #: The worker's state when the backer decided (``none``: no worker process right now).
+    worker_state: str
+    #: time.time() when the API server accepted the patch
+    at: float
+
+
 class _Worker:
     def __init__(self, pod: PodView, port: int, proc: subprocess.Popen[bytes], log_path: Path):
         self.pod = pod
@@ -233,7 +277,8 @@ class _Worker:
 
 # --- the API server ----------------------------------------------------------------------------
 class KubeClient:
-    """Just enough of a Kubernetes client: list calls authenticated from a kubeconfig."""
+    """Just enough of a Kubernetes client: list and patch calls authenticated from a
+    kubeconfig."""
 
     def __init__(self, kubeconfig: Path, state_dir: Path, kubectl: str | None = None) -> None:
         text = kubeconfig.read_text()
@@ -305,6 +350,28 @@ class KubeClient:
             items: list[dict[str, Any]] = (await r.json()).get("items") or []
             return items
 
+    async def patch(
+        self,
+        session: aiohttp.ClientSession,
+        path: str,
+        body: dict[str, Any],
+        content_type: str = "application/strategic-merge-patch+json",
+    ) -> dict[str, Any] | None:
+        """PATCH ``path`` (a pod's ``.../status``, say); the updated object, None on 404."""
+        async with session.patch(
+            self.server + path,
+            data=json.dumps(body),
+            ssl=self.ssl,
+            headers={**self.headers, "Content-Type": content_type},
+            timeout=aiohttp.ClientTimeout(total=10),
+        ) as r:
+            if r.status == 404:
+                return None
+            if r.status != 200:
+                raise BackerError(f"PATCH {path}: {r.status} {(await r.text())[:300]}")
+            obj: dict[str, Any] = await r.json()
+            return obj
+
 
 def _named(entries: list[dict[str, Any]], name: object, what: str) -> dict[str, Any]:
     for entry in entries:
@@ -365,6 +432,10 @@ class PodBacker:
         self._failure: BaseException | None = None
         self.last_error: str | None = None
         self._written: dict[Path, str] = {}
+        self._backed: dict[str, PodView] = {}  # by pod uid, as last listed or patched
+        self._patches: list[ReadinessPatch] = []
+        self._rounds = 0
+        self._kick: asyncio.Event | None = None
 
     # --- lifecycle --------------------------------------------------------------------------
     def start(self, timeout: float = 30.0) -> PodBacker:
@@ -393,12 +464,14 @@ class PodBacker:
 
     def stop(self, timeout: float | None = None) -> None:
         """Drain and reap every worker, close the balancers, clear the discovery file."""
-        thread, loop, stopping = self._thread, self._loop, self._stopping
+        thread, loop, stopping, kick = self._thread, self._loop, self._stopping, self._kick
         if thread is None:
             return
         if loop is not None and stopping is not None and thread.is_alive():
             with contextlib.suppress(RuntimeError):  # the loop closed in the meantime
                 loop.call_soon_threadsafe(stopping.set)
+                if kick is not None:
+                    loop.call_soon_threadsafe(kick.set)
         thread.join(timeout if timeout is not None else self.drain_timeout + 30)
         if thread.is_alive():
             raise BackerError("the pod backer's loop did not stop")
@@ -450,6 +523,18 @@ class PodBacker:
             if namespace in (None, e.namespace) and llmdeployment in (None, e.llmdeployment)
         ]
 
+    def readiness_patches(self, namespace: str | None = None) -> list[ReadinessPatch]:
+        """Every change the backer made to a backed pod's Ready condition, oldest first."""
+        with self._lock:
+            patches = list(self._patches)
+        return [p for p in patches if namespace in (None, p.namespace)]
+
+    @property
+    def rounds(self) -> int:
+        """Pod lists acted on so far (readiness included): a test waits for a few more to
+        know that the backer has looked again, instead of sleeping."""
+        return self._rounds
+
     def endpoint(self, namespace: str, llmdeployment: str) -> str | None:
         """The load balancer's base URL (``http://127.0.0.1:PORT``), once it exists."""
         return self.endpoints().get(f"{namespace}/{llmdeployment}")
@@ -481,6 +566,7 @@ class PodBacker:
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
+        self._kick = asyncio.Event()
         kube_session = aiohttp.ClientSession()
         # auto_decompress=False: bodies pass through byte for byte with their encoding.
         self._http = aiohttp.ClientSession(
@@ -494,14 +580,17 @@ class PodBacker:
                 probe.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await probe
-                await self._shutdown()  # on failure too: drain workers, close balancers
+                # On failure too: unready the pods, drain workers, close balancers.
+                await self._shutdown(kube_session)
         finally:
             await self._http.close()
             await kube_session.close()
 
     async def _sync_loop(self, session: aiohttp.ClientSession) -> None:
         assert self._stopping is not None
+        assert self._kick is not None
         while not self._stopping.is_set():
+            pods: list[PodView] | None = None
             try:
                 pods, llmds = await self._list(session)
             except (aiohttp.ClientError, TimeoutError, BackerError, ValueError) as e:
@@ -513,9 +602,15 @@ class PodBacker:
                 await self._reconcile(pods, llmds)
                 self._synced.set()
             self._reap()
+            if pods is not None:
+                # After reaping, so that a worker that just died unreadies its pod now.
+                await self._sync_readiness(session, pods)
+                self._rounds += 1
             self._publish()
+            # A worker's state change (the probe loop) kicks: readiness follows at once.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.poll_interval)
+                await asyncio.wait_for(self._kick.wait(), self.poll_interval)
+            self._kick.clear()
 
     async def _list(
         self, session: aiohttp.ClientSession
@@ -562,6 +657,71 @@ class PodBacker:
             with self._lock:
                 balancer = self._balancers.pop(key)
             await balancer.close()
+
+    # --- readiness (loop thread only) ---------------------------------------------------------
+    async def _sync_readiness(self, session: aiohttp.ClientSession, pods: list[PodView]) -> None:
+        """Set each backed pod's Ready to its worker's: True exactly while it is "ready".
+
+        The pods were listed in this round, after the previous round's patches were answered,
+        so comparing with them patches only what changed. Terminating pods are left alone:
+        kwok deletes them at once, and their endpoints are already gone.
+        """
+        self._backed = {p.uid: p for p in pods if p.backed and p.wants_worker}
+        for pod in list(self._backed.values()):
+            worker = self._workers.get(pod.uid)
+            state = worker.state if worker is not None else "none"
+            if (state == "ready") != pod.ready:
+                await self._patch_readiness(session, pod, state == "ready", state)
+
+    async def _patch_readiness(
+        self, session: aiohttp.ClientSession, pod: PodView, ready: bool, state: str
+    ) -> None:
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        # Strategic merge: conditions merge by type (the others stay); null removes the
+        # reason and message a not-ready condition carried.
+        reason, message = (None, None) if ready else (NOT_READY_REASON, _not_ready_message(state))
+        conditions = [
+            {
+                "type": kind,
+                "status": "True" if ready else "False",
+                "lastTransitionTime": now,
+                "reason": reason,
+                "message": message,
+            }
+            for kind in READINESS_CONDITIONS
+        ]
+        status: dict[str, Any] = {"conditions": conditions}
+        if pod.container_statuses:
+            # containerStatuses has no merge key: the whole list is replaced, so send it all.
+            status["containerStatuses"] = [{**c, "ready": ready} for c in pod.container_statuses]
+        path = f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}/status"
+        try:
+            updated = await self._kube.patch(session, path, {"status": status})
+        except (aiohttp.ClientError, TimeoutError, BackerError, ValueError) as e:
+            # Not recorded: the next round lists the pod unchanged and tries again.
+            log.warning("pod %s/%s: setting Ready=%s failed: %s", pod.namespace, pod.name, ready, e)
+            return
+        if updated is None:  # the pod went away meanwhile
+            self._backed.pop(pod.uid, None)
+            return
+        self._backed[pod.uid] = PodView.from_object(updated)
+        with self._lock:
+            self._patches.append(ReadinessPatch(pod.namespace, pod.name, ready, state, time.time()))
+        log.info("pod %s/%s: Ready=%s (worker %s)", pod.namespace, pod.name, ready, state)
+
+    async def _unready_all(self, session: aiohttp.ClientSession) -> None:
+        """On stopping: nothing will serve behind the pods the backer made Ready."""
+        ready = [p for p in self._backed.values() if p.ready]
+        if not ready:
+            return
+        # Bounded: when the API server is the reason the loop stops, draining must not wait.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                asyncio.gather(
+                    *(self._patch_readiness(session, p, False, "draining") for p in ready)
+                ),
+                timeout=5.0,
+            )
 
     def _spawn(self, pod: PodView) -> None:
         port = free_port()
@@ -686,6 +846,8 @@ class PodBacker:
                 log.info("pod %s/%s: worker %s", worker.pod.namespace, worker.pod.name, state)
         if changed:
             self._publish()
+            if self._kick is not None:
+                self._kick.set()
 
     async def _probe(self, worker: _Worker) -> bool | None:
         """True: ready; False: answered not-ready or refused; None: no answer in time."""
@@ -726,7 +888,8 @@ class PodBacker:
         os.replace(tmp, path)
         self._written[path] = text
 
-    async def _shutdown(self) -> None:
+    async def _shutdown(self, kube_session: aiohttp.ClientSession) -> None:
+        await self._unready_all(kube_session)
         for worker in list(self._workers.values()):
             if worker.state != "draining":
                 self._terminate(worker, "the pod backer is stopping")
@@ -855,6 +1018,16 @@ class _Balancer:
                 upstream.release()
             else:
                 upstream.close()
+
+
+def _not_ready_message(state: str) -> str:
+    """The Ready=False message for a backed pod whose worker is in ``state``."""
+    return {
+        "starting": "simulated: waiting for the backing worker's /ready",
+        "unready": "simulated: the backing worker's /ready answers not ready",
+        "draining": "simulated: the backing worker is shutting down",
+        "killed": "simulated: the backing worker is shutting down",
+    }.get(state, "simulated: the backing worker exited; restarting it")
 
 
 def _error(status: int, message: str) -> web.Response:

@@ -24,8 +24,9 @@ from llmfleet_operator import metrics, promql
 from llmfleet_operator.api import ConditionType, LLMDeploymentSpec, Reason
 from llmfleet_operator.autoscaler import Decision, Fleet, History, Policy, Signals, Why, decide
 from llmfleet_operator.cache import Cache, Key
-from llmfleet_operator.capacity import GpuCapacity, pod_info
+from llmfleet_operator.capacity import GpuCapacity
 from llmfleet_operator.conditions import Condition, rfc3339
+from llmfleet_operator.fleet import FleetObservation, observe_fleet
 from llmfleet_operator.k8s import Kube
 from llmfleet_operator.prometheus import PrometheusError, query_prometheus
 
@@ -197,20 +198,28 @@ class AutoscaleLoop:
 
     def _fleet_of(
         self, key: Key, body: Mapping[str, Any], spec: LLMDeploymentSpec, st: ScaleState
-    ) -> Fleet:
-        dep = self.cache.children.get(key, {}).get(("apps/v1", "Deployment", key[1]))
+    ) -> tuple[Fleet, FleetObservation]:
+        deps = [
+            d
+            for (_, kind, _), d in self.cache.children.get(key, {}).items()
+            if kind == "Deployment"
+        ]
         decided = (body.get("status") or {}).get("desiredReplicas")
         current = st.wants if st.wants is not None else decided
         if current is None:
-            current = int(dep["spec"].get("replicas", 0)) if dep else spec.autoscaling.min_replicas
-        ready = int((dep or {}).get("status", {}).get("readyReplicas", 0))
-        resource = spec.worker.resources.gpu_resource_name
-        pending = sum(
-            1
-            for p in self.cache.pods.get(key, {}).values()
-            if (info := pod_info(p, resource, "")).waiting_for_gpu and not info.terminating
+            current = (
+                sum(int(d["spec"].get("replicas", 0)) for d in deps)
+                if deps
+                else spec.autoscaling.min_replicas
+            )
+        observed = observe_fleet(
+            self.cache.pods.get(key, {}).values(), spec.worker.resources.gpu_resource_name
         )
-        return Fleet(current=current, ready=ready, pending_for_gpu=pending)
+        # Every track counts: during a canary the fleet is stable + candidate pods.
+        fleet = Fleet(
+            current=current, ready=observed.ready, pending_for_gpu=observed.waiting_for_gpu
+        )
+        return fleet, observed
 
     async def _evaluate(
         self,
@@ -233,7 +242,7 @@ class AutoscaleLoop:
             stabilization_seconds=float(a.scale_down_stabilization_seconds),
             suspended=spec.suspend,
         )
-        fleet = self._fleet_of(key, body, spec, st)
+        fleet, observed = self._fleet_of(key, body, spec, st)
         # A scale-up must fit on free GPUs: look at capacity only when one is possible.
         gpus = spec.worker.resources.gpus
         if (
@@ -248,13 +257,7 @@ class AutoscaleLoop:
             cap = capacities[resource]
             if cap is not None:
                 # Pods asked for but not yet placed will take GPUs too.
-                placed = sum(
-                    1
-                    for p in self.cache.pods.get(key, {}).values()
-                    if p.get("spec", {}).get("nodeName")
-                    and not p["metadata"].get("deletionTimestamp")
-                )
-                unplaced = max(0, fleet.current - placed)
+                unplaced = max(0, fleet.current - observed.placed)
                 headroom = max(0, cap.fits(gpus) - unplaced)
                 fleet = Fleet(fleet.current, fleet.ready, fleet.pending_for_gpu, headroom)
         decision = decide(policy, fleet, signals, st.history, now)

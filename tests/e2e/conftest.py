@@ -6,6 +6,12 @@ staying put is what lets a test stop and restart it); the pod backer is per test
 watches only the test's namespace, so every test starts with no worker processes and its
 own are drained and reaped before the next test begins. Both meet in one file-based
 service discovery file.
+
+Every LLMDeployment that ``apply_llmd`` applies is backed (``sim.llmfleet.io/backed``): its
+pods are Ready only while their real workers' ``/ready`` is, as on a real cluster. The
+workers are the faulty test worker (``tests/support/faulty_worker.py``), which is the real
+worker unless the LLMDeployment's ``worker.env`` sets a fault, e.g.
+``apply_llmd("canary", worker={"env": [{"name": "SIM_FAIL_RATIO", "value": "0.5"}]})``.
 """
 
 from __future__ import annotations
@@ -17,8 +23,9 @@ from typing import Any
 
 import pytest
 
-from localcluster import LocalCluster
+from localcluster import BACKED_ANNOTATION, LocalCluster
 from podbacker import PodBacker, ensure_tiny_model
+from support.faulty_worker import worker_command
 from support.kube import Kubectl
 from support.prometheus import PrometheusServer, prometheus_available
 
@@ -69,13 +76,17 @@ def pod_backer_factory(
 ) -> Iterator[Callable[..., PodBacker]]:
     """Start a pod backer for the test's namespace with other options (e.g. worker_args).
 
-    At most one per test: it owns the shared discovery file while it runs.
+    Its workers are the faulty test worker by default: without SIM_* env it is exactly
+    ``llmfleet-worker``, and with it any test injects faults through the pod's env (the pod
+    backer passes a pod's literal env values on). At most one per test: it owns the shared
+    discovery file while it runs.
     """
     started: list[PodBacker] = []
 
     def start(**options: Any) -> PodBacker:
         assert not started, "one pod backer per test (it owns the discovery file)"
         options.setdefault("worker_args", E2E_WORKER_ARGS)
+        options.setdefault("worker_command", worker_command())
         backer = PodBacker(
             cluster.kubeconfig,
             tiny_model,
@@ -114,17 +125,24 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 def apply_llmd(kube: Kubectl, crd_installed: str, models_pvc: str) -> Callable[..., dict[str, Any]]:
     """``apply_llmd(name, **spec)``: apply an LLMDeployment serving the tiny model.
 
-    ``spec`` is merged into ``{"model": {"uri": "pvc://models/tiny"}}`` (nested dicts are
-    merged), e.g. ``apply_llmd("chat", replicas=2, autoscaling={"mode": "Manual"})``.
-    Returns the manifest that was applied.
+    ``spec`` is merged into ``{"model": {"uri": "pvc://models/tiny"}, "worker":
+    {"podAnnotations": {"sim.llmfleet.io/backed": "true"}}}`` (nested dicts are merged), e.g.
+    ``apply_llmd("chat", replicas=2, autoscaling={"mode": "Manual"})``. The annotation makes
+    the pods' readiness follow their workers (the pod backer sets it); a test that wants
+    kwok's instant readiness passes ``worker={"podAnnotations": {BACKED_ANNOTATION:
+    "false"}}``. Returns the manifest that was applied.
     """
 
     def apply(name: str, **spec: Any) -> dict[str, Any]:
+        base = {
+            "model": {"uri": f"pvc://{models_pvc}/tiny"},
+            "worker": {"podAnnotations": {BACKED_ANNOTATION: "true"}},
+        }
         manifest = {
             "apiVersion": "llmfleet.io/v1alpha1",
             "kind": "LLMDeployment",
             "metadata": {"name": name},
-            "spec": _merge({"model": {"uri": f"pvc://{models_pvc}/tiny"}}, spec),
+            "spec": _merge(base, spec),
         }
         kube.apply(manifest)
         return manifest

@@ -217,7 +217,8 @@ def test_single_replica_without_a_free_gpu_waits_and_says_so(
     st = wait_for("Stalled/InsufficientGPU", stalled_for_gpu)
     assert cond(st, "Stalled")["status"] == "True"
     assert "allowDowntime" in cond(st, "Stalled")["message"]
-    assert "asks for 8 nvidia.com/gpu; 0 free of 32" in cond(st, "Stalled")["message"]
+    total = gpu_nodes(kube) * GPUS_PER_POD
+    assert f"asks for 8 nvidia.com/gpu; 0 free of {total}" in cond(st, "Stalled")["message"]
     assert st["rollout"]["phase"] == "WaitingForGPU"
     kube("wait", "--for=condition=Stalled", "llmd/solo", "--timeout=10s")
     # The only pod keeps serving: no surge pod piles up, nothing is taken down.
