@@ -204,7 +204,8 @@ class WorkerInfo:
     pid: int
     port: int
     #: starting (model loading) | ready | unready (served once, /ready not OK now) |
-    #: draining (SIGTERM sent) | killed (SIGKILL sent: it did not drain in time)
+    #: draining (out of rotation; SIGTERM after the preStop pause) | killed (SIGKILL sent:
+    #: it did not drain in time)
     state: str
     log_path: Path
 
@@ -255,6 +256,9 @@ class _Worker:
         self.ever_ready = False
         self.inflight = 0
         self.kill_at: float | None = None
+        #: When SIGTERM is due (after the simulated preStop pause), and whether it was sent.
+        self.term_at: float | None = None
+        self.term_sent = False
 
     @property
     def serving(self) -> bool:
@@ -401,6 +405,7 @@ class PodBacker:
         worker_command: Sequence[str] = (sys.executable, "-m", "llmfleet_worker"),
         threads_per_worker: int = 1,
         drain_timeout: float = 10.0,
+        prestop_seconds: float = 1.0,
         poll_interval: float = 0.5,
         probe_interval: float = 0.25,
         sd_file: Path | None = None,
@@ -412,6 +417,7 @@ class PodBacker:
         self.namespaces = tuple(namespaces)
         self.worker_args = tuple(worker_args)
         self.worker_command = tuple(worker_command)
+        self.prestop_seconds = prestop_seconds
         self.threads_per_worker = threads_per_worker
         self.drain_timeout = drain_timeout
         self.poll_interval = poll_interval
@@ -775,17 +781,28 @@ class PodBacker:
         log.info(
             "pod %s/%s: draining worker pid %d (%s)", pod.namespace, pod.name, worker.proc.pid, why
         )
-        with contextlib.suppress(ProcessLookupError):
-            worker.proc.send_signal(signal.SIGTERM)
+        # As a kubelet does: the pod's endpoints go first (the balancer stops routing to it
+        # now), SIGTERM follows after the preStop pause, so a request routed a moment ago
+        # still reaches a worker that admits it.
         with self._lock:
             worker.state = "draining"
-        worker.kill_at = time.monotonic() + self.drain_timeout + 5.0
+        worker.term_at = time.monotonic() + self.prestop_seconds
+        worker.kill_at = worker.term_at + self.drain_timeout + 5.0
+        self._signal_due(worker, time.monotonic())
+
+    @staticmethod
+    def _signal_due(worker: _Worker, now: float) -> None:
+        if worker.term_at is not None and now >= worker.term_at and not worker.term_sent:
+            with contextlib.suppress(ProcessLookupError):
+                worker.proc.send_signal(signal.SIGTERM)
+            worker.term_sent = True
 
     def _reap(self) -> None:
         now = time.monotonic()
         for uid, worker in list(self._workers.items()):
             code = worker.proc.poll()
             if code is None:
+                self._signal_due(worker, now)
                 if worker.kill_at is not None and now > worker.kill_at:
                     log.warning("worker pid %d did not drain in time: SIGKILL", worker.proc.pid)
                     worker.proc.kill()

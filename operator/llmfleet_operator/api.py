@@ -82,7 +82,7 @@ MAX_REPLICAS_MESSAGE: Final = (
 )
 STEPS_INCREASING_MESSAGE: Final = (
     "spec.rollout.canary.steps: weights must increase strictly from one step to the next "
-    "(e.g. 10, 50), each at most 100"
+    "(e.g. 10, 50)"
 )
 PAUSED_NEEDS_CANARY_MESSAGE: Final = (
     "spec.rollout.paused holds a canary step; it means nothing with strategy RollingUpdate "
@@ -613,7 +613,7 @@ class RolloutStatus(_StatusModel):
     stable_revision: str | None = None
     candidate_revision: str | None = None
     step: int | None = Field(default=None, ge=0)
-    """Canary: the current step, 1-based (0 before the first step is reached)."""
+    """Canary: the current step, 1-based (stepStartedTime is set once it is reached)."""
     steps: int | None = Field(default=None, ge=0)
     canary_weight: int | None = Field(default=None, ge=0, le=100)
     canary_replicas: int | None = Field(default=None, ge=0)

@@ -70,8 +70,6 @@ STATUS_KEYS = (
 )
 #: While pods wait for GPUs, look again this often to refresh the free-GPU figures.
 GPU_RECHECK_SECONDS = 30.0
-#: While a rollout runs, look again at least this often (deadlines, pauses).
-ROLLOUT_RECHECK_SECONDS = 5.0
 
 
 @dataclass
@@ -242,7 +240,8 @@ class Reconciler:
             metrics.ROLLBACKS.labels(reason=decision.rolled_back).inc()
         metrics.set_rollout_phase(key, str(decision.status.get("phase", rollout.STABLE)))
         if decision.requeue_after is not None:
-            wait = max(1.0, min(decision.requeue_after, ROLLOUT_RECHECK_SECONDS))
+            # A deadline, a pause or a GPU recheck is due then; events wake us before.
+            wait = max(1.0, decision.requeue_after)
             result.requeue_after = min(result.requeue_after or wait, wait)
 
     async def _rollout_facts(

@@ -182,6 +182,16 @@ def _after(a: Any, b: Any) -> bool:
 
 def plan(f: Facts) -> RolloutPlan:
     """The decision for one reconcile."""
+    plan_ = _decide(f)
+    # The spec asks for another revision: an earlier rollback no longer holds that one back
+    # (asking for it again later retries it).
+    for revision in f.rolled_back:
+        if revision != f.desired:
+            plan_.records.append((revision, SUPERSEDED, "", ""))
+    return plan_
+
+
+def _decide(f: Facts) -> RolloutPlan:
     r, s = f.desired, f.stable
     if s is None or s == r:
         return _steady(f)
@@ -219,7 +229,11 @@ def _steady(f: Facts) -> RolloutPlan:
         stable=TrackPlan(r, n),
         canary=None,
         good=good,
-        status=_base_status(f, STABLE if done or f.stable == r else PROGRESSING),
+        status=_base_status(
+            f,
+            STABLE if done or f.stable == r else PROGRESSING,
+            lastAnalysis=_last_analysis(f.previous, r),
+        ),
     )
     if done:
         plan_.records.append((r, ACTIVE, "", ""))
@@ -237,7 +251,9 @@ def _held_back(f: Facts, reason: str, message: str) -> RolloutPlan:
         stable=TrackPlan(s, f.replicas, from_stable_spec=True),
         canary=None,
         good=s,
-        status=_base_status(f, ROLLED_BACK, message=text),
+        status=_base_status(
+            f, ROLLED_BACK, message=text, lastAnalysis=_last_analysis(f.previous, f.desired)
+        ),
         verdict=Verdict(reason, text, stalled=True),
     )
 
@@ -262,13 +278,16 @@ def _rollback(f: Facts, reason: str, message: str) -> RolloutPlan:
         verdict=Verdict(stalled_reason, text, stalled=True),
         rolled_back=str(stalled_reason),
     )
+    # The Stalled condition's Warning Event announces it (reconciler), once.
     plan_.records.append((f.desired, REVISION_ROLLED_BACK, record_reason, message))
-    plan_.events.append((str(Reason.ROLLED_BACK), text, "Warning"))
     return plan_
 
 
 def _last_analysis(previous: Mapping[str, Any], candidate: str) -> Any:
-    if previous.get("candidateRevision") == candidate:
+    """The last analysis of ``candidate``, kept once it was promoted (or rolled back)."""
+    if previous.get("candidateRevision") == candidate or (
+        previous.get("stableRevision") == candidate and not previous.get("candidateRevision")
+    ):
         return previous.get("lastAnalysis")
     return None
 
@@ -363,7 +382,7 @@ def _complete(f: Facts, phase: str, event: str, message: str) -> RolloutPlan:
         stable=TrackPlan(r, f.replicas),
         canary=None,
         good=r,
-        status=_base_status(f, phase),
+        status=_base_status(f, phase, lastAnalysis=_last_analysis(f.previous, r)),
     )
     plan_.records.append((r, ACTIVE, "", ""))
     if f.stable is not None and f.stable != r:
@@ -402,7 +421,9 @@ def _canary(f: Facts) -> RolloutPlan:
         last = dict(analysis)
         verdict = analysis.get("verdict")
         if verdict == PASSED:
-            failed, passed = 0, passed + 1
+            # A pass while paused resets the failures but does not count toward the next
+            # step: after a resume, the step needs a pass that was measured since.
+            failed, passed = 0, passed + (0 if f.paused else 1)
         elif verdict == FAILED:
             failed += 1
             events.append(
@@ -429,7 +450,8 @@ def _canary(f: Facts) -> RolloutPlan:
     weight = steps[index][0]
     c = canary_replicas(n, weight)
     canary_ready = f.ready_of(CANARY_TRACK, r)
-    in_place = f.waiting_for_gpu.get(CANARY_TRACK, 0) > 0
+    no_room = f.gpu_headroom is not None and f.gpu_headroom < 1 and not f.canary_observed_replicas
+    in_place = f.waiting_for_gpu.get(CANARY_TRACK, 0) > 0 or no_room
     if in_place and n == 1 and not f.allow_downtime and canary_ready == 0:
         waiting = _wait_for_gpu(f)
         waiting.events[:0] = events
@@ -593,6 +615,10 @@ def record_revisions(
     for revision, phase, reason, message in records:
         current = next((e for e in out if e.get("revision") == revision), None)
         if current is not None and current.get("phase") == phase:
+            continue
+        if current is not None and phase == SUPERSEDED and not reason and not message:
+            # A rolled-back revision the spec moved away from: keep why it failed, in place.
+            current.update(phase=SUPERSEDED, since=rfc3339(now))
             continue
         if phase == ACTIVE:
             # One Active revision: the one before it is superseded.
