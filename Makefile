@@ -61,6 +61,7 @@ demo: setup ## the main job: local GPU cluster + operator + examples, end to end
 bench: setup ## benchmarks (numbers, not pass/fail): operator scale, autoscaler reaction, worker
 	$(PY) bench/operator_scale.py
 	$(PY) bench/autoscale_reaction.py
+	$(PY) bench/rollout.py
 	$(PY) bench/worker_throughput.py
 
 clean: cluster-down ## remove build outputs (keeps the tool cache)

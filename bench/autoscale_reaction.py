@@ -110,7 +110,9 @@ def live(args: argparse.Namespace) -> list[dict[str, float]]:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        manifest = tiny_llmdeployment(NAME, NS, scaleDownStabilizationSeconds=args.stabilization)
+        manifest = tiny_llmdeployment(
+            NAME, NS, backed=True, scaleDownStabilizationSeconds=args.stabilization
+        )
         cluster.kubectl("apply", "-f", "-", stdin=json.dumps(manifest))
         runs = []
         for i in range(args.runs):

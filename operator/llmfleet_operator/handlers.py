@@ -23,6 +23,7 @@ from llmfleet_operator.analysis_loop import AnalysisLoop
 from llmfleet_operator.api import GROUP, LABEL_DEPLOYMENT, PLURAL, VERSION
 from llmfleet_operator.autoscale_loop import AutoscaleLoop
 from llmfleet_operator.cache import Cache, Key
+from llmfleet_operator.free_gpus import FreeGpus
 from llmfleet_operator.k8s import SERVICE_ACCOUNT_TOKEN, Credentials, Kube
 from llmfleet_operator.reconciler import Reconciler
 from llmfleet_operator.settings import OperatorSettings
@@ -88,7 +89,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 
     kube = Kube(credentials_from(_login(settings)))
     cache = Cache()
-    reconciler = Reconciler(kube, cache)
+    free_gpus = FreeGpus(kube)
+    # The loops only read the cache and enqueue; the reconciler reads their views. Nothing
+    # holds a reference back.
     autoscaler = AutoscaleLoop(
         cache,
         enqueue=lambda key: queue.add(key),
@@ -96,16 +99,15 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         prometheus_url=config.prometheus_url,
         interval=config.autoscale_interval_seconds,
         rate_window=config.rate_window,
-        capacity=reconciler.gpu_capacity,
+        capacity=free_gpus.get,
     )
-    reconciler.scaling = autoscaler
     analysis = AnalysisLoop(
         cache,
         enqueue=lambda key: queue.add(key),
         prometheus_url=config.prometheus_url,
         min_window_seconds=config.analysis_min_window_seconds,
     )
-    reconciler.analysis = analysis
+    reconciler = Reconciler(kube, cache, scaling=autoscaler, analysis=analysis, free_gpus=free_gpus)
 
     async def handle(key: Key) -> None:
         result = await reconciler.reconcile(key)

@@ -30,10 +30,11 @@ from llmfleet_operator.api import (
     LLMDeploymentSpec,
 )
 from llmfleet_operator.cache import Cache, ChildKey, Key
-from llmfleet_operator.capacity import GpuCapacity, free_gpus_text, gpu_capacity
+from llmfleet_operator.capacity import free_gpus_text
 from llmfleet_operator.conditions import Condition, find, merge
 from llmfleet_operator.fleet import FleetObservation, observe_fleet
-from llmfleet_operator.k8s import ApiError, Kube, object_path, resource_path
+from llmfleet_operator.free_gpus import FreeGpus
+from llmfleet_operator.k8s import ApiError, Kube, object_path
 from llmfleet_operator.plan import Apply, child_key, is_subset, plan_children
 from llmfleet_operator.resources import (
     ANNOTATION_STABLE_REVISION,
@@ -126,13 +127,14 @@ class Reconciler:
         scaling: ScalingView | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         analysis: AnalysisView | None = None,
+        free_gpus: FreeGpus | None = None,
     ) -> None:
         self.kube = kube
         self.cache = cache
         self.scaling: ScalingView = scaling or NoAutoscaler()
         self.analysis: AnalysisView = analysis or NoAnalysis()
         self._clock = clock
-        self._capacity: dict[str, tuple[float, GpuCapacity | None]] = {}
+        self.free_gpus = free_gpus or FreeGpus(kube)
         self._started_at = time.time()
 
     async def reconcile(self, key: Key) -> ReconcileResult:
@@ -274,7 +276,7 @@ class Reconciler:
             and gpus > 0
         ):
             # Surge or in place is decided once per candidate, on a fresh look at the GPUs.
-            cap = await self.gpu_capacity(spec.worker.resources.gpu_resource_name, max_age=0.0)
+            cap = await self.free_gpus.get(spec.worker.resources.gpu_resource_name, max_age=0.0)
             summary = (
                 f"one pod asks for {gpus} {spec.worker.resources.gpu_resource_name}; "
                 f"{free_gpus_text(cap)}"
@@ -342,33 +344,6 @@ class Reconciler:
         # write of ours goes into the cache; a margin covers clock granularity.
         return born.timestamp() < self._started_at - 5.0
 
-    async def gpu_capacity(self, resource: str, max_age: float = 10.0) -> GpuCapacity | None:
-        """Free GPUs, cached up to ``max_age`` seconds; None when RBAC does not allow the
-        cluster-wide look."""
-        now = time.monotonic()
-        cached = self._capacity.get(resource)
-        if cached and now - cached[0] < max_age:
-            return cached[1]
-        try:
-            nodes = await self.kube.list(resource_path("v1", "Node"))
-            pods = await self.kube.list(
-                resource_path("v1", "Pod"),
-                field_selector="status.phase!=Succeeded,status.phase!=Failed",
-            )
-            capacity: GpuCapacity | None = gpu_capacity(nodes, pods, resource)
-        except ApiError as e:
-            if e.status != 403:
-                raise
-            if resource not in self._capacity:
-                log.warning(
-                    "cannot list nodes and pods cluster-wide (%s); InsufficientGPU messages "
-                    "will not say how many GPUs are free. Grant nodes get/list and pods list.",
-                    e.message,
-                )
-            capacity = None
-        self._capacity[resource] = (now, capacity)
-        return capacity
-
     async def _write_status(
         self,
         owner: Owner,
@@ -385,7 +360,7 @@ class Reconciler:
     ) -> None:
         resource = spec.worker.resources.gpu_resource_name
         waiting = fleet.waiting_for_gpu > 0
-        capacity = await self.gpu_capacity(resource) if waiting else None
+        capacity = await self.free_gpus.get(resource) if waiting else None
         if waiting:
             result.requeue_after = GPU_RECHECK_SECONDS
         previous = body.get("status") or {}

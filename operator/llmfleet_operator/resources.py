@@ -323,9 +323,13 @@ def worker_deployment(
 
 
 def spec_json(spec: LLMDeploymentSpec) -> str:
-    """The spec as stored in ANNOTATION_STABLE_SPEC (compact, stable key order)."""
+    """The spec as stored in ANNOTATION_STABLE_SPEC (compact, stable key order).
+
+    Defaults are spelled out: a later operator may default differently (the worker image
+    follows the operator's version), and a rollback must rebuild the very pods that ran.
+    """
     return json.dumps(
-        spec.model_dump(mode="json", by_alias=True, exclude_defaults=True),
+        spec.model_dump(mode="json", by_alias=True),
         sort_keys=True,
         separators=(",", ":"),
     )

@@ -493,7 +493,8 @@ def _canary(f: Facts) -> RolloutPlan:
             requeue.append(pause - waited)
     phase = PAUSED if f.paused else CANARY
     marker = f"{phase}:{index}:{bool(step_started)}:{canary_ready}:{passed}"
-    fields, left, exceeded = _progress(f, marker, holding=f.paused)
+    # Paused, or suspended (no pod, nothing to analyse): the deadline waits too.
+    fields, left, exceeded = _progress(f, marker, holding=f.paused or n == 0)
     if exceeded:
         return _rollback(f, "Deadline", _deadline_message(f))
     if left is not None:
@@ -542,12 +543,21 @@ def _promoting(
     failed: int,
     events: list[tuple[str, str, str]],
 ) -> RolloutPlan:
-    """The stable Deployment takes R; the canary shrinks as the stable's pods become Ready."""
+    """The stable Deployment takes R at its current size, then grows to N; the canary shrinks
+    as the stable's pods of R become Ready.
+
+    Two writes, not one: a Deployment whose template and replicas change together adds the
+    extra replicas to the old ReplicaSet first (a proportional scale), starting pods of the
+    revision being replaced.
+    """
     r, n = f.desired, f.replicas
     ready_r = f.ready_of(STABLE_TRACK, r)
     waiting = f.waiting_for_gpu.get(STABLE_TRACK, 0) > 0
     c_last = canary_replicas(n, steps[index][0])
     canary_target = max(0, min(c_last, n - ready_r - (1 if waiting else 0)))
+    size = f.stable_observed_replicas or 0
+    switched = f.stable_template == r and f.stable_settled and ready_r >= min(size, n)
+    stable_size = n if switched or size >= n else size
     done = (
         f.stable_template == r
         and f.stable_settled
@@ -563,7 +573,7 @@ def _promoting(
         return _rollback(f, "Deadline", _deadline_message(f))
     message = f"promoting revision {r}: {ready_r}/{n} stable replicas run it"
     plan_ = RolloutPlan(
-        stable=TrackPlan(r, n, surge=not waiting),
+        stable=TrackPlan(r, stable_size, surge=not waiting),
         canary=TrackPlan(r, canary_target) if canary_target > 0 or ready_r < n else None,
         good=f.stable,
         status=_base_status(

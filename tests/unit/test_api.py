@@ -240,3 +240,18 @@ def test_full_example() -> None:
     assert spec.worker.resources.gpus == 4
     assert spec.autoscaling.mode is api.AutoscalingMode.MANUAL
     assert spec.replicas == 1
+
+
+def test_every_condition_type_and_reason_is_one_the_operator_sets() -> None:
+    # A reason in the API that no code path sets is a promise nothing keeps.
+    package = ROOT / "operator" / "llmfleet_operator"
+    code = "\n".join(
+        p.read_text() for p in package.glob("*.py") if p.name not in ("api.py", "crdgen.py")
+    )
+    unused = [
+        f"{enum.__name__}.{member.name}"
+        for enum in (api.ConditionType, api.Reason)
+        for member in enum
+        if f"{enum.__name__}.{member.name}" not in code
+    ]
+    assert not unused, f"defined but never set: {unused}"

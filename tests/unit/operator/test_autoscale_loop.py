@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from llmfleet_operator.autoscale_loop import AutoscaleLoop
+from llmfleet_operator.autoscale_loop import AutoscaleLoop, ScaleState
 from llmfleet_operator.cache import Cache
 
 
@@ -146,3 +146,36 @@ async def test_prometheus_down_holds_and_reports(prometheus: Any) -> None:
         await loop.tick(session)
     cond = next(c for c in loop.conditions(("ns", "a")) if c.type == "ScalingActive")
     assert cond.status == "True"
+
+
+def test_during_a_canary_the_fleet_counts_both_tracks() -> None:
+    cache = Cache()
+    body = llmd("a", desired=None)
+    cache.observe_llmd("ADDED", body)
+    meta = {"namespace": "ns", "labels": {"llmfleet.io/deployment": "a"}}
+    for name, replicas in (("a", 3), ("a-canary", 1)):
+        cache.observe_child(
+            "ADDED",
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {**meta, "name": name},
+                "spec": {"replicas": replicas},
+            },
+        )
+    for i, track in enumerate(("stable", "stable", "stable", "canary")):
+        labels = {**meta["labels"], "llmfleet.io/track": track}
+        cache.observe_child(
+            "ADDED",
+            {
+                "kind": "Pod",
+                "metadata": {"namespace": "ns", "name": f"p{i}", "labels": labels},
+                "spec": {"nodeName": "n"},
+                "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+            },
+        )
+    loop = AutoscaleLoop(cache, lambda key: None, FakeKube(), "http://x")  # type: ignore[arg-type]
+    spec = cache.spec_of(("ns", "a"), body)
+    fleet, observed = loop._fleet_of(("ns", "a"), body, spec, ScaleState())
+    assert (fleet.current, fleet.ready) == (4, 4)
+    assert observed.placed == 4

@@ -354,9 +354,21 @@ def test_the_deadline_rolls_a_canary_back_when_no_data_arrives() -> None:
 def test_after_the_last_step_the_candidate_is_promoted() -> None:
     p = plan(replace(at_step(2), analysis=analysis("Passed")))
     assert p.status["phase"] == rollout.PROMOTING
-    assert p.stable == TrackPlan(R, 4)
+    # The template first, at the stable's current size: one write that also grew it would
+    # scale the old ReplicaSet up too.
+    assert p.stable == TrackPlan(R, 2)
     assert p.canary == TrackPlan(R, 2)  # keeps serving until the stable's R pods are Ready
     assert [e[0] for e in p.events] == ["Promoting"]
+    switched = plan(
+        replace(
+            at_step(2),
+            previous=p.status,
+            stable_template=R,
+            ready={("stable", R): 2, ("canary", R): 2},
+        )
+    )
+    assert switched.stable == TrackPlan(R, 4)  # then it grows
+    assert switched.canary == TrackPlan(R, 2)
 
 
 def test_promotion_shrinks_the_canary_as_the_stable_becomes_ready_then_completes() -> None:
