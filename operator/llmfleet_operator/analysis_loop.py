@@ -22,7 +22,7 @@ from llmfleet_operator import metrics, promql, rollout
 from llmfleet_operator.analysis import RevisionMetrics, inconclusive, judge, window_seconds
 from llmfleet_operator.api import LLMDeploymentSpec, RolloutStrategy
 from llmfleet_operator.cache import Cache, Key
-from llmfleet_operator.prometheus import PrometheusError, query_prometheus
+from llmfleet_operator.prometheus import PrometheusError, query_all
 
 log = logging.getLogger(__name__)
 
@@ -139,19 +139,7 @@ class AnalysisLoop:
                 "no Prometheus URL configured (operator --prometheus-url or "
                 "spec.autoscaling.prometheusURL)"
             )
-        qs = promql.analysis_queries(window)
-        results = await asyncio.gather(
-            *(query_prometheus(session, url, q, promql.ANALYSIS_BY) for q in qs.values()),
-            return_exceptions=True,
-        )
-        answers: dict[str, dict[tuple[str, ...], promql.Sample]] = {}
-        for name, result in zip(qs, results, strict=True):
-            if isinstance(result, BaseException):
-                return (
-                    result if isinstance(result, PrometheusError) else PrometheusError(str(result))
-                )
-            answers[name] = result
-        return answers
+        return await query_all(session, url, promql.analysis_queries(window), promql.ANALYSIS_BY)
 
 
 def _metrics_of(

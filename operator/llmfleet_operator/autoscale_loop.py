@@ -28,7 +28,7 @@ from llmfleet_operator.capacity import GpuCapacity
 from llmfleet_operator.conditions import Condition, rfc3339
 from llmfleet_operator.fleet import FleetObservation, observe_fleet
 from llmfleet_operator.k8s import Kube
-from llmfleet_operator.prometheus import PrometheusError, query_prometheus
+from llmfleet_operator.prometheus import PrometheusError, query_all
 
 log = logging.getLogger(__name__)
 
@@ -133,17 +133,7 @@ class AutoscaleLoop:
     ) -> dict[str, dict[tuple[str, ...], promql.Sample]] | PrometheusError:
         qs = promql.queries(engine, self.rate_window)
         self.queries_sent += len(qs)
-        results = await asyncio.gather(
-            *(query_prometheus(session, url, q) for q in qs.values()), return_exceptions=True
-        )
-        answers: dict[str, dict[tuple[str, ...], promql.Sample]] = {}
-        for name, result in zip(qs, results, strict=True):
-            if isinstance(result, BaseException):
-                return (
-                    result if isinstance(result, PrometheusError) else PrometheusError(str(result))
-                )
-            answers[name] = result
-        return answers
+        return await query_all(session, url, qs)
 
     async def tick(self, session: aiohttp.ClientSession) -> None:
         """One evaluation of the whole fleet."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Mapping
 
 import aiohttp
 
@@ -33,3 +35,23 @@ async def query_prometheus(
         return promql.parse_vector(body, labels)
     except ValueError as e:
         raise PrometheusError(str(e)) from e
+
+
+async def query_all(
+    session: aiohttp.ClientSession,
+    base_url: str,
+    queries: Mapping[str, str],
+    labels: tuple[str, ...] = ("namespace", "llmdeployment"),
+) -> dict[str, dict[tuple[str, ...], promql.Sample]] | PrometheusError:
+    """Every query of ``queries`` (name -> PromQL) at once: all answers, or the first error
+    (one failed query makes the set unusable: signals must come from the same moment)."""
+    results = await asyncio.gather(
+        *(query_prometheus(session, base_url, q, labels) for q in queries.values()),
+        return_exceptions=True,
+    )
+    answers: dict[str, dict[tuple[str, ...], promql.Sample]] = {}
+    for name, result in zip(queries, results, strict=True):
+        if isinstance(result, BaseException):
+            return result if isinstance(result, PrometheusError) else PrometheusError(str(result))
+        answers[name] = result
+    return answers

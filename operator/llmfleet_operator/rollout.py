@@ -242,11 +242,34 @@ def _steady(f: Facts) -> RolloutPlan:
 
 def _held_back(f: Facts, reason: str, message: str) -> RolloutPlan:
     """The spec still asks for a revision that was rolled back: keep serving the stable one."""
+    return _on_stable(
+        f,
+        reason,
+        f"revision {f.desired} was rolled back to {f.stable}: {message}; "
+        "change the spec to roll out again",
+    )
+
+
+def _rollback(f: Facts, reason: str, message: str) -> RolloutPlan:
+    """Return every pod to the stable revision at full size; record why."""
+    stalled_reason = Reason.CANARY_ANALYSIS_FAILED if reason == FAILED else Reason.ROLLED_BACK
+    record_reason = {
+        FAILED: str(Reason.CANARY_ANALYSIS_FAILED),
+        ABORTED: ABORTED,
+    }.get(reason, str(Reason.PROGRESS_DEADLINE_EXCEEDED))
+    plan_ = _on_stable(
+        f, stalled_reason, f"revision {f.desired} was rolled back to {f.stable}: {message}"
+    )
+    plan_.rolled_back = str(stalled_reason)
+    # The Stalled condition's Warning Event announces it (reconciler), once.
+    plan_.records.append((f.desired, REVISION_ROLLED_BACK, record_reason, message))
+    return plan_
+
+
+def _on_stable(f: Facts, reason: str, text: str) -> RolloutPlan:
+    """Every pod on the stable revision at full size, no canary, Stalled with ``text``."""
     s = f.stable
     assert s is not None
-    text = (
-        f"revision {f.desired} was rolled back to {s}: {message}; change the spec to roll out again"
-    )
     return RolloutPlan(
         stable=TrackPlan(s, f.replicas, from_stable_spec=True),
         canary=None,
@@ -256,31 +279,6 @@ def _held_back(f: Facts, reason: str, message: str) -> RolloutPlan:
         ),
         verdict=Verdict(reason, text, stalled=True),
     )
-
-
-def _rollback(f: Facts, reason: str, message: str) -> RolloutPlan:
-    """Return every pod to the stable revision at full size; record why."""
-    s = f.stable
-    assert s is not None
-    stalled_reason = Reason.CANARY_ANALYSIS_FAILED if reason == FAILED else Reason.ROLLED_BACK
-    record_reason = {
-        FAILED: str(Reason.CANARY_ANALYSIS_FAILED),
-        ABORTED: ABORTED,
-    }.get(reason, str(Reason.PROGRESS_DEADLINE_EXCEEDED))
-    text = f"revision {f.desired} was rolled back to {s}: {message}"
-    plan_ = RolloutPlan(
-        stable=TrackPlan(s, f.replicas, from_stable_spec=True),
-        canary=None,
-        good=s,
-        status=_base_status(
-            f, ROLLED_BACK, message=text, lastAnalysis=_last_analysis(f.previous, f.desired)
-        ),
-        verdict=Verdict(stalled_reason, text, stalled=True),
-        rolled_back=str(stalled_reason),
-    )
-    # The Stalled condition's Warning Event announces it (reconciler), once.
-    plan_.records.append((f.desired, REVISION_ROLLED_BACK, record_reason, message))
-    return plan_
 
 
 def _last_analysis(previous: Mapping[str, Any], candidate: str) -> Any:

@@ -13,7 +13,7 @@ from localcluster import LocalCluster
 from podbacker import PodBacker
 from support.kube import Kubectl, gpu_blocker
 from support.loadgen import LoadGenerator
-from support.processes import OperatorProcess
+from support.processes import OperatorProcess, operator_reading
 from support.prometheus import PrometheusServer
 from support.wait import wait_for
 
@@ -30,18 +30,14 @@ def autoscaling_operator(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorProcess]:
     """The operator with its built-in autoscaler reading the test Prometheus."""
-    log = tmp_path_factory.mktemp("autoscaling-operator") / "operator.log"
-    proc = OperatorProcess(
+    with operator_reading(
         cluster.kubeconfig,
-        log,
-        f"--prometheus-url={prometheus_server.url}",
+        prometheus_server.url,
+        tmp_path_factory.mktemp("operator") / "operator.log",
         f"--autoscale-interval={INTERVAL}",
         "--rate-window=15s",
-    ).start()
-    try:
+    ) as proc:
         yield proc
-    finally:
-        assert proc.stop() in (0, None), proc.log_tail()
 
 
 def autoscaled(max_replicas: int = 4, **extra: Any) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from localcluster import LocalCluster
 from podbacker import PodBacker
 from support.kube import Kubectl
 from support.loadgen import LoadGenerator, LoadResult
-from support.processes import OperatorProcess
+from support.processes import OperatorProcess, operator_reading
 from support.prometheus import PrometheusServer
 from support.wait import wait_for
 
@@ -37,17 +37,13 @@ def rollout_operator(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorProcess]:
     """The operator analysing canaries from the test Prometheus over short windows."""
-    log = tmp_path_factory.mktemp("rollout-operator") / "operator.log"
-    proc = OperatorProcess(
+    with operator_reading(
         cluster.kubeconfig,
-        log,
-        f"--prometheus-url={prometheus_server.url}",
+        prometheus_server.url,
+        tmp_path_factory.mktemp("operator") / "operator.log",
         "--analysis-min-window=6",
-    ).start()
-    try:
+    ) as proc:
         yield proc
-    finally:
-        assert proc.stop() in (0, None), proc.log_tail()
 
 
 pytestmark = pytest.mark.usefixtures("rollout_operator", "prometheus")
@@ -226,16 +222,33 @@ def after_rollback(kube: Kubectl, backer: PodBacker, st: dict[str, Any], old: st
     assert rolled - at(st["rollout"]["lastAnalysis"]["time"]) <= INTERVAL + 1
 
 
+def faulty_candidate(
+    kube: Kubectl,
+    apply_llmd: Callable[..., dict[str, Any]],
+    backer: PodBacker,
+    env: dict[str, str],
+) -> tuple[dict[str, Any], int, LoadGenerator]:
+    """Under load, a candidate with ``env`` faults is rolled back by the analysis: the status
+    then, the fewest stable workers serving during the canary, and the running load."""
+    old = steady(kube, apply_llmd, backer, fleet(rollout=canary()))
+    gen = start_load(backer, kube, "chat")
+    try:
+        wait_for("traffic", lambda: gen.completed >= 5, timeout=30)
+        apply_llmd("chat", **fleet("v2", env, rollout=canary()))
+        st, lowest = watch_rollback(kube, backer, old, "CanaryAnalysisFailed")
+        after_rollback(kube, backer, st, old)
+    except BaseException:
+        gen.stop()
+        raise
+    assert lowest >= N - 1, "the stable track shrank below its canary-time size"
+    return st, lowest, gen
+
+
 def test_failing_candidate_is_rolled_back_and_the_stable_never_shrinks_below_its_size(
     kube: Kubectl, apply_llmd: Callable[..., dict[str, Any]], pod_backer: PodBacker
 ) -> None:
-    old = steady(kube, apply_llmd, pod_backer, fleet(rollout=canary()))
-    gen = start_load(pod_backer, kube, "chat")
+    st, _, gen = faulty_candidate(kube, apply_llmd, pod_backer, {"SIM_FAIL_RATIO": "0.5"})
     try:
-        wait_for("traffic", lambda: gen.completed >= 5, timeout=30)
-        apply_llmd("chat", **fleet("v2", {"SIM_FAIL_RATIO": "0.5"}, rollout=canary()))
-        st, lowest = watch_rollback(kube, pod_backer, old, "CanaryAnalysisFailed")
-        after_rollback(kube, pod_backer, st, old)
         assert gen.result.failed, "the candidate failed no request"
         # Once the canary is gone, nothing fails any more.
         gone_at = gen.result.duration
@@ -243,7 +256,6 @@ def test_failing_candidate_is_rolled_back_and_the_stable_never_shrinks_below_its
         wait_for("more traffic", lambda: gen.completed >= seen + 15, timeout=60)
     finally:
         result = gen.stop()
-    assert lowest >= N - 1, "the stable track shrank below its canary-time size"
     stalled = cond(st, "Stalled")
     assert "error ratio" in stalled["message"]
     assert st["rollout"]["lastAnalysis"]["verdict"] == "Failed"
@@ -258,19 +270,9 @@ def test_failing_candidate_is_rolled_back_and_the_stable_never_shrinks_below_its
 def test_slow_candidate_is_rolled_back_on_time_to_first_token(
     kube: Kubectl, apply_llmd: Callable[..., dict[str, Any]], pod_backer: PodBacker
 ) -> None:
-    old = steady(kube, apply_llmd, pod_backer, fleet(rollout=canary()))
-    gen = start_load(pod_backer, kube, "chat")
-    try:
-        wait_for("traffic", lambda: gen.completed >= 5, timeout=30)
-        apply_llmd("chat", **fleet("v2", {"SIM_TTFT_DELAY_SECONDS": "1.5"}, rollout=canary()))
-        st, lowest = watch_rollback(kube, pod_backer, old, "CanaryAnalysisFailed")
-        after_rollback(kube, pod_backer, st, old)
-    finally:
-        result = gen.stop()
-    no_failures(result)  # slow is not broken: every request still answered
-    assert lowest >= N - 1
-    last = st["rollout"]["lastAnalysis"]
-    assert last["ttftRatio"] > 3
+    st, _, gen = faulty_candidate(kube, apply_llmd, pod_backer, {"SIM_TTFT_DELAY_SECONDS": "1.5"})
+    no_failures(gen.stop())  # slow is not broken: every request still answered
+    assert st["rollout"]["lastAnalysis"]["ttftRatio"] > 3
     assert "TTFT p95" in cond(st, "Stalled")["message"]
 
 

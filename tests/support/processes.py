@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 from localcluster import free_port, operator_command
@@ -84,3 +86,17 @@ class OperatorProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait()
+
+
+@contextlib.contextmanager
+def operator_reading(
+    kubeconfig: Path, prometheus_url: str, log_path: Path, *args: str
+) -> Iterator[OperatorProcess]:
+    """The operator reading Prometheus at ``prometheus_url`` (autoscaler, canary analysis),
+    with ``args``; it must exit cleanly."""
+    proc = OperatorProcess(kubeconfig, log_path, f"--prometheus-url={prometheus_url}", *args)
+    proc.start()
+    try:
+        yield proc
+    finally:
+        assert proc.stop() in (0, None), proc.log_tail()
