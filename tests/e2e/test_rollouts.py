@@ -106,7 +106,10 @@ def start_load(backer: PodBacker, kube: Kubectl, name: str) -> LoadGenerator:
     assert kube.namespace
     url = backer.endpoint(kube.namespace, name)
     assert url, "no balancer for this LLMDeployment"
-    return LoadGenerator(url, model=name, concurrency=3, duration=300, max_tokens=8).start()
+    # Light enough that a new worker loads its model while the others serve (2 cores).
+    return LoadGenerator(
+        url, model=name, concurrency=2, duration=300, max_tokens=8, think_time=0.1
+    ).start()
 
 
 def steady(
