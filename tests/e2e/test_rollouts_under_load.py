@@ -151,7 +151,8 @@ def test_rolling_update_under_load_fails_no_request(
         st = wait_for("the rollout", promoted(kube, old), timeout=180)
         new = st["currentRevision"]
         wait_for("N new workers serving", lambda: serving(pod_backer, kube, "chat", new) == N)
-        assert serving(pod_backer, kube, "chat") == N
+        # The old workers leave the balancer once the pod backer sees their pods go.
+        wait_for("only the new workers serving", lambda: serving(pod_backer, kube, "chat") == N)
     finally:
         result = gen.stop()
     no_failures(result)
@@ -230,14 +231,15 @@ def faulty_candidate(
     apply_llmd: Callable[..., dict[str, Any]],
     backer: PodBacker,
     env: dict[str, str],
+    **analysis: Any,
 ) -> tuple[dict[str, Any], int, LoadGenerator]:
     """Under load, a candidate with ``env`` faults is rolled back by the analysis: the status
     then, the fewest stable workers serving during the canary, and the running load."""
-    old = steady(kube, apply_llmd, backer, fleet(rollout=canary()))
+    old = steady(kube, apply_llmd, backer, fleet(rollout=canary(**analysis)))
     gen = start_load(backer, kube, "chat")
     try:
         wait_for("traffic", lambda: gen.completed >= 5, timeout=30)
-        apply_llmd("chat", **fleet("v2", env, rollout=canary()))
+        apply_llmd("chat", **fleet("v2", env, rollout=canary(**analysis)))
         st, lowest = watch_rollback(kube, backer, old, "CanaryAnalysisFailed")
         after_rollback(kube, backer, st, old)
     except BaseException:
@@ -273,7 +275,11 @@ def test_failing_candidate_is_rolled_back_and_the_stable_never_shrinks_below_its
 def test_slow_candidate_is_rolled_back_on_time_to_first_token(
     kube: Kubectl, apply_llmd: Callable[..., dict[str, Any]], pod_backer: PodBacker
 ) -> None:
-    st, _, gen = faulty_candidate(kube, apply_llmd, pod_backer, {"SIM_TTFT_DELAY_SECONDS": "1.5"})
+    # The balancer sends fewer requests to a slow worker (least outstanding first), so its
+    # window holds only a few: a lower minRequests lets the analysis judge them.
+    st, _, gen = faulty_candidate(
+        kube, apply_llmd, pod_backer, {"SIM_TTFT_DELAY_SECONDS": "1.5"}, minRequests=2
+    )
     no_failures(gen.stop())  # slow is not broken: every request still answered
     assert st["rollout"]["lastAnalysis"]["ttftRatio"] > 3
     assert "TTFT p95" in cond(st, "Stalled")["message"]
