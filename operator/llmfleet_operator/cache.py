@@ -16,6 +16,25 @@ Key = tuple[str, str]  # (namespace, LLMDeployment name)
 ChildKey = tuple[str, str, str]  # (apiVersion, kind, name)
 
 
+def _is_stale(cached: Mapping[str, Any] | None, incoming: Mapping[str, Any]) -> bool:
+    """Whether ``incoming`` is older than what the cache holds for the same object.
+
+    The cache takes both watch events and the answers to our own writes, and a watch can
+    deliver an event from before our write after it: taking that would move the object back
+    in time (a status we already wrote, a Deployment before our change). resourceVersions
+    are etcd revisions; where one is not a number we cannot tell, and take the event.
+    """
+    if cached is None:
+        return False
+    old, new = cached.get("metadata", {}), incoming.get("metadata", {})
+    if old.get("uid") != new.get("uid"):
+        return False
+    try:
+        return int(new.get("resourceVersion", "")) < int(old.get("resourceVersion", ""))
+    except ValueError:
+        return False
+
+
 def owner_key_of_child(obj: Mapping[str, Any]) -> Key | None:
     """The LLMDeployment a child belongs to (by controller ownerReference, then label)."""
     meta = obj.get("metadata", {})
@@ -53,7 +72,7 @@ class Cache:
         if event == "DELETED":
             self.llmds.pop(key, None)
             self._specs.pop(key, None)
-        else:
+        elif not _is_stale(self.llmds.get(key), body):
             self.llmds[key] = copy.deepcopy(dict(body))
         return key
 
@@ -71,11 +90,16 @@ class Cache:
             return key
         children = self.children.setdefault(key, {})
         ck = child_key(body)
+        cached = children.get(ck)
         if event == "DELETED":
-            children.pop(ck, None)
-        else:
+            if cached is None or cached["metadata"].get("uid") == body["metadata"].get("uid"):
+                children.pop(ck, None)  # not a newer object of the same name
+        elif not _is_stale(cached, body):
             children[ck] = copy.deepcopy(dict(body))
         return key
 
     def put_child(self, key: Key, body: Mapping[str, Any]) -> None:
-        self.children.setdefault(key, {})[child_key(body)] = copy.deepcopy(dict(body))
+        """An object as our own write (or a GET) returned it."""
+        children = self.children.setdefault(key, {})
+        if not _is_stale(children.get(child_key(body)), body):
+            children[child_key(body)] = copy.deepcopy(dict(body))

@@ -577,7 +577,8 @@ def _promoting(
         status=_base_status(
             f,
             PROMOTING,
-            step=len(steps),
+            # The step promoted from: its weight sizes the canary until it is gone.
+            step=index + 1,
             steps=len(steps),
             canaryWeight=steps[index][0],
             canaryReplicas=canary_target,

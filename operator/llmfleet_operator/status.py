@@ -162,7 +162,8 @@ def facts_of(obs: Observation) -> Facts:
 
 
 def _ready_count(f: Facts) -> str:
-    return f"{f.ready}/{f.want} replicas ready"
+    # Capped: at the end of a promotion the canary's pods run the revision too, for a moment.
+    return f"{min(f.ready, f.want)}/{f.want} replicas ready"
 
 
 def check_rollout_stalled(f: Facts) -> Verdict | None:

@@ -363,6 +363,19 @@ def test_canary_runs_beside_the_stable_and_holds_without_analysis_then_promotes_
     st = wait_for("the promotion", promoted, timeout=120)
     assert st["currentRevision"] == candidate
     assert ready_pods(kube, "canary", candidate) == 4
+    # The promotion started no pod of the revision it replaced: the old ReplicaSet was
+    # scaled up once, when the fleet was created.
+    [old_rs] = kube.get(
+        "replicasets", None, "-l", f"{api.LABEL_DEPLOYMENT}=canary,{api.LABEL_REVISION}={stable}"
+    )["items"]
+    scaled_up = [
+        m
+        for m in event_messages(kube, "canary", "ScalingReplicaSet")
+        if m.startswith(f"Scaled up replica set {old_rs['metadata']['name']} ")
+    ]
+    assert len(scaled_up) == 1, scaled_up
+    # Ready stayed True from the promotion on: no flap as the canary went away.
+    assert not event_messages(kube, "canary", "PodsNotReady")
     reasons = {
         e["reason"]
         for e in kube.get("events", None, "--field-selector", "involvedObject.name=canary")["items"]

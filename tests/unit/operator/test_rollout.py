@@ -510,3 +510,10 @@ def test_canary_on_a_full_pool_makes_room_by_shrinking_the_stable_first() -> Non
     p = plan(canary(gpu_headroom=0))
     assert p.canary == TrackPlan(R, 1)
     assert p.stable.replicas == 3
+
+
+def test_a_promotion_keeps_the_canary_at_the_size_of_the_step_it_left() -> None:
+    first = plan(replace(at_step(1, started=1), promote_requested=True))
+    assert first.canary == TrackPlan(R, 1)
+    again = plan(replace(at_step(1, started=1), previous=first.status, promote_requested=True))
+    assert again.canary == TrackPlan(R, 1)  # not the next step's share
