@@ -3,16 +3,17 @@ in-process HTTP server; the real one is in tests/e2e)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from llmfleet_operator.analysis import RevisionMetrics, judge, window_seconds
 from llmfleet_operator.analysis_loop import AnalysisLoop
 from llmfleet_operator.api import CanaryAnalysis
 from llmfleet_operator.cache import Cache
+from support.stand_in_prometheus import StandIn, stand_in_prometheus
 
 LIMITS = CanaryAnalysis(max_error_ratio=0.05, max_ttft_ratio=1.5, min_requests=20)
 T = "2026-12-01T12:00:00.000Z"
@@ -82,44 +83,27 @@ def canary_llmd(name: str, phase: str = "Canary", interval: int = 10) -> dict[st
     }
 
 
+VALUES = {"requests": {"new": 100, "old": 300}, "errors": {"new": 40, "old": 0}}
+
+
+def answer(q: str) -> list[dict[str, Any]]:
+    name = "errors" if "error" in q else "ttft" if "histogram" in q else "requests"
+    per_revision = VALUES.get(name, {"new": 0.4, "old": 0.2})
+    return [
+        {"metric": {"namespace": "ns", "llmdeployment": n, "revision": rev}, "value": [0, str(v)]}
+        for n in ("a", "b")
+        for rev, v in per_revision.items()
+    ]
+
+
 @pytest.fixture
-async def prometheus() -> Any:
-    seen: list[str] = []
-    state = {"up": True}
-    values = {"requests": {"new": 100, "old": 300}, "errors": {"new": 40, "old": 0}}
-
-    async def query(request: web.Request) -> web.Response:
-        q = request.query["query"]
-        seen.append(q)
-        if not state["up"]:
-            return web.Response(status=503, text="down")
-        name = "errors" if "error" in q else "ttft" if "histogram" in q else "requests"
-        per_revision = values.get(name, {"new": 0.4, "old": 0.2})
-        result = [
-            {
-                "metric": {"namespace": "ns", "llmdeployment": n, "revision": rev},
-                "value": [0, str(v)],
-            }
-            for n in ("a", "b")
-            for rev, v in per_revision.items()
-        ]
-        return web.json_response(
-            {"status": "success", "data": {"resultType": "vector", "result": result}}
-        )
-
-    app = web.Application()
-    app.router.add_get("/api/v1/query", query)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield f"http://127.0.0.1:{port}", seen, state
-    await runner.cleanup()
+async def prometheus() -> AsyncIterator[StandIn]:
+    async with stand_in_prometheus(answer) as stand_in:
+        yield stand_in
 
 
-async def test_one_set_of_queries_judges_every_due_canary(prometheus: Any) -> None:
-    url, seen, state = prometheus
+async def test_one_set_of_queries_judges_every_due_canary(prometheus: StandIn) -> None:
+    url, seen = prometheus.url, prometheus.seen
     cache = Cache()
     for body in (canary_llmd("a"), canary_llmd("b"), canary_llmd("done", phase="Stable")):
         cache.observe_llmd("ADDED", body)
@@ -143,7 +127,7 @@ async def test_one_set_of_queries_judges_every_due_canary(prometheus: Any) -> No
         assert len(seen) == 3
 
         now[0] += 5
-        state["up"] = False
+        prometheus.up = False
         await loop.tick(session)
     result = loop.latest(("ns", "b"), "new")
     assert result is not None

@@ -7,14 +7,15 @@ workers and the real cluster is in tests/e2e.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from llmfleet_operator.autoscale_loop import AutoscaleLoop, ScaleState
 from llmfleet_operator.cache import Cache
+from support.stand_in_prometheus import StandIn, stand_in_prometheus
 
 
 class FakeKube:
@@ -52,48 +53,34 @@ def llmd(name: str, mode: str = "Builtin", desired: int | None = 2) -> dict[str,
 VALUES = {"waiting": 24.0, "running": 8.0, "capacity": 8.0, "reporting": 2.0, "ttft_p95": 0.3}
 
 
+def answer(q: str) -> list[dict[str, Any]]:
+    name = next(
+        n
+        for n, frag in (
+            ("reporting", "count by"),
+            ("ttft_p95", "histogram"),
+            ("capacity", "max_num_seqs"),
+            ("waiting", "waiting"),
+            ("running", "running"),
+        )
+        if frag in q
+    )
+    return [
+        {"metric": {"namespace": "ns", "llmdeployment": n}, "value": [0, str(VALUES[name])]}
+        for n in ("a", "b", "manual")
+    ]
+
+
 @pytest.fixture
-async def prometheus() -> Any:
-    seen: list[str] = []
-    state = {"up": True}
-
-    async def query(request: web.Request) -> web.Response:
-        q = request.query["query"]
-        seen.append(q)
-        if not state["up"]:
-            return web.Response(status=503, text="down")
-        name = next(
-            n
-            for n, frag in (
-                ("reporting", "count by"),
-                ("ttft_p95", "histogram"),
-                ("capacity", "max_num_seqs"),
-                ("waiting", "waiting"),
-                ("running", "running"),
-            )
-            if frag in q
-        )
-        result = [
-            {"metric": {"namespace": "ns", "llmdeployment": n}, "value": [0, str(VALUES[name])]}
-            for n in ("a", "b", "manual")
-        ]
-        return web.json_response(
-            {"status": "success", "data": {"resultType": "vector", "result": result}}
-        )
-
-    app = web.Application()
-    app.router.add_get("/api/v1/query", query)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield f"http://127.0.0.1:{port}", seen, state
-    await runner.cleanup()
+async def prometheus() -> AsyncIterator[StandIn]:
+    async with stand_in_prometheus(answer) as stand_in:
+        yield stand_in
 
 
-async def test_one_constant_set_of_queries_scales_every_builtin_fleet(prometheus: Any) -> None:
-    url, seen, _ = prometheus
+async def test_one_constant_set_of_queries_scales_every_builtin_fleet(
+    prometheus: StandIn,
+) -> None:
+    url, seen = prometheus.url, prometheus.seen
     cache = Cache()
     for body in (llmd("a"), llmd("b"), llmd("manual", mode="Manual")):
         cache.observe_llmd("ADDED", body)
@@ -126,13 +113,13 @@ async def test_one_constant_set_of_queries_scales_every_builtin_fleet(prometheus
     json.dumps(block)  # status must be JSON-serialisable
 
 
-async def test_prometheus_down_holds_and_reports(prometheus: Any) -> None:
-    url, _, state = prometheus
+async def test_prometheus_down_holds_and_reports(prometheus: StandIn) -> None:
+    url = prometheus.url
     cache = Cache()
     cache.observe_llmd("ADDED", llmd("a", desired=3))
     kube = FakeKube()
     loop = AutoscaleLoop(cache, lambda key: None, kube, url, clock=lambda: 1000.0)  # type: ignore[arg-type]
-    state["up"] = False
+    prometheus.up = False
     async with aiohttp.ClientSession() as session:
         await loop.tick(session)
         await loop.tick(session)
@@ -141,7 +128,7 @@ async def test_prometheus_down_holds_and_reports(prometheus: Any) -> None:
     assert (cond.status, cond.reason) == ("False", "MetricsUnavailable")
     assert "HTTP 503" in cond.message
     assert [e[0] for e in kube.events] == ["MetricsUnavailable"]  # once, on the flip
-    state["up"] = True
+    prometheus.up = True
     async with aiohttp.ClientSession() as session:
         await loop.tick(session)
     cond = next(c for c in loop.conditions(("ns", "a")) if c.type == "ScalingActive")
