@@ -159,7 +159,10 @@ def test_rolling_update_under_load_fails_no_request(
 
 
 def test_healthy_canary_is_promoted_under_load_and_fails_no_request(
-    kube: Kubectl, apply_llmd: Callable[..., dict[str, Any]], pod_backer: PodBacker
+    kube: Kubectl,
+    apply_llmd: Callable[..., dict[str, Any]],
+    pod_backer: PodBacker,
+    rollout_operator: OperatorProcess,
 ) -> None:
     old = steady(kube, apply_llmd, pod_backer, fleet(rollout=canary()))
     gen = start_load(pod_backer, kube, "chat")
@@ -183,6 +186,8 @@ def test_healthy_canary_is_promoted_under_load_and_fails_no_request(
         for e in kube.get("events", None, "--field-selector", "involvedObject.name=chat")["items"]
     }
     assert {"RolloutStarted", "CanaryStep", "Promoting", "Promoted"} <= reasons
+    analyses = rollout_operator.metrics()
+    assert analyses['llmfleet_operator_canary_analyses_total{verdict="Passed"}'] >= 1
 
 
 def watch_rollback(

@@ -18,6 +18,7 @@ import pytest
 from llmfleet_operator import api
 from localcluster import NEVER_READY_ANNOTATION
 from support.kube import Kubectl, gpu_blocker
+from support.processes import OperatorProcess
 from support.wait import wait_for
 
 pytestmark = pytest.mark.usefixtures("operator", "models_pvc")
@@ -242,7 +243,9 @@ def test_single_replica_with_allow_downtime_is_replaced_in_place(
     assert cond(st, "Stalled")["status"] == "False"
 
 
-def test_progress_deadline_rolls_a_never_ready_candidate_back(kube: Kubectl) -> None:
+def test_progress_deadline_rolls_a_never_ready_candidate_back(
+    kube: Kubectl, operator: OperatorProcess
+) -> None:
     kube.apply(llmd("deadline", 2, rollout={"progressDeadlineSeconds": 10}))
     kube("wait", "--for=condition=Ready", "llmd/deadline", "--timeout=90s")
     good = status(kube, "deadline")["currentRevision"]
@@ -282,6 +285,13 @@ def test_progress_deadline_rolls_a_never_ready_candidate_back(kube: Kubectl) -> 
         ),
         timeout=60,
     )
+    metrics = operator.metrics()
+    assert metrics['llmfleet_operator_rollbacks_total{reason="RolledBack"}'] >= 1
+    phase = (
+        f'llmfleet_operator_rollout_phase{{llmdeployment="deadline",namespace="{kube.namespace}"'
+    )
+    assert metrics[f'{phase},phase="RolledBack"}}'] == 1
+    assert metrics[f'{phase},phase="Progressing"}}'] == 0
     events = kube.get(
         "events", None, "--field-selector", "involvedObject.name=deadline,reason=RolledBack"
     )["items"]

@@ -204,3 +204,32 @@ def test_metrics(worker: WorkerProcess, client: openai.OpenAI) -> None:
     assert worker.metric("llmfleet_worker_model_load_seconds") > 0
     assert worker.metric("llmfleet_worker_ready") == 1
     assert worker.metric("llmfleet_worker_time_to_first_token_seconds_count") > 0
+
+
+HOSTILE = [
+    ({"seed": 99999999999999999999999}, 400, "seed"),
+    ({"seed": -(2**63) - 1}, 400, "seed"),
+    ({"temperature": 1e-300}, 200, None),
+    ({"top_p": 1e-300}, 200, None),
+    ({"temperature": 1e-300, "top_p": 1e-300, "seed": 2**63 - 1}, 200, None),
+    ({"stop": ["x" * 257]}, 400, "stop"),
+]
+
+
+@pytest.mark.parametrize("endpoint", ["/v1/completions", "/v1/chat/completions"])
+def test_hostile_parameters_never_hurt_the_replica(worker: WorkerProcess, endpoint: str) -> None:
+    # Each of these once answered 500 and left the replica answering 500 and /health 503.
+    prompt: dict[str, object] = (
+        {"prompt": "hi"}
+        if endpoint == "/v1/completions"
+        else {"messages": [{"role": "user", "content": "hi"}]}
+    )
+    with httpx.Client(base_url=worker.url, headers=worker.headers, timeout=60) as c:
+        for extra, status, param in HOSTILE:
+            resp = c.post(endpoint, json={"model": "tiny", "max_tokens": 4, **prompt, **extra})
+            assert resp.status_code == status, (extra, resp.text)
+            if status == 400:
+                assert resp.json()["error"]["param"] == param
+            ok = c.post(endpoint, json={"model": "tiny", "max_tokens": 4, **prompt})
+            assert ok.status_code == 200, (extra, ok.text)
+        assert c.get("/health").status_code == 200

@@ -79,12 +79,14 @@ def start_worker(
     *args: str,
     api_key: str | None = None,
     env: dict[str, str] | None = None,
+    program: tuple[str, ...] = (WORKER,),
 ) -> WorkerProcess:
+    """Start ``program serve`` (the real CLI unless a test wraps it) and wait for /ready."""
     port = free_port()
     log_path = tmp / f"worker-{port}.log"
     full_env = {**os.environ, "LLMFLEET_API_KEY": api_key or "", **(env or {})}
     cmd = [
-        WORKER,
+        *program,
         "serve",
         "--model",
         str(model),

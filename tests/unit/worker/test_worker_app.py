@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from worker_fakes import FakeEngine, FakeRunner
+from worker_fakes import FAILING_SEED, FakeEngine, FakeRunner
 
 from llmfleet_worker import metrics as metric_names
 from llmfleet_worker.app import build_app
@@ -128,24 +128,146 @@ async def test_completion_stream(client: httpx.AsyncClient) -> None:
     assert events[-1]["choices"][0]["finish_reason"] == "length"
 
 
-@pytest.mark.parametrize(
-    ("body", "param"),
-    [
-        ({"model": MODEL, "prompt": "a", "max_tokens": 0}, "max_tokens"),
-        ({"model": MODEL, "prompt": "a", "max_tokens": "many"}, "max_tokens"),
-        ({"model": MODEL, "prompt": "a", "temperature": 3}, "temperature"),
-        ({"model": MODEL}, "prompt"),
-        ({"model": MODEL, "prompt": "a", "n": 2}, "n"),
-        ({"model": MODEL, "prompt": "a", "stop": ["a", "b", "c", "d", "e"]}, "stop"),
-        ({"model": MODEL, "prompt": [99999]}, "prompt"),
-    ],
-)
-async def test_bad_input_is_a_400_in_openai_shape(
-    client: httpx.AsyncClient, body: dict[str, Any], param: str
+ENDPOINTS = {
+    "/v1/completions": {"model": MODEL, "prompt": "a"},
+    "/v1/chat/completions": {"model": MODEL, "messages": [{"role": "user", "content": "a"}]},
+}
+# Refused the same way on both endpoints: (extra fields, the param the error names).
+REFUSED_ON_BOTH: list[tuple[dict[str, Any], str]] = [
+    ({"max_tokens": 0}, "max_tokens"),
+    ({"max_tokens": "many"}, "max_tokens"),
+    ({"temperature": 3}, "temperature"),
+    ({"temperature": -0.5}, "temperature"),
+    ({"top_p": 0}, "top_p"),
+    ({"top_p": 1.5}, "top_p"),
+    ({"seed": 99999999999999999999999}, "seed"),
+    ({"seed": 2**63}, "seed"),
+    ({"seed": -(2**63) - 1}, "seed"),
+    ({"seed": 1.5}, "seed"),
+    ({"n": 2}, "n"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ({"stop": ["x" * 257]}, "stop"),
+    ({"stop": [""]}, "stop"),
+    ({"stop": 7}, "stop"),
+    ({"presence_penalty": 1}, "presence_penalty"),
+    ({"frequency_penalty": -0.5}, "frequency_penalty"),
+    ({"logit_bias": {"50": 10}}, "logit_bias"),
+    ({"model": None}, "model"),
+]
+REFUSED_ON_COMPLETIONS: list[tuple[dict[str, Any], str]] = [
+    ({"prompt": None}, "prompt"),
+    ({"prompt": [99999]}, "prompt"),
+    ({"prompt": [-1]}, "prompt"),
+    ({"prompt": [[3, 99999]]}, "prompt"),
+    ({"prompt": [True]}, "prompt"),
+    ({"prompt": [1.5]}, "prompt"),
+    ({"prompt": []}, "prompt"),
+    ({"prompt": [[]]}, "prompt"),
+    ({"prompt": ["a", "b"]}, "prompt"),
+    ({"prompt": [[1], [2]]}, "prompt"),
+    ({"prompt": "a\ud800b"}, "prompt"),
+    ({"logprobs": 1}, "logprobs"),
+    ({"logprobs": 0}, "logprobs"),
+    ({"echo": True}, "echo"),
+    ({"suffix": "end"}, "suffix"),
+    ({"best_of": 2}, "best_of"),
+]
+REFUSED_ON_CHAT: list[tuple[dict[str, Any], str]] = [
+    ({"messages": []}, "messages"),
+    ({"messages": [{"role": "robot", "content": "x"}]}, "messages"),
+    (
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "what is this?"},
+                        {"type": "image_url", "image_url": {"url": "http://x/y.png"}},
+                    ],
+                }
+            ]
+        },
+        "messages",
+    ),
+    ({"messages": [{"role": "user", "content": [{"type": "text"}]}]}, "messages"),
+    ({"messages": [{"role": "user", "content": "a\ud800b"}]}, "messages"),
+    ({"logprobs": True}, "logprobs"),
+    ({"top_logprobs": 3}, "top_logprobs"),
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"functions": [{"name": "f"}]}, "functions"),
+    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"modalities": ["text", "audio"]}, "modalities"),
+    ({"audio": {"voice": "alloy", "format": "wav"}}, "audio"),
+]
+REFUSALS = [
+    *((endpoint, extra, param) for endpoint in ENDPOINTS for extra, param in REFUSED_ON_BOTH),
+    *(("/v1/completions", extra, param) for extra, param in REFUSED_ON_COMPLETIONS),
+    *(("/v1/chat/completions", extra, param) for extra, param in REFUSED_ON_CHAT),
+]
+
+
+@pytest.mark.parametrize(("endpoint", "extra", "param"), REFUSALS)
+async def test_bad_input_is_a_400_in_openai_shape_naming_the_param(
+    client: httpx.AsyncClient, endpoint: str, extra: dict[str, Any], param: str
 ) -> None:
-    error = assert_openai_error(await client.post("/v1/completions", json=body), 400)
+    body = {**ENDPOINTS[endpoint], **extra}
+    # Sent as text so that "\ud800" stays an escape (a lone surrogate cannot be encoded).
+    content = json.dumps(body).replace("\\\\ud800", "\\ud800")
+    resp = await client.post(
+        endpoint, content=content, headers={"content-type": "application/json"}
+    )
+    error = assert_openai_error(resp, 400)
     assert error["type"] == "invalid_request_error"
     assert error["param"] == param
+    # The replica goes on serving.
+    ok = await client.post(endpoint, json={**ENDPOINTS[endpoint], "max_tokens": 2})
+    assert ok.status_code == 200, ok.text
+
+
+ACCEPTED_ON_BOTH: list[dict[str, Any]] = [
+    {"temperature": 1e-300},  # below MIN_TEMPERATURE: greedy
+    {"top_p": 1e-300},  # below MIN_TOP_P: greedy
+    {"temperature": 2, "top_p": 1, "seed": 2**63 - 1},
+    {"seed": -(2**63)},
+    {"stop": ["x" * 256, "b", "c", "d"]},
+    {"n": 1, "presence_penalty": 0, "frequency_penalty": 0.0, "logit_bias": {}},
+    {"user": "u-1", "metadata": {"k": "v"}, "store": False, "service_tier": "auto"},
+    {"a_field_from_the_future": {"x": 1}},
+]
+ACCEPTED_ON_COMPLETIONS: list[dict[str, Any]] = [
+    {"prompt": ["a"]},
+    {"prompt": [3, 4]},
+    {"prompt": [[3, 4]]},
+    {"logprobs": None, "echo": False, "suffix": None, "best_of": 1},
+]
+ACCEPTED_ON_CHAT: list[dict[str, Any]] = [
+    {"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}]}]},
+    {"messages": [{"role": "system", "content": None}, {"role": "user", "content": "a"}]},
+    {"logprobs": False, "tools": [], "tool_choice": "none", "response_format": {"type": "text"}},
+    {"modalities": ["text"], "parallel_tool_calls": True, "max_completion_tokens": 2},
+]
+ACCEPTANCES = [
+    *((endpoint, extra) for endpoint in ENDPOINTS for extra in ACCEPTED_ON_BOTH),
+    *(("/v1/completions", extra) for extra in ACCEPTED_ON_COMPLETIONS),
+    *(("/v1/chat/completions", extra) for extra in ACCEPTED_ON_CHAT),
+]
+
+
+@pytest.mark.parametrize(("endpoint", "extra"), ACCEPTANCES)
+async def test_supported_ignored_and_unknown_fields_are_accepted(
+    client: httpx.AsyncClient, endpoint: str, extra: dict[str, Any]
+) -> None:
+    resp = await client.post(endpoint, json={**ENDPOINTS[endpoint], "max_tokens": 2, **extra})
+    assert resp.status_code == 200, resp.text
+
+
+async def test_the_openapi_schema_documents_400_not_422(client: httpx.AsyncClient) -> None:
+    schema = (await client.get("/openapi.json")).json()
+    for path in ("/v1/completions", "/v1/chat/completions"):
+        responses = schema["paths"][path]["post"]["responses"]
+        assert "422" not in responses
+        assert {"400", "429", "500"} <= set(responses)
 
 
 async def test_malformed_json_is_a_400(client: httpx.AsyncClient) -> None:
@@ -260,7 +382,28 @@ def test_apps_have_independent_registries() -> None:
     assert b.requests.labels(outcome="success")._value.get() == 0
 
 
-async def test_engine_failure_fails_liveness_and_requests() -> None:
+async def test_a_request_that_fails_alone_is_a_500_and_the_others_succeed(
+    client: httpx.AsyncClient,
+) -> None:
+    body = {"model": MODEL, "prompt": "a", "max_tokens": 4}
+    bad, good = await asyncio.gather(
+        client.post("/v1/completions", json={**body, "seed": FAILING_SEED}),
+        client.post("/v1/completions", json=body),
+    )
+    error = assert_openai_error(bad, 500)
+    assert (error["type"], error["code"]) == ("server_error", "engine_error")
+    assert good.json()["choices"][0]["text"] == "bcde"
+    stream = await client.post(
+        "/v1/completions", json={**body, "seed": FAILING_SEED, "stream": True}
+    )
+    assert sse_events(stream.text)[-1]["error"]["code"] == "engine_error"
+    text = (await client.get("/metrics")).text
+    assert 'llmfleet_worker_requests_total{outcome="error"} 2.0' in text
+    assert 'llmfleet_worker_requests_total{outcome="success"} 1.0' in text
+    assert (await client.get("/health")).status_code == 200
+
+
+async def test_a_failed_step_is_a_500_for_its_requests_and_the_next_request_succeeds() -> None:
     runner = FakeRunner()
     runner.gate.clear()
     eng = FakeEngine(runner)
@@ -270,7 +413,28 @@ async def test_engine_failure_fails_liveness_and_requests() -> None:
             body = {"model": MODEL, "prompt": "a", "max_tokens": 5}
             pending = asyncio.ensure_future(c.post("/v1/completions", json=body))
             assert await asyncio.to_thread(runner.entered.wait, 10)
-            runner.fail = True
+            runner.raise_next = RuntimeError("simulated failure of the forward pass")
+            runner.gate.set()
+            assert assert_openai_error(await pending, 500)["code"] == "engine_error"
+            assert (await c.get("/health")).status_code == 200
+            assert (await c.get("/ready")).status_code == 200
+            again = await c.post("/v1/completions", json=body)
+            assert again.json()["choices"][0]["text"] == "bcdef"
+    finally:
+        eng.shutdown()
+
+
+async def test_a_fatal_engine_error_fails_liveness_and_requests() -> None:
+    runner = FakeRunner()
+    runner.gate.clear()
+    eng = FakeEngine(runner)
+    eng.start()
+    try:
+        async with client_for(eng) as c:
+            body = {"model": MODEL, "prompt": "a", "max_tokens": 5}
+            pending = asyncio.ensure_future(c.post("/v1/completions", json=body))
+            assert await asyncio.to_thread(runner.entered.wait, 10)
+            runner.raise_next = RuntimeError("CUDA error: an illegal memory access")
             runner.gate.set()
             assert assert_openai_error(await pending, 500)["code"] == "engine_error"
             assert (await c.get("/health")).status_code == 503

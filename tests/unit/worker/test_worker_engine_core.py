@@ -1,19 +1,16 @@
-"""The engine loop with a fake runner: stop handling, EOS, cancellation, drain, hand-off."""
+"""The engine loop with a fake runner: stop handling, EOS, cancellation, drain, hand-off,
+and fault isolation (one request, one step, fatal)."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 
 import pytest
-from worker_fakes import EOS, FakeEngine, FakeRunner, token_for
+from worker_fakes import EOS, FAILING_SEED, FakeEngine, FakeRunner, token_for
 
-from llmfleet_worker.engine.core import (
-    DrainingError,
-    Output,
-    QueueFullError,
-    _partial_stop_len,
-)
+from llmfleet_worker.engine.core import DrainingError, Output, QueueFullError
 from llmfleet_worker.engine.scheduler import SamplingParams
 
 
@@ -76,12 +73,6 @@ async def test_held_back_prefix_is_flushed_when_the_stop_never_completes(
     outs = await collect(handle.batches())
     assert "".join(o.text for o in outs) == "bcd"
     assert outs[-1].finish_reason == "length"
-
-
-def test_partial_stop_length() -> None:
-    assert _partial_stop_len("hello wor", ("world",)) == 3
-    assert _partial_stop_len("hello", ("xyz", "lo!")) == 2
-    assert _partial_stop_len("abc", ("d",)) == 0
 
 
 async def test_cancel_frees_the_slot_at_the_next_step() -> None:
@@ -157,3 +148,75 @@ async def test_shutdown_ends_open_requests() -> None:
     eng.shutdown()
     outs = await collect(handle.batches())
     assert outs[-1].finish_reason in ("length", "abort")
+
+
+async def test_a_sequence_that_cannot_be_sampled_fails_alone(engine: FakeEngine) -> None:
+    good = [engine.submit([token_for("a")], params(6)) for _ in range(2)]
+    bad = engine.submit([token_for("a")], params(6, seed=FAILING_SEED))
+    results = await asyncio.gather(*(collect(h.batches()) for h in [*good, bad]))
+    for outs in results[:2]:  # same batch, unaffected
+        assert "".join(o.text for o in outs) == "bcdefg"
+        assert outs[-1].finish_reason == "length"
+    assert results[2] == [Output("", 0, results[2][0].time, "error")]
+    assert bad.seq in engine.fake_runner.released
+    assert engine.healthy
+    assert engine.idle()
+
+
+async def test_a_failed_step_fails_its_requests_frees_their_slots_and_the_engine_goes_on() -> None:
+    runner = FakeRunner()
+    runner.gate.clear()
+    eng = FakeEngine(runner, max_num_seqs=2)
+    try:
+        # Both queued before the engine starts, so that its first step holds both.
+        in_step = [eng.submit([token_for("a")], params(5)) for _ in range(2)]
+        eng.start()
+        assert await asyncio.to_thread(runner.entered.wait, 10)
+        waiting = eng.submit([token_for("a")], params(3))  # no slot: not in the failing step
+        runner.raise_next = MemoryError("simulated out of memory")
+        runner.gate.set()
+        for handle in in_step:
+            outs = await collect(handle.batches())
+            assert outs[-1].finish_reason == "error"
+            assert handle.seq in runner.released
+        outs = await collect(waiting.batches())
+        assert "".join(o.text for o in outs) == "bcd"
+        assert outs[-1].finish_reason == "length"
+        assert eng.healthy
+        assert eng.ready
+        assert eng.num_running == 0
+        after = await collect(eng.submit([token_for("a")], params(2)).batches())
+        assert after[-1].finish_reason == "length"
+    finally:
+        eng.shutdown()
+
+
+async def test_a_fatal_device_error_stops_the_engine_and_calls_on_fatal() -> None:
+    runner = FakeRunner()
+    runner.gate.clear()
+    eng = FakeEngine(runner)
+    reported: list[BaseException] = []
+    done = threading.Event()
+
+    def on_fatal(exc: BaseException) -> None:
+        reported.append(exc)
+        done.set()
+
+    eng.start(on_fatal=on_fatal)
+    try:
+        running = eng.submit([token_for("a")], params(5))
+        assert await asyncio.to_thread(runner.entered.wait, 10)
+        queued = [eng.submit([token_for("a")], params(5)) for _ in range(6)]  # 2 wait
+        fatal = RuntimeError("CUDA error: device-side assert triggered")
+        runner.raise_next = fatal
+        runner.gate.set()
+        assert await asyncio.to_thread(done.wait, 10)
+        assert reported == [fatal]
+        for handle in [running, *queued]:
+            assert (await collect(handle.batches()))[-1].finish_reason == "error"
+        assert not eng.healthy
+        assert not eng.ready
+        with pytest.raises(RuntimeError, match="failed"):
+            eng.submit([1], params(1))
+    finally:
+        eng.shutdown()

@@ -10,9 +10,11 @@ import threading
 import time
 
 from llmfleet_worker.engine.core import Engine
+from llmfleet_worker.engine.failures import SampleFailure
 from llmfleet_worker.engine.scheduler import Sequence, StepPlan
 
 EOS = 0
+FAILING_SEED = 666
 ALPHABET = "abcdefghijklmnopqrstuvwxyz"
 
 
@@ -23,7 +25,9 @@ def token_for(char: str) -> int:
 class FakeRunner:
     """Emits ``script`` (cycled) per sequence, or the next letter after the last token.
 
-    ``gate`` (when cleared) holds every step, which keeps requests in the queue.
+    ``gate`` (when cleared) holds every step, which keeps requests in the queue. Faults to
+    inject: ``raise_next`` is raised from the next step (once), and a sequence with seed
+    ``FAILING_SEED`` is reported as not sampleable, as a broken row of logits would be.
     """
 
     def __init__(self, script: list[int] | None = None, step_seconds: float = 0.0) -> None:
@@ -32,24 +36,27 @@ class FakeRunner:
         self.gate = threading.Event()
         self.gate.set()
         self.entered = threading.Event()  # set once a step has started
-        self.fail = False  # raise from the next step, as a broken model would
+        self.raise_next: BaseException | None = None
         self.plans: list[StepPlan] = []
         self.released: list[Sequence] = []
 
-    def step(self, plan: StepPlan) -> list[int]:
+    def step(self, plan: StepPlan) -> list[int | SampleFailure]:
         self.entered.set()
         self.gate.wait()
-        if self.fail:
-            raise RuntimeError("simulated model failure")
+        if self.raise_next is not None:
+            exc, self.raise_next = self.raise_next, None
+            raise exc
         if self.step_seconds:
             time.sleep(self.step_seconds)
         self.plans.append(plan)
-        out = []
+        out: list[int | SampleFailure] = []
         for chunk in plan.chunks:
             if not chunk.sample:
                 continue
             seq = chunk.seq
-            if self.script is not None:
+            if seq.params.seed == FAILING_SEED:
+                out.append(SampleFailure("injected"))
+            elif self.script is not None:
                 out.append(self.script[len(seq.output_ids) % len(self.script)])
             else:
                 last = seq.output_ids[-1] if seq.output_ids else seq.prompt_ids[-1]
