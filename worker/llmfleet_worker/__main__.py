@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
@@ -17,6 +18,13 @@ from llmfleet_worker import __version__
 from llmfleet_worker.settings import add_serve_arguments, settings_from_args
 
 log = logging.getLogger("llmfleet_worker")
+
+#: Exit status after a fatal engine error (2 is a start-up error, 1 a server that never
+#: started), so that Kubernetes restarts the container and its logs say why.
+EXIT_ENGINE_FAILED = 3
+#: After a fatal engine error the server gets this long to send the error responses it owes
+#: and close; then the process exits regardless (a broken device can hang a clean shutdown).
+FATAL_EXIT_SECONDS = 10.0
 
 
 def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
@@ -100,9 +108,24 @@ class _DrainingServer:
             log.info("drained; shutting down")
         self.server.should_exit = True
 
+    def on_engine_failure(self, exc: BaseException) -> None:
+        """The engine stopped for good (called on its thread): exit non-zero, promptly."""
+        log.critical("exiting with status %d: the engine failed: %s", EXIT_ENGINE_FAILED, exc)
+        watchdog = threading.Timer(FATAL_EXIT_SECONDS, _exit_now)
+        watchdog.daemon = True
+        watchdog.start()
+        # uvicorn polls this flag; setting a bool from another thread is safe.
+        self.server.should_exit = True
+
     async def serve(self) -> None:
         self.loop = asyncio.get_running_loop()
         await self.server.serve()
+
+
+def _exit_now() -> None:
+    log.critical("shutdown after the engine failure took over %ss; exiting", FATAL_EXIT_SECONDS)
+    logging.shutdown()
+    os._exit(EXIT_ENGINE_FAILED)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -138,13 +161,15 @@ def _serve(args: argparse.Namespace) -> int:
     except ModelLoadError as exc:
         print(f"llmfleet-worker: error: {exc}", file=sys.stderr)
         return 2
-    engine.start()
     app = build_app(engine, settings, Metrics())
     server = _DrainingServer(app, engine, settings)
+    engine.start(on_fatal=server.on_engine_failure)
     try:
         asyncio.run(server.serve())
     finally:
         engine.shutdown()
+    if engine.failed is not None:
+        return EXIT_ENGINE_FAILED
     return 0 if server.server.started else 1
 
 

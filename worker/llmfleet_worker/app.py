@@ -130,6 +130,23 @@ class APIKeyMiddleware:
         await self.app(scope, receive, send)
 
 
+def _answer_validation_errors_with_400(app: FastAPI) -> None:
+    """FastAPI documents a 422 for every body; this app answers invalid bodies with 400 in
+    OpenAI's error shape (see ``validation_error``), declared on the routes."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            for path in schema.get("paths", {}).values():
+                for operation in path.values():
+                    operation.get("responses", {}).pop("422", None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override
+
+
 def build_app(engine: TextEngine, settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     """The worker's FastAPI app around ``engine``."""
     metrics = metrics or Metrics()
@@ -139,10 +156,11 @@ def build_app(engine: TextEngine, settings: Settings, metrics: Metrics | None = 
         version=__version__,
         docs_url=None,
         redoc_url=None,
-        openapi_url=None,
+        openapi_url="/openapi.json",  # what clients and the schema fuzz test read
     )
     app.state.serving = Serving(engine, settings, metrics)
     app.include_router(router)
+    _answer_validation_errors_with_400(app)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -111,13 +111,18 @@ class Serving:
         arrival = time.monotonic()
         try:
             self._check_model(req.model)
-            if isinstance(req.prompt, str) or isinstance(req.prompt[0], str):
-                text = req.prompt if isinstance(req.prompt, str) else str(req.prompt[0])
-                ids = await self._encode(text, add_special_tokens=True)
+            prompt = req.prompt_input()
+            if isinstance(prompt, str):
+                ids = await self._encode(prompt, add_special_tokens=True, param="prompt")
             else:
-                ids = [int(t) for t in req.prompt]
-                if any(t < 0 or t >= self.engine.vocab_size for t in ids):
-                    raise APIError(400, "prompt token id out of range", param="prompt")
+                ids = prompt
+                vocab = self.engine.vocab_size
+                if any(t < 0 or t >= vocab for t in ids):
+                    raise APIError(
+                        400,
+                        f"prompt token ids must be in [0, {vocab}) for this model",
+                        param="prompt",
+                    )
             handle = self._submit(ids, req, default_max=None)
         except APIError as err:
             return self._fail(err)
@@ -138,7 +143,7 @@ class Serving:
                 raise APIError(
                     400, f"cannot apply the chat template: {exc}", param="messages"
                 ) from exc
-            ids = await self._encode(text, add_special_tokens=False)
+            ids = await self._encode(text, add_special_tokens=False, param="messages")
             handle = self._submit(ids, req, default_max=self.engine.max_model_len - len(ids))
         except APIError as err:
             return self._fail(err)
@@ -168,11 +173,19 @@ class Serving:
             code="context_length_exceeded",
         )
 
-    async def _encode(self, text: str, *, add_special_tokens: bool) -> list[int]:
+    async def _encode(self, text: str, *, add_special_tokens: bool, param: str) -> list[int]:
         # A token covers at most max_chars_per_token characters, so longer text cannot fit:
         # refuse megabytes without tokenizing them (and without stalling anybody).
         if len(text) > self.engine.max_model_len * self.engine.max_chars_per_token:
             raise self._too_long(None)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            # JSON can carry lone surrogates ("\ud800"); they are not text, and tokenizers
+            # raise on them.
+            raise APIError(
+                400, f"{param} is not valid Unicode text: {exc.reason}", param=param
+            ) from exc
         if len(text) > _INLINE_TOKENIZE_CHARS:
             ids = await asyncio.to_thread(
                 self.engine.encode, text, add_special_tokens=add_special_tokens
@@ -204,16 +217,8 @@ class Serving:
                 param="max_tokens",
                 code="context_length_exceeded",
             )
-        params = SamplingParams(
-            max_tokens=max_tokens,
-            temperature=req.temperature,
-            top_p=req.top_p,
-            seed=req.seed,
-            stop=req.stop_tuple(),
-            ignore_eos=req.ignore_eos,
-        )
         try:
-            handle = self.engine.submit(ids, params)
+            handle = self.engine.submit(ids, sampling_params(req, max_tokens))
         except QueueFullError as exc:
             raise APIError(
                 429,
@@ -410,6 +415,20 @@ class Serving:
         yield "data: [DONE]\n\n"
 
 
+def sampling_params(
+    req: CompletionRequest | ChatCompletionRequest, max_tokens: int
+) -> SamplingParams:
+    """The engine's view of a validated request."""
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        seed=req.seed,
+        stop=req.stop_tuple(),
+        ignore_eos=req.ignore_eos,
+    )
+
+
 def _usage(handle: RequestHandle, completion_tokens: int) -> Usage:
     """Token counts of a finished (or cut short) request."""
     return Usage(
@@ -431,10 +450,17 @@ def _draining(
 
 
 def _cut_short(reason: str) -> _ServingError:
-    """The error for a request the worker could not finish (drain deadline or engine failure)."""
+    """The error for a request the worker could not finish (drain deadline, or a failure of
+    this request, of its engine step or of the engine)."""
     if reason == "abort":
         return _draining("The worker shut down before the request finished; retry it.")
-    return _ServingError(500, "The engine failed.", "server_error", code="engine_error")
+    return _ServingError(
+        500,
+        "The worker failed while generating this request; retry it.",
+        "server_error",
+        code="engine_error",
+        outcome="error",
+    )
 
 
 def _json(obj: Any) -> str:

@@ -6,10 +6,29 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from llmfleet_worker.api.protocol import ChatCompletionRequest, CompletionRequest, ModelList
+from llmfleet_worker.api.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    ErrorResponse,
+    ModelList,
+)
 from llmfleet_worker.serving import Serving
 
 router = APIRouter()
+
+# What the OpenAPI schema says a generation endpoint can answer besides 200 (docs/worker.md).
+_GENERATION_ERRORS: dict[int | str, dict[str, object]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in {
+        400: "invalid request (the error's param names the field)",
+        401: "missing or wrong API key",
+        404: "unknown model",
+        413: "request body too large",
+        429: "waiting queue full (Retry-After)",
+        500: "this request failed on the worker",
+        503: "draining",
+    }.items()
+}
 
 
 def _serving(request: Request) -> Serving:
@@ -22,12 +41,12 @@ async def list_models(request: Request) -> ModelList:
     return _serving(request).models()
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", responses=_GENERATION_ERRORS)
 async def completions(body: CompletionRequest, request: Request) -> Response:
     return await _serving(request).completion(body, request)
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", responses=_GENERATION_ERRORS)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     return await _serving(request).chat(body, request)
 

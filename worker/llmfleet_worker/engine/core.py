@@ -3,6 +3,11 @@
 Pure Python (no torch import): the runner and the detokenizer are passed in, so the loop,
 the stop-string logic and the thread hand-off are tested with fakes.
 
+Failures are contained as narrowly as they allow (see :mod:`~llmfleet_worker.engine.failures`):
+a sequence the runner could not sample ends alone, a step that raised ends the requests in
+it, and only a fatal error stops the engine, which then calls ``on_fatal`` so that the
+process can exit and be restarted.
+
 The HTTP event loop never waits for torch. Requests enter through :meth:`Engine.submit`
 (thread-safe, under a short lock); every step ends with *one* ``call_soon_threadsafe`` that
 delivers that step's outputs to all request handles at once.
@@ -16,9 +21,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from collections.abc import Sequence as SequenceOf
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from llmfleet_worker.engine.failures import FailureScope, SampleFailure, classify_step_error
 from llmfleet_worker.engine.scheduler import (
     QueueFullError,
     SamplingParams,
@@ -26,6 +33,7 @@ from llmfleet_worker.engine.scheduler import (
     Sequence,
     StepPlan,
 )
+from llmfleet_worker.engine.stops import StopMatcher
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +45,8 @@ class DrainingError(Exception):
 
 
 class StepRunner(Protocol):
-    def step(self, plan: StepPlan) -> list[int]: ...
+    def step(self, plan: StepPlan) -> SequenceOf[int | SampleFailure]:
+        """One token, or the reason it could not be sampled, per chunk with ``sample`` set."""
 
     def release(self, seq: Sequence) -> None: ...
 
@@ -59,14 +68,12 @@ class Output:
 
 @dataclass
 class _Stream:
-    """Engine-thread state of one request: text so far and what was already emitted."""
+    """Engine-thread state of one request."""
 
     seq: Sequence
     handle: RequestHandle
     decoder: IncrementalDecoder
-    text: str = ""
-    emitted: int = 0
-    max_stop: int = 0
+    stops: StopMatcher | None = None
 
 
 class RequestHandle:
@@ -156,11 +163,14 @@ class Engine:
         self._thread: threading.Thread | None = None
         self.draining = False
         self.failed: BaseException | None = None
+        self._on_fatal: Callable[[BaseException], None] | None = None
 
     # ---- lifecycle ------------------------------------------------------------------
-    def start(self) -> None:
-        """Start the engine thread (idempotent)."""
+    def start(self, on_fatal: Callable[[BaseException], None] | None = None) -> None:
+        """Start the engine thread (idempotent). ``on_fatal`` is called, on the engine
+        thread, after a fatal error stopped the engine and every request ended."""
         if self._thread is None:
+            self._on_fatal = on_fatal
             self._thread = threading.Thread(target=self._loop, name="llmfleet-engine", daemon=True)
             self._thread.start()
 
@@ -175,7 +185,7 @@ class Engine:
 
     @property
     def healthy(self) -> bool:
-        """False once the engine thread died: liveness should restart the process."""
+        """False once a fatal error stopped the engine thread."""
         return self.failed is None
 
     @property
@@ -228,9 +238,8 @@ class Engine:
             raise RuntimeError("the engine has failed") from self.failed
         seq = Sequence(list(prompt_ids), params)
         handle = RequestHandle(self, seq, asyncio.get_running_loop())
-        stream = _Stream(
-            seq, handle, self.make_decoder(), max_stop=max(map(len, params.stop), default=0)
-        )
+        stops = StopMatcher(params.stop) if params.stop else None
+        stream = _Stream(seq, handle, self.make_decoder(), stops)
         with self._lock:
             self.scheduler.add(seq)
             self._streams[seq.request_id] = stream
@@ -255,9 +264,13 @@ class Engine:
                         continue
                 self._step()
         except BaseException as exc:  # the thread must report, never die silently
-            log.exception("engine loop failed")
+            log.critical("engine stopped by a fatal error", exc_info=exc)
             self.failed = exc
-            self._finish_all("error")
+            try:
+                self._finish_all("error")
+            finally:  # even when the bookkeeping is too broken to end every request
+                if self._on_fatal is not None:
+                    self._on_fatal(exc)
         else:
             self._finish_all("abort")
 
@@ -268,15 +281,41 @@ class Engine:
                 self._retire(seq, seq.finish_reason or "cancelled", deliveries)
             plan = self.scheduler.schedule()
         if plan is not None:
-            tokens = self.runner.step(plan)
-            now = time.monotonic()
-            with self._lock:
-                self.scheduler.complete(plan)
-                sampled = [c.seq for c in plan.chunks if c.sample]
-                for seq, token in zip(sampled, tokens, strict=True):
-                    self._append(seq, token, now, deliveries)
-                self._update_stats(plan)
+            try:
+                results = self.runner.step(plan)
+            except Exception as exc:
+                if classify_step_error(exc) is FailureScope.FATAL:
+                    raise
+                log.exception("engine step failed; failing the %d requests in it", len(plan.chunks))
+                with self._lock:
+                    self._fail_step(plan, deliveries)
+            else:
+                now = time.monotonic()
+                with self._lock:
+                    self.scheduler.complete(plan)
+                    sampled = [c.seq for c in plan.chunks if c.sample]
+                    for seq, result in zip(sampled, results, strict=True):
+                        if isinstance(result, SampleFailure):
+                            log.warning("request %s failed: %s", seq.request_id, result.reason)
+                            self._fail(seq, deliveries)
+                        else:
+                            self._append(seq, result, now, deliveries)
+                    self._update_stats(plan)
         self._deliver(deliveries)
+
+    def _fail(self, seq: Sequence, out: list[tuple[RequestHandle, Output]]) -> None:
+        if seq.finish_reason is None:
+            self.scheduler.finish(seq, "error")
+            self._retire(seq, "error", out)
+
+    def _fail_step(self, plan: StepPlan, out: list[tuple[RequestHandle, Output]]) -> None:
+        """End every request whose cache rows the failed step may have half written: those
+        it ran, and those the step's row moves copied into place."""
+        affected = [c.seq for c in plan.chunks]
+        running = self.scheduler.running
+        affected += [running[dst] for _src, dst in plan.moves if dst < len(running)]
+        for seq in dict.fromkeys(affected):  # in order, once each
+            self._fail(seq, out)
 
     def _append(
         self, seq: Sequence, token: int, now: float, out: list[tuple[RequestHandle, Output]]
@@ -287,29 +326,23 @@ class Engine:
         seq.output_ids.append(token)
         params = seq.params
         finish: str | None = None
+        stops = stream.stops
         if token in self.eos_token_ids and not params.ignore_eos:
             finish = "stop"
             piece = ""
         else:
-            stream.text += stream.decoder.step(token)
-            piece = ""
-            if params.stop:
-                hit = _find_stop(stream.text, params.stop, stream.emitted, stream.max_stop)
-                if hit is not None:
-                    stream.text = stream.text[:hit]
+            piece = stream.decoder.step(token)
+            if stops is not None:
+                # The matcher holds back a tail that could still become a stop string.
+                piece = stops.feed(piece)
+                if stops.stopped:
                     finish = "stop"
         if finish is None and (
             len(seq.output_ids) >= params.max_tokens or seq.num_tokens >= self.max_model_len
         ):
             finish = "length"
-        if finish is None and params.stop:
-            # Hold back a tail that could still become a stop string.
-            safe = len(stream.text) - _partial_stop_len(stream.text, params.stop)
-        else:
-            safe = len(stream.text)
-        if safe > stream.emitted:
-            piece = stream.text[stream.emitted : safe]
-            stream.emitted = safe
+        if finish is not None and stops is not None:
+            piece += stops.flush()
         out.append((stream.handle, Output(piece, 1, now, finish)))
         if finish is not None:
             self.scheduler.finish(seq, finish)
@@ -353,25 +386,3 @@ class Engine:
 def _push_all(items: list[tuple[RequestHandle, Output]]) -> None:
     for handle, out in items:
         handle._push(out)
-
-
-def _find_stop(text: str, stops: tuple[str, ...], emitted: int, max_stop: int) -> int | None:
-    """Index where the earliest stop string starts in the not-yet-emitted region, or None."""
-    start = max(0, emitted - max_stop + 1)
-    best: int | None = None
-    for stop in stops:
-        i = text.find(stop, start)
-        if i != -1 and (best is None or i < best):
-            best = i
-    return best
-
-
-def _partial_stop_len(text: str, stops: tuple[str, ...]) -> int:
-    """Length of the longest suffix of ``text`` that is a proper prefix of a stop string."""
-    best = 0
-    for stop in stops:
-        for n in range(min(len(stop) - 1, len(text)), best, -1):
-            if text.endswith(stop[:n]):
-                best = n
-                break
-    return best

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812  # torch's own conventional alias
 from torch import nn
 
+from llmfleet_worker.engine.failures import SampleFailure
 from llmfleet_worker.engine.loader import LoadedModel, quantize_int8
 from llmfleet_worker.engine.scheduler import Sequence, StepPlan
 
@@ -34,8 +35,9 @@ FAST_LLAMA_TYPES = frozenset({"llama", "mistral", "qwen2"})
 class Runner(Protocol):
     """What the engine loop needs from a model runner."""
 
-    def step(self, plan: StepPlan) -> list[int]:
-        """Run ``plan``; return one sampled token per chunk with ``sample`` set, in order."""
+    def step(self, plan: StepPlan) -> list[int | SampleFailure]:
+        """Run ``plan``; return one sampled token (or why that sequence could not be
+        sampled) per chunk with ``sample`` set, in order. Raises when the whole step failed."""
 
     def release(self, seq: Sequence) -> None:
         """Forget per-sequence state (sampling generator, private caches)."""
@@ -46,7 +48,12 @@ class Runner(Protocol):
 # ---------------------------------------------------------------------------------------
 class Sampler:
     """Greedy, temperature and top-p sampling, batched; per-request seeds stay reproducible
-    because each seeded request draws from its own generator."""
+    because each seeded request draws from its own generator.
+
+    A row whose logits are not finite, or whose sampling raises (a seed the generator
+    refuses, parameters that slipped past validation), fails alone as a
+    :class:`SampleFailure`; the other rows get their tokens.
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -60,40 +67,66 @@ class Sampler:
     def _generator(self, seq: Sequence) -> torch.Generator:
         gen = self._generators.get(seq.request_id)
         if gen is None:
-            gen = torch.Generator(device=self.device)
             assert seq.params.seed is not None
+            gen = torch.Generator(device=self.device)
             gen.manual_seed(seq.params.seed)
             self._generators[seq.request_id] = gen
         return gen
 
-    def sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int]:
+    def sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int | SampleFailure]:
         """``logits``: ``[len(seqs), vocab]``."""
-        if all(s.params.greedy for s in seqs):
-            greedy: list[int] = logits.argmax(dim=-1).tolist()
-            return greedy
-        logits = logits.float()
-        out = logits.argmax(dim=-1)
+        try:
+            return self._sample(logits, seqs)
+        except Exception as exc:
+            if len(seqs) == 1:
+                return [SampleFailure(f"sampling failed: {exc}")]
+        # Something in one row broke the batched maths: sample row by row so that only the
+        # rows that raise again fail. (Generators are made before anything draws, so a seed
+        # the generator refuses costs no other row its reproducibility; a draw that raises
+        # after others drew, which only NaN parameters cause, can.)
+        out: list[int | SampleFailure] = []
+        for i, seq in enumerate(seqs):
+            try:
+                out += self._sample(logits[i : i + 1], [seq])
+            except Exception as exc:
+                out.append(SampleFailure(f"sampling failed: {exc}"))
+        return out
+
+    def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> list[int | SampleFailure]:
+        # One reduction gives the greedy tokens and, through the row maxima, the rows whose
+        # logits are unusable: max propagates NaN, and +inf or an all -inf row is not finite.
+        top, picks = logits.max(dim=-1)
+        finite = torch.isfinite(top)
         rows = [i for i, s in enumerate(seqs) if not s.params.greedy]
-        idx = torch.tensor(rows, device=logits.device)
-        temps = torch.tensor([seqs[i].params.temperature for i in rows], device=logits.device)
-        probs = torch.softmax(logits[idx] / temps[:, None], dim=-1)
-        top_p = torch.tensor([seqs[i].params.top_p for i in rows], device=logits.device)
-        if bool((top_p < 1.0).any()):
-            sorted_p, order = probs.sort(dim=-1, descending=True)
-            # Keep the smallest prefix whose mass reaches top_p (always at least one token).
-            drop = (sorted_p.cumsum(dim=-1) - sorted_p) >= top_p[:, None]
-            sorted_p = sorted_p.masked_fill(drop, 0.0)
-            probs = torch.zeros_like(probs).scatter_(1, order, sorted_p)
-        unseeded = [j for j, i in enumerate(rows) if seqs[i].params.seed is None]
-        if unseeded:
-            picks = torch.multinomial(probs[unseeded], 1, generator=self._shared).squeeze(1)
-            out[idx[unseeded]] = picks
-        for j, i in enumerate(rows):
-            if seqs[i].params.seed is not None:
-                gen = self._generator(seqs[i])
-                out[i] = torch.multinomial(probs[j], 1, generator=gen)[0]
-        picked: list[int] = out.tolist()
-        return picked
+        if rows:
+            seeded = {i: self._generator(seqs[i]) for i in rows if seqs[i].params.seed is not None}
+            dev = logits.device
+            idx = torch.tensor(rows, device=dev)
+            temps = torch.tensor([seqs[i].params.temperature for i in rows], device=dev)
+            # Subtracting the row maximum keeps every scaled logit <= 0 with one exactly 0, so
+            # softmax is well defined at any temperature; rows that fail anyway get zeros to
+            # keep the batched draw valid (their token is discarded below).
+            scaled = (logits[idx].float() - top[idx, None].float()) / temps[:, None]
+            scaled = torch.where(finite[idx, None], scaled, 0.0)
+            probs = torch.softmax(scaled, dim=-1)
+            top_p = torch.tensor([seqs[i].params.top_p for i in rows], device=dev)
+            if bool((top_p < 1.0).any()):
+                sorted_p, order = probs.sort(dim=-1, descending=True)
+                # Keep the smallest prefix whose mass reaches top_p, and always the first token.
+                drop = (sorted_p.cumsum(dim=-1) - sorted_p) >= top_p[:, None]
+                drop[:, 0] = False
+                sorted_p = sorted_p.masked_fill(drop, 0.0)
+                probs = torch.zeros_like(probs).scatter_(1, order, sorted_p)
+            unseeded = [j for j, i in enumerate(rows) if i not in seeded]
+            if unseeded:
+                drawn = torch.multinomial(probs[unseeded], 1, generator=self._shared).squeeze(1)
+                picks[idx[unseeded]] = drawn
+            for j, i in enumerate(rows):
+                if i in seeded:
+                    picks[i] = torch.multinomial(probs[j], 1, generator=seeded[i])[0]
+        # One device-to-host transfer for tokens and failures together.
+        tokens: list[int] = torch.where(finite, picks, -1).tolist()
+        return [t if t >= 0 else SampleFailure("the logits are not finite") for t in tokens]
 
 
 # ---------------------------------------------------------------------------------------
@@ -302,7 +335,7 @@ class FastRunner:
 
     # ---- the step ------------------------------------------------------------------
     @torch.inference_mode()
-    def step(self, plan: StepPlan) -> list[int]:
+    def step(self, plan: StepPlan) -> list[int | SampleFailure]:
         for src, dst in plan.moves:
             self.k_cache[:, dst].copy_(self.k_cache[:, src])
             self.v_cache[:, dst].copy_(self.v_cache[:, src])
@@ -456,7 +489,7 @@ class HFRunner:
         self._caches.pop(seq.request_id, None)
 
     @torch.inference_mode()
-    def step(self, plan: StepPlan) -> list[int]:
+    def step(self, plan: StepPlan) -> list[int | SampleFailure]:
         from transformers import DynamicCache
 
         logits: list[torch.Tensor] = []

@@ -29,6 +29,15 @@ class SequenceStatus(enum.Enum):
     FINISHED = "finished"
 
 
+#: Below this temperature sampling is greedy: dividing logits by less only overflows, and the
+#: distribution is already a point mass for any logit gap a model produces (as vLLM does).
+MIN_TEMPERATURE = 1e-5
+#: Below this top_p only the most likely token survives for any vocabulary under a million
+#: tokens (its probability is at least 1/vocab), so sampling is greedy. Also keeps top_p
+#: away from float32's underflow to 0.
+MIN_TOP_P = 1e-6
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """Per-request generation settings (already validated by the API layer)."""
@@ -42,7 +51,8 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature <= 0.0
+        """Whether sampling reduces to argmax (values too small to sample from do)."""
+        return self.temperature < MIN_TEMPERATURE or self.top_p < MIN_TOP_P
 
 
 _ids = itertools.count()
