@@ -13,7 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from faulty_worker import TRIGGER_SEED  # noqa: E402  # after importorskip
+from step_fault_worker import TRIGGER_SEED  # noqa: E402  # after importorskip
 from worker_procs import start_worker  # noqa: E402
 
 from llmfleet_worker.__main__ import EXIT_ENGINE_FAILED  # noqa: E402
@@ -24,7 +24,7 @@ from llmfleet_worker.engine.scheduler import SamplingParams, Sequence  # noqa: E
 from llmfleet_worker.engine.textengine import build_engine  # noqa: E402
 from llmfleet_worker.settings import Settings  # noqa: E402
 
-FAULTY = (sys.executable, str(Path(__file__).with_name("faulty_worker.py")))
+FAULTY = (sys.executable, str(Path(__file__).with_name("step_fault_worker.py")))
 GREEDY = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
 
 

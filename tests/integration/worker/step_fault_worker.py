@@ -1,6 +1,7 @@
-"""``llmfleet-worker`` with a fault injected into the model runner, for fault-isolation tests.
+"""``llmfleet-worker`` with a fault injected into the model runner's step, for fault-isolation
+tests (request-level faults through pod env are tests/support/faulty_worker.py).
 
-Run as ``python faulty_worker.py KIND serve ...``: every step that holds a sequence with seed
+Run as ``python step_fault_worker.py KIND serve ...``: every step that holds a sequence with seed
 ``TRIGGER_SEED`` raises the exception named by KIND from the runner, as a real device would;
 every other step runs the real model. The worker itself is unchanged.
 """
