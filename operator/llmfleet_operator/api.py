@@ -291,8 +291,10 @@ class ModelSpec(_Model):
     """Weight and activation dtype."""
     quantization: Quantization = Quantization.NONE
     """Weight quantization."""
-    max_model_len: int = Field(default=2048, ge=16)
-    """Longest sequence (prompt + completion) in tokens."""
+    max_model_len: int | None = Field(default=None, ge=16)
+    """Longest sequence (prompt + completion) in tokens. Unset: the model's own context length
+    (its max_position_embeddings); more than the model allows stops the worker at start-up
+    with the reason in the pod's termination message."""
     hf_token_secret_ref: SecretKeyRef | None = None
     """Secret key holding the Hugging Face token for hf:// models."""
 

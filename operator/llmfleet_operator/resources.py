@@ -149,12 +149,14 @@ def worker_env(owner: Owner, spec: LLMDeploymentSpec, model_arg: str) -> list[di
         {"name": "LLMFLEET_SERVED_MODEL_NAME", "value": served_model_name(owner, spec)},
         {"name": "LLMFLEET_DTYPE", "value": str(spec.model.dtype)},
         {"name": "LLMFLEET_QUANTIZATION", "value": str(spec.model.quantization)},
-        {"name": "LLMFLEET_MAX_MODEL_LEN", "value": str(spec.model.max_model_len)},
         {"name": "LLMFLEET_HOST", "value": "0.0.0.0"},  # noqa: S104 - the pod's own interface
         {"name": "LLMFLEET_PORT", "value": str(spec.service.port)},
         {"name": "LLMFLEET_DRAIN_TIMEOUT", "value": str(DRAIN_SECONDS)},
         {"name": "HF_HOME", "value": HF_HOME},
     ]
+    if spec.model.max_model_len is not None:
+        # Only when the user chose one: otherwise the worker takes the model's own length.
+        env.append({"name": "LLMFLEET_MAX_MODEL_LEN", "value": str(spec.model.max_model_len)})
     if spec.model.hf_token_secret_ref is not None:
         env.append(_secret_env("HF_TOKEN", spec.model.hf_token_secret_ref))
     if spec.auth.api_key_secret_ref is not None:
@@ -196,6 +198,9 @@ def pod_template(
             "limits": limits,
         },
         "startupProbe": _probe("/health", STARTUP_PERIOD, STARTUP_FAILURES),
+        # A worker that refuses to start (a model it cannot load, a maxModelLen the model does
+        # not allow) says why in its last log lines: they become the termination message.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "readinessProbe": _probe("/ready", 5, 2),
         "livenessProbe": _probe("/health", 10, 3),
         # Endpoints stop routing first; then SIGTERM makes the worker drain in-flight requests.

@@ -194,7 +194,7 @@ def test_good_manifest_gets_the_model_defaults(kube: Kubectl) -> None:
         "memory": "32Gi",
     }
     assert stored["worker"]["image"] == api.DEFAULT_WORKER_IMAGE
-    assert stored["model"]["maxModelLen"] == 2048
+    assert "maxModelLen" not in stored["model"]  # unset: the worker uses the model's length
     assert stored["rollout"] == {
         "strategy": "RollingUpdate",
         "progressDeadlineSeconds": 900,

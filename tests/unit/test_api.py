@@ -45,7 +45,7 @@ def test_defaults_of_a_minimal_spec() -> None:
     assert spec.model.served_name("chat") == "chat"
     assert spec.model.dtype is api.Dtype.AUTO
     assert spec.model.quantization is api.Quantization.NONE
-    assert spec.model.max_model_len == 2048
+    assert spec.model.max_model_len is None  # the model's own length
     assert spec.worker.image == api.DEFAULT_WORKER_IMAGE
     assert spec.worker.engine is api.Engine.LLMFLEET
     assert spec.worker.resources.gpus == 1

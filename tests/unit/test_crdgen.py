@@ -61,11 +61,11 @@ def test_check_mode_reports_drift(tmp_path: Path, capsys: pytest.CaptureFixture[
     target = tmp_path / crdgen.FILE_NAME
     assert target.read_text() == crdgen.render()
     assert crdgen.main(["--check", "--out", str(tmp_path)]) == 0
-    target.write_text(target.read_text().replace("default: 2048", "default: 1024"))
+    target.write_text(target.read_text().replace("default: 900", "default: 901"))
     assert crdgen.main(["--check", "--out", str(tmp_path)]) == 1
     out, err = capsys.readouterr()
-    assert "-                    default: 1024" in out
-    assert "+                    default: 2048" in out
+    assert "-                    default: 901" in out
+    assert "+                    default: 900" in out
     assert "make crds" in err
 
 

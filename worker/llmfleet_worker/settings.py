@@ -78,7 +78,7 @@ _HELP: dict[str, str] = {
     "dtype": "weights and activations dtype; auto: fp32 on CPU, bf16/fp16 on CUDA",
     "quantization": "int8: dynamic int8 quantization of Linear layers (CPU only)",
     "device": "auto picks CUDA when available",
-    "max_model_len": "longest prompt + completion in tokens (default: min(model, 2048))",
+    "max_model_len": "longest prompt + completion in tokens (default: the model's context length)",
     "max_num_seqs": "most sequences in the running batch",
     "max_num_batched_tokens": "token budget of one engine step (prefill chunks + decodes)",
     "max_queue": "most requests waiting for a slot; more get 429",

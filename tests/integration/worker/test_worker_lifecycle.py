@@ -169,3 +169,11 @@ def test_non_causal_model_is_refused_at_start_up(tmp_path: Path) -> None:
     result = run_serve("--model", str(tmp_path))
     assert result.returncode == 2
     assert "not a causal language model" in result.stderr
+
+
+def test_max_model_len_beyond_the_model_is_refused_at_start_up(tiny_model: Path) -> None:
+    # The tiny model has 2048 positions; asking for more must not be capped silently.
+    result = run_serve("--model", str(tiny_model), "--max-model-len", "4096", "--device", "cpu")
+    assert result.returncode == 2
+    assert "max model length 4096" in result.stderr
+    assert "exceeds the model's 2048 positions" in result.stderr

@@ -165,3 +165,16 @@ def test_every_example_builds(path: Path) -> None:
             s = LLMDeploymentSpec.model_validate(doc["spec"])
             children = desired_children(OWNER, s, 2, revision_of(s))
             assert {c["kind"] for c in children} == {"Deployment", "Service", "PodDisruptionBudget"}
+
+
+def test_max_model_len_reaches_the_worker_only_when_the_user_set_it() -> None:
+    unset = env_of(worker_deployment(OWNER, spec(), 1, "abc"))
+    assert "LLMFLEET_MAX_MODEL_LEN" not in unset  # the worker takes the model's own length
+    chosen = spec(model={"uri": "pvc://models/tiny/v1", "maxModelLen": 4096})
+    assert env_of(worker_deployment(OWNER, chosen, 1, "abc"))["LLMFLEET_MAX_MODEL_LEN"] == "4096"
+
+
+def test_a_worker_that_refuses_to_start_says_why_in_its_termination_message() -> None:
+    assert container(worker_deployment(OWNER, spec(), 1, "abc"))["terminationMessagePolicy"] == (
+        "FallbackToLogsOnError"
+    )

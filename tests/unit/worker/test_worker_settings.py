@@ -78,3 +78,15 @@ def test_invalid_values_exit_with_a_usage_error(argv: list[str], env: dict[str, 
 def test_invalid_settings_are_value_errors(argv: list[str]) -> None:
     with pytest.raises(ValueError, match=r"model|max-num-seqs|api-key-file"):
         settings(argv)
+
+
+def test_max_model_len_defaults_to_the_models_and_is_never_capped_silently() -> None:
+    from llmfleet_worker.engine.source import ModelLoadError
+    from llmfleet_worker.engine.textengine import DEFAULT_MAX_MODEL_LEN, resolve_max_model_len
+
+    assert resolve_max_model_len(None, 1024) == 1024  # GPT-2: no crash loop on a default
+    assert resolve_max_model_len(None, 131072) == 131072  # not capped at 2048
+    assert resolve_max_model_len(None, None) == DEFAULT_MAX_MODEL_LEN
+    assert resolve_max_model_len(512, 1024) == 512
+    with pytest.raises(ModelLoadError, match="exceeds the model's 1024 positions"):
+        resolve_max_model_len(2048, 1024)

@@ -74,6 +74,20 @@ class TextEngine(Engine):
         return text
 
 
+def resolve_max_model_len(asked: int | None, model_limit: int | None) -> int:
+    """The longest sequence to serve: what was asked, else the model's own context length
+    (DEFAULT_MAX_MODEL_LEN when the model does not say); more than the model allows is an
+    error, never silently capped."""
+    if asked is None:
+        return model_limit or DEFAULT_MAX_MODEL_LEN
+    if model_limit and asked > model_limit:
+        raise ModelLoadError(
+            f"max model length {asked} (--max-model-len / LLMFLEET_MAX_MODEL_LEN, "
+            f"spec.model.maxModelLen) exceeds the model's {model_limit} positions"
+        )
+    return asked
+
+
 def build_engine(settings: Settings) -> TextEngine:
     """Load the model named by ``settings`` and build the engine (not started)."""
     threads = set_threads(settings.threads)
@@ -83,10 +97,7 @@ def build_engine(settings: Settings) -> TextEngine:
         quantization=settings.quantization,
         device=settings.device,
     )
-    limit = loaded.max_position_embeddings
-    max_len = settings.max_model_len or min(limit or DEFAULT_MAX_MODEL_LEN, DEFAULT_MAX_MODEL_LEN)
-    if limit and max_len > limit:
-        raise ModelLoadError(f"--max-model-len {max_len} exceeds the model's {limit} positions")
+    max_len = resolve_max_model_len(settings.max_model_len, loaded.max_position_embeddings)
     log.info(
         "loaded %s in %.1fs on %s (%s, quantization %s, %d threads), max_model_len %d",
         settings.model_name,
