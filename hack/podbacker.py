@@ -94,6 +94,7 @@ HOST_OWNED_ENV = frozenset(
         "LLMFLEET_HOST",
         "LLMFLEET_PORT",
         "LLMFLEET_DEVICE",
+        "LLMFLEET_NUM_GPUS",
         "LLMFLEET_THREADS",
         "LLMFLEET_API_KEY_FILE",
         "LLMFLEET_DRAIN_TIMEOUT",

@@ -318,7 +318,8 @@ class ResourcesSpec(_Model):
     """What one worker pod gets."""
 
     gpus: int = Field(default=1, ge=0)
-    """GPUs per worker (tensor parallelism), requested as a limit of gpuResourceName."""
+    """GPUs per worker, requested as a limit of gpuResourceName. More than one splits the
+    model's layers across them (more memory, not more speed: see docs/worker.md)."""
     gpu_resource_name: str = Field(default=DEFAULT_GPU_RESOURCE, min_length=1)
     """Extended resource name of the GPUs."""
     cpu: Quantity = "4"

@@ -154,6 +154,9 @@ def worker_env(owner: Owner, spec: LLMDeploymentSpec, model_arg: str) -> list[di
         {"name": "LLMFLEET_DRAIN_TIMEOUT", "value": str(DRAIN_SECONDS)},
         {"name": "HF_HOME", "value": HF_HOME},
     ]
+    if spec.worker.resources.gpus > 0:
+        # The worker lays the model over exactly these, and refuses to start seeing fewer.
+        env.append({"name": "LLMFLEET_NUM_GPUS", "value": str(spec.worker.resources.gpus)})
     if spec.model.max_model_len is not None:
         # Only when the user chose one: otherwise the worker takes the model's own length.
         env.append({"name": "LLMFLEET_MAX_MODEL_LEN", "value": str(spec.model.max_model_len)})

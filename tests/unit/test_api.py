@@ -222,7 +222,7 @@ def _example_specs() -> list[tuple[str, dict[str, Any]]]:
 def test_there_are_examples() -> None:
     names = [name for name, _ in _example_specs()]
     assert any(n.startswith("chat-small.yaml") for n in names), names
-    assert any(n.startswith("llama-70b-tp4.yaml") for n in names), names
+    assert any(n.startswith("llama-70b-4gpu.yaml") for n in names), names
 
 
 @pytest.mark.parametrize(
@@ -235,7 +235,7 @@ def test_examples_parse(name: str, body: dict[str, Any]) -> None:
 
 
 def test_full_example() -> None:
-    body = dict(_example_specs())["llama-70b-tp4.yaml:llama-70b"]
+    body = dict(_example_specs())["llama-70b-4gpu.yaml:llama-70b"]
     spec = api.parse_spec(body)
     assert spec.worker.resources.gpus == 4
     assert spec.autoscaling.mode is api.AutoscalingMode.MANUAL

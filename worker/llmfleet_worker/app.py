@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llmfleet_worker import __version__
@@ -163,8 +164,15 @@ def build_app(engine: TextEngine, settings: Settings, metrics: Metrics | None = 
     _answer_validation_errors_with_400(app)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         status = exc.status_code
+        # Every API request ends in exactly one outcome, these too: a client that went away
+        # while its body was read (FastAPI answers that with a 400 caused by the disconnect)
+        # cancelled; anything else refused here (413 while counting, 404, 405) was invalid.
+        if isinstance(exc.__cause__, ClientDisconnect):
+            metrics.requests.labels(outcome="cancelled").inc()
+        elif request.url.path.startswith("/v1/"):
+            metrics.requests.labels(outcome="invalid").inc()
         message = str(exc.detail) if exc.detail else "error"
         if status == 404:
             message = "Not found: no such endpoint."

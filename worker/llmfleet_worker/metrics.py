@@ -25,6 +25,8 @@ GENERATION_TOKENS_TOTAL = "llmfleet_worker_generation_tokens_total"
 BATCH_SIZE = "llmfleet_worker_batch_size"
 TOKEN_BUDGET_UTILIZATION = "llmfleet_worker_token_budget_utilization_ratio"  # noqa: S105  # a metric name
 KV_CACHE_UTILIZATION = "llmfleet_worker_kv_cache_utilization_ratio"
+KV_CACHE_BYTES = "llmfleet_worker_kv_cache_bytes"
+KV_CACHE_BUDGET_BYTES = "llmfleet_worker_kv_cache_budget_bytes"
 MODEL_LOAD_SECONDS = "llmfleet_worker_model_load_seconds"
 READY = "llmfleet_worker_ready"
 MAX_NUM_SEQS = "llmfleet_worker_max_num_seqs"
@@ -43,6 +45,8 @@ METRIC_NAMES: tuple[str, ...] = (
     BATCH_SIZE,
     TOKEN_BUDGET_UTILIZATION,
     KV_CACHE_UTILIZATION,
+    KV_CACHE_BYTES,
+    KV_CACHE_BUDGET_BYTES,
     MODEL_LOAD_SECONDS,
     READY,
     MAX_NUM_SEQS,
@@ -124,6 +128,16 @@ class Metrics:
             "Tokens held in the KV cache over its capacity (slots x max model length).",
             registry=r,
         )
+        self.kv_cache_bytes = Gauge(
+            name(KV_CACHE_BYTES),
+            "Bytes of KV cache allocated at start-up (fixed for the life of the process).",
+            registry=r,
+        )
+        self.kv_cache_budget_bytes = Gauge(
+            name(KV_CACHE_BUDGET_BYTES),
+            "Bytes the KV cache was allowed at start-up (--kv-cache-memory or derived).",
+            registry=r,
+        )
         self.load_seconds = Gauge(
             name(MODEL_LOAD_SECONDS), "Seconds it took to load the model.", registry=r
         )
@@ -145,4 +159,6 @@ class Metrics:
             self.token_budget.set_function(lambda: stats.token_budget_utilization)
             self.kv_cache.set_function(lambda: stats.kv_cache_utilization)
             self.load_seconds.set(stats.load_seconds)
+            self.kv_cache_bytes.set(getattr(stats, "kv_cache_bytes", 0))
+            self.kv_cache_budget_bytes.set(getattr(stats, "kv_cache_budget_bytes", 0))
             self.max_num_seqs.set(getattr(stats, "max_num_seqs", 0))

@@ -34,6 +34,9 @@ class Settings:
     device: str = "auto"
     max_model_len: int | None = None
     max_num_seqs: int = 32
+    kv_cache_memory: int | None = None
+    gpu_memory_utilization: float = 0.9
+    num_gpus: int | None = None
     max_num_batched_tokens: int = 512
     max_queue: int = 256
     max_request_bytes: int = 16 * 1024 * 1024
@@ -56,11 +59,23 @@ class Settings:
         return f"Settings({shown}, api_key={'***' if self.api_key else None})"
 
 
+def _size(text: str) -> int:
+    from llmfleet_worker.engine.kvcache import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:  # argparse shows this message as it is
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def _converters() -> dict[str, Callable[[str], Any]]:
     return {
         "port": int,
         "max_model_len": int,
         "max_num_seqs": int,
+        "kv_cache_memory": _size,
+        "gpu_memory_utilization": float,
+        "num_gpus": int,
         "max_num_batched_tokens": int,
         "max_queue": int,
         "max_request_bytes": int,
@@ -79,7 +94,13 @@ _HELP: dict[str, str] = {
     "quantization": "int8: dynamic int8 quantization of Linear layers (CPU only)",
     "device": "auto picks CUDA when available",
     "max_model_len": "longest prompt + completion in tokens (default: the model's context length)",
-    "max_num_seqs": "most sequences in the running batch",
+    "max_num_seqs": "most sequences in the running batch (lowered at start-up, and said so, "
+    "when a derived KV cache budget holds fewer)",
+    "kv_cache_memory": "KV cache size per device, e.g. 4GiB; a batch it cannot hold is a start-up "
+    "error (default: derived from --gpu-memory-utilization on CUDA, 0.8 of the memory left on CPU)",
+    "gpu_memory_utilization": "fraction of each GPU's memory the worker may use, weights, KV cache "
+    "and activations together",
+    "num_gpus": "GPUs to lay the model's layers over (default: every visible GPU)",
     "max_num_batched_tokens": "token budget of one engine step (prefill chunks + decodes)",
     "max_queue": "most requests waiting for a slot; more get 429",
     "max_request_bytes": "largest request body; larger gets 413 before parsing",
@@ -112,6 +133,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str])
             raw = env[env_name]
             try:
                 default = conv(raw)
+            except argparse.ArgumentTypeError as exc:
+                parser.error(f"{env_name}: {exc}")
             except ValueError:
                 parser.error(f"{env_name}={raw!r} is not a valid {conv.__name__}")
             if f.name in choices and default not in choices[f.name]:
@@ -143,6 +166,10 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Sett
     for name in ("max_num_seqs", "max_num_batched_tokens", "max_queue", "max_request_bytes"):
         if values[name] < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+    if not 0 < values["gpu_memory_utilization"] <= 1:
+        raise ValueError("--gpu-memory-utilization must be in (0, 1]")
+    if values["num_gpus"] is not None and values["num_gpus"] < 1:
+        raise ValueError("--num-gpus must be >= 1")
     if values["max_model_len"] is not None and values["max_model_len"] < 2:
         raise ValueError("--max-model-len must be >= 2")
     if values["drain_timeout"] < 0:

@@ -177,3 +177,39 @@ def test_max_model_len_beyond_the_model_is_refused_at_start_up(tiny_model: Path)
     assert result.returncode == 2
     assert "max model length 4096" in result.stderr
     assert "exceeds the model's 2048 positions" in result.stderr
+
+
+def test_a_kv_cache_budget_that_cannot_hold_the_batch_is_refused_at_start_up(
+    tiny_model: Path,
+) -> None:
+    # 32 sequences x 2048 tokens x 2 KiB (the tiny model in fp32) need 128 MiB.
+    result = run_serve("--model", str(tiny_model), "--device", "cpu", "--kv-cache-memory", "64Mi")
+    assert result.returncode == 2
+    assert "32 sequences x 2048 tokens" in result.stderr
+    assert "need 128 MiB" in result.stderr
+    assert "--max-num-seqs 16" in result.stderr
+
+
+def test_a_bad_kv_cache_size_is_a_usage_error(tiny_model: Path) -> None:
+    result = run_serve("--model", str(tiny_model), "--kv-cache-memory", "lots")
+    assert result.returncode == 2
+    assert "'lots' is not a size" in result.stderr
+
+
+def test_the_kv_cache_budget_and_size_are_metrics(tiny_model: Path, tmp_path: Path) -> None:
+    worker = start_worker(
+        tiny_model,
+        tmp_path,
+        "--kv-cache-memory",
+        "200Mi",
+        "--max-num-seqs",
+        "4",
+        "--max-model-len",
+        "512",
+    )
+    try:
+        assert worker.metric("llmfleet_worker_kv_cache_bytes") == 4 * 512 * 2048
+        assert worker.metric("llmfleet_worker_kv_cache_budget_bytes") == 200 * 2**20
+        assert worker.metric("llmfleet_worker_max_num_seqs") == 4
+    finally:
+        assert worker.stop() == 0

@@ -77,8 +77,8 @@ def test_fast_runner_matches_generate(arch: str, tiny_model: Path, gpt2_model: P
     path = tiny_model if arch == "llama" else gpt2_model
     expected = reference(path)
     loaded = load_model(str(path))
-    runner = FastRunner(loaded, max_num_seqs=3, max_model_len=64, initial_cache_len=4)
-    # Budget 4 forces chunked prefill mixed with decodes; a 4-slot cache grows mid-run.
+    runner = FastRunner(loaded, max_num_seqs=3, max_model_len=64)
+    # Budget 4 forces chunked prefill mixed with decodes.
     assert run(runner, budget=4) == expected
 
 
@@ -125,3 +125,53 @@ def test_threads_respect_a_cgroup_cpu_quota(tmp_path: Path) -> None:
     cpu_max.write_text("max 100000\n")
     assert available_cpus(cpu_max) == len(os.sched_getaffinity(0))
     assert available_cpus(tmp_path / "missing") == len(os.sched_getaffinity(0))
+
+
+def test_a_layer_split_over_two_devices_matches_generate(tiny_model: Path) -> None:
+    # Two "devices" that are both the CPU: the split code path (per-device caches, inputs and
+    # hand-overs) runs for real; only the GPUs are missing.
+    expected = reference(tiny_model)
+    loaded = load_model(str(tiny_model))
+    loaded.devices = (torch.device("cpu"), torch.device("cpu"))
+    runner = FastRunner(loaded, max_num_seqs=3, max_model_len=64)
+    assert runner.placement.layers_per_device == [1, 1]
+    assert len(runner._k) == 2
+    assert run(runner, budget=4) == expected
+
+
+def test_the_kv_cache_is_allocated_once_and_never_grows(tiny_model: Path) -> None:
+    runner = FastRunner(load_model(str(tiny_model)), max_num_seqs=3, max_model_len=64)
+    # 2 layers x 2 KV heads x 64 dims x fp32, K and V: 2 KiB a token.
+    assert runner.kv_plan.allocated_bytes == 3 * 64 * 2048
+    before = [(t.data_ptr(), t.shape) for t in runner._k + runner._v]
+    run(runner, budget=4)
+    assert [(t.data_ptr(), t.shape) for t in runner._k + runner._v] == before
+
+
+def test_a_derived_budget_lowers_max_num_seqs(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from llmfleet_worker.engine import loader
+
+    monkeypatch.setattr(loader, "free_memory", lambda device: 64 * 2**20)
+    runner = FastRunner(load_model(str(tiny_model)), max_num_seqs=32, max_model_len=2048)
+    # 0.8 x 64 MiB, less the activation reserve, holds fewer than 32 x 2048 x 2 KiB = 128 MiB.
+    assert runner.kv_plan.lowered_from == 32
+    assert 1 <= runner.max_num_seqs < 32
+    assert runner.kv_plan.allocated_bytes <= runner.kv_plan.budget_bytes
+
+
+def test_tied_embeddings_are_one_tensor_and_no_checkpoint_layer_is_kept(gpt2_model: Path) -> None:
+    loaded = load_model(str(gpt2_model))
+    hf = loaded.model
+    weights = sum(p.numel() * p.element_size() for p in hf.parameters())
+    runner = FastRunner(loaded, max_num_seqs=1, max_model_len=16)
+    m = runner.model
+    assert m.lm_head.weight is m.embed.weight
+    # The model holds the weights once: the checkpoint's layers were released as each was
+    # fused, and nothing else of the checkpoint is referenced.
+    storages = {
+        t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in m.parameters()
+    }
+    assert sum(storages.values()) == weights
+    assert all(isinstance(layer, torch.nn.Identity) for layer in hf.transformer.h)

@@ -443,3 +443,42 @@ async def test_a_fatal_engine_error_fails_liveness_and_requests() -> None:
             assert_openai_error(again, 500)
     finally:
         eng.shutdown()
+
+
+async def test_every_api_request_ends_in_one_outcome_even_before_its_body_is_read(
+    engine: FakeEngine,
+) -> None:
+    metrics = Metrics()
+    app = build_app(engine, Settings(model="/models/x", served_model_name=MODEL), metrics)
+
+    async def gone() -> dict[str, Any]:  # the client went away before sending its body
+        return {"type": "http.disconnect"}
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/completions",
+        "raw_path": b"/v1/completions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", b"40")],
+        "client": ("127.0.0.1", 1),
+        "server": ("worker", 80),
+    }
+    await app(scope, gone, send)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://worker"
+    ) as client:
+        assert_openai_error(await client.post("/v1/nope", json={}), 404)
+        assert (await client.get("/nope")).status_code == 404  # not an API request
+        text = (await client.get("/metrics")).text
+    assert 'llmfleet_worker_requests_total{outcome="cancelled"} 1.0' in text
+    assert 'llmfleet_worker_requests_total{outcome="invalid"} 1.0' in text

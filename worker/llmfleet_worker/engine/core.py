@@ -127,6 +127,9 @@ class EngineStats:
     load_seconds: float = 0.0
     #: Most sequences a step runs at once (exported so the autoscaler knows a worker's size).
     max_num_seqs: int = 0
+    #: The KV cache allocated at start-up and the budget it was sized from (0: not known).
+    kv_cache_bytes: int = 0
+    kv_cache_budget_bytes: int = 0
     extra: dict[str, float] = field(default_factory=dict)
 
 

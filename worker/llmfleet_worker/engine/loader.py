@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from llmfleet_worker.engine.kvcache import Budget, human
 from llmfleet_worker.engine.source import ModelLoadError, resolve_uri
 
 log = logging.getLogger(__name__)
@@ -58,11 +59,106 @@ def pick_dtype(requested: str, device: torch.device, config_dtype: Any) -> torch
     return torch.float32
 
 
+def pick_devices(device: torch.device, num_gpus: int | None) -> tuple[torch.device, ...]:
+    """The devices one replica spreads its model over: every visible GPU unless
+    ``num_gpus`` says how many (a pod sees exactly the GPUs it was given); one CPU."""
+    if device.type != "cuda":
+        if num_gpus not in (None, 0, 1):
+            raise ModelLoadError(f"--num-gpus {num_gpus} needs --device cuda (or auto with GPUs)")
+        return (device,)
+    if device.index is not None:
+        return (device,)
+    visible = torch.cuda.device_count()
+    want = num_gpus or visible
+    if want > visible:
+        raise ModelLoadError(
+            f"--num-gpus {want} (LLMFLEET_NUM_GPUS, resources.gpus) but this process sees "
+            f"{visible} GPU(s); check the pod's nvidia.com/gpu request and CUDA_VISIBLE_DEVICES"
+        )
+    return tuple(torch.device("cuda", i) for i in range(want))
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """Where the KV cache budget comes from (see :mod:`~llmfleet_worker.engine.kvcache`)."""
+
+    #: Bytes per device, explicit (``--kv-cache-memory``); ``None`` derives the budget.
+    kv_cache_memory: int | None = None
+    #: On CUDA: the fraction of each GPU's memory this worker may use, weights included.
+    gpu_memory_utilization: float = 0.9
+    #: On CPU: the fraction of the memory left (pod limit or host) the cache may take.
+    cpu_memory_fraction: float = 0.8
+
+
+def free_memory(device: torch.device) -> int | None:
+    """Bytes free on ``device`` now: CUDA's own count, or the memory this process may still
+    use on the host (its cgroup's limit less its usage, capped by MemAvailable)."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    if device.type == "cpu":
+        return available_memory()
+    return None
+
+
+def available_memory(
+    cgroup: Path = Path("/sys/fs/cgroup"), meminfo: Path = Path("/proc/meminfo")
+) -> int | None:
+    """Host memory this process may still allocate, or ``None`` when nothing says."""
+    found: list[int] = []
+    try:
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                found.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = (cgroup / "memory.max").read_text().strip()
+        if limit != "max":
+            used = int((cgroup / "memory.current").read_text().strip())
+            found.append(max(0, int(limit) - used))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def kv_budget(device: torch.device, memory: MemoryConfig, reserve: int) -> Budget:
+    """The KV cache budget of ``device`` once the weights are on it; ``reserve``: bytes kept
+    for a step's activations."""
+    if memory.kv_cache_memory is not None:
+        return Budget(
+            memory.kv_cache_memory, True, f"--kv-cache-memory {human(memory.kv_cache_memory)}"
+        )
+    if device.type == "cuda":
+        free, total = (int(v) for v in torch.cuda.mem_get_info(device))
+        util = memory.gpu_memory_utilization
+        budget = int(util * total) - (total - free) - reserve
+        return Budget(
+            max(0, budget),
+            False,
+            f"{util:.2f} of {device}'s {human(total)}, less {human(total - free)} in use "
+            f"and {human(reserve)} for activations",
+        )
+    free_now = free_memory(device)
+    if free_now is None:
+        raise ModelLoadError(f"cannot tell how much memory {device} has; set --kv-cache-memory")
+    frac = memory.cpu_memory_fraction
+    return Budget(
+        max(0, int(frac * free_now) - reserve),
+        False,
+        f"{frac:.2f} of the {human(free_now)} of memory left, less {human(reserve)} for "
+        "activations (set --kv-cache-memory to choose)",
+    )
+
+
 @dataclass
 class LoadedModel:
+    """A checkpoint read into host memory: the runner places it on ``devices``."""
+
     model: torch.nn.Module
     tokenizer: Any
-    device: torch.device
+    device: torch.device  # the first of ``devices``: inputs and sampling start here
+    devices: tuple[torch.device, ...]
     dtype: torch.dtype
     quantization: str
     load_seconds: float
@@ -99,15 +195,24 @@ def _require_causal_lm(uri: str, config: Any) -> None:
 
 
 def load_model(
-    uri: str, *, dtype: str = "auto", quantization: str = "none", device: str = "auto"
+    uri: str,
+    *,
+    dtype: str = "auto",
+    quantization: str = "none",
+    device: str = "auto",
+    num_gpus: int | None = None,
 ) -> LoadedModel:
-    """Load tokenizer and causal LM; raises :class:`ModelLoadError` on anything fixable."""
+    """Load tokenizer and causal LM into host memory (the runner fuses the weights there and
+    then moves them, so a device never holds two copies); raises :class:`ModelLoadError` on
+    anything fixable."""
     # transformers' own annotations are partial; treat the module as untyped here.
     hf: Any = importlib.import_module("transformers")
     hf.utils.logging.disable_progress_bar()
     start = time.monotonic()
     source = resolve_uri(uri)
     dev = pick_device(device)
+    devices = pick_devices(dev, num_gpus)
+    dev = devices[0]
     if quantization not in ("none", "int8"):
         raise ModelLoadError(f"unsupported quantization {quantization!r}; choose none or int8")
     if quantization == "int8" and dev.type != "cpu":
@@ -147,7 +252,6 @@ def load_model(
     if getattr(tokenizer, "_tokenizer", None) is None:
         raise ModelLoadError("the worker needs a fast (Rust) tokenizer: tokenizer.json is missing")
     model.eval()
-    model.to(dev)
     eos: set[int] = set()
     for cfg in (config, getattr(model, "generation_config", None)):
         value = getattr(cfg, "eos_token_id", None)
@@ -164,6 +268,7 @@ def load_model(
         model=model,
         tokenizer=tokenizer,
         device=dev,
+        devices=devices,
         dtype=torch_dtype,
         quantization=quantization,
         load_seconds=time.monotonic() - start,

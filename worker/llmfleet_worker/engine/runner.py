@@ -17,19 +17,28 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import torch
 import torch.nn.functional as F  # noqa: N812  # torch's own conventional alias
 from torch import nn
 
 from llmfleet_worker.engine.failures import SampleFailure
-from llmfleet_worker.engine.loader import LoadedModel, quantize_int8
+from llmfleet_worker.engine.kvcache import KvPlan, activation_reserve, plan_kv_cache
+from llmfleet_worker.engine.loader import (
+    LoadedModel,
+    MemoryConfig,
+    free_memory,
+    kv_budget,
+    quantize_int8,
+)
+from llmfleet_worker.engine.placement import Placement, PlacementError, place_layers
 from llmfleet_worker.engine.scheduler import Sequence, StepPlan
 
 log = logging.getLogger(__name__)
 
 FAST_LLAMA_TYPES = frozenset({"llama", "mistral", "qwen2"})
+_M = TypeVar("_M", bound=nn.Module)
 
 
 class Runner(Protocol):
@@ -192,8 +201,25 @@ def _conv1d(conv: Any) -> nn.Linear:
     return _linear(conv.weight.t(), conv.bias)
 
 
+def _place(module: _M, device: torch.device) -> _M:
+    """``module`` on ``device``: a copy per layer, so the device never holds the checkpoint's
+    unfused tensors. (On the host nothing moves: the unfused tensors stay in the checkpoint
+    file's private mapping, clean file pages the kernel can reclaim.)"""
+    return module.to(device)
+
+
+def _nbytes(module: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
 class FastModel(nn.Module):
-    """Weights of a supported decoder in the layout :class:`FastRunner` expects."""
+    """Weights of a supported decoder in the layout :class:`FastRunner` expects, laid over
+    ``devices`` by a :class:`~llmfleet_worker.engine.placement.Placement`.
+
+    Built from a model in host memory one layer at a time: each layer is fused on the host,
+    moved to its device, and the checkpoint's copy of it released before the next, so a
+    device never holds more than the weights and the host at most one extra layer.
+    """
 
     embed: nn.Module
     pos_embed: nn.Module | None
@@ -201,54 +227,88 @@ class FastModel(nn.Module):
     lm_head: nn.Module
     blocks: nn.ModuleList
 
-    def __init__(self, hf_model: Any) -> None:
+    def __init__(self, hf_model: Any, placement: Placement | None = None) -> None:
         super().__init__()
         cfg = hf_model.config
         self.kind = "gpt2" if cfg.model_type == "gpt2" else "llama"
-        blocks: list[_Block] = []
         if self.kind == "gpt2":
             base = hf_model.transformer
+            layers = base.h
             self.num_heads = self.num_kv_heads = cfg.n_head
             self.head_dim = cfg.n_embd // cfg.n_head
-            self.embed = base.wte
-            self.pos_embed = base.wpe
-            for h in base.h:
-                blocks.append(
-                    _Block(
-                        _conv1d(h.attn.c_attn),
-                        _conv1d(h.attn.c_proj),
-                        _conv1d(h.mlp.c_fc),
-                        _conv1d(h.mlp.c_proj),
-                        h.ln_1,
-                        h.ln_2,
-                    )
-                )
-            self.final_norm = base.ln_f
         else:
             base = hf_model.model
+            layers = base.layers
             self.num_heads = cfg.num_attention_heads
             self.num_kv_heads = getattr(cfg, "num_key_value_heads", None) or self.num_heads
             self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.num_heads
-            self.embed = base.embed_tokens
-            self.pos_embed = None
-            eps = cfg.rms_norm_eps
-            for layer in base.layers:
-                attn, mlp = layer.self_attn, layer.mlp
-                blocks.append(
-                    _Block(
-                        _cat_linear([attn.q_proj, attn.k_proj, attn.v_proj]),
-                        _linear(attn.o_proj.weight, attn.o_proj.bias),
-                        _cat_linear([mlp.gate_proj, mlp.up_proj]),
-                        _linear(mlp.down_proj.weight, mlp.down_proj.bias),
-                        _RMSNorm(layer.input_layernorm.weight, eps),
-                        _RMSNorm(layer.post_attention_layernorm.weight, eps),
-                    )
-                )
-            self.final_norm = _RMSNorm(base.norm.weight, eps)
-        self.blocks = nn.ModuleList(blocks)
         head = hf_model.get_output_embeddings()
-        self.lm_head = _linear(head.weight, getattr(head, "bias", None))
+        embed = base.wte if self.kind == "gpt2" else base.embed_tokens
+        tied = head.weight is embed.weight
+        self.placement = placement or layer_placement(hf_model, ["cpu"])
+        devs = [torch.device(d) for d in self.placement.devices]
+        self.block_devices = [devs[d] for d in self.placement.layer_device]
+        self.embed = _place(embed, devs[self.placement.embed_device])
+        self.pos_embed = _place(base.wpe, devs[0]) if self.kind == "gpt2" else None
+        blocks: list[_Block] = []
+        for i in range(len(layers)):
+            blocks.append(_place(self._fuse(layers[i], cfg), self.block_devices[i]))
+            layers[i] = nn.Identity()  # release the checkpoint's copy of this layer now
+        self.blocks = nn.ModuleList(blocks)
+        head_dev = devs[self.placement.head_device]
+        if self.kind == "gpt2":
+            self.final_norm = _place(base.ln_f, head_dev)
+        else:
+            self.final_norm = _place(_RMSNorm(base.norm.weight, cfg.rms_norm_eps), head_dev)
+        if tied and self.embed.weight.device == head_dev:
+            # One tensor serves both: the same Parameter, not a second copy on the device.
+            shared: Any = self.embed.weight
+            self.lm_head = nn.Linear(shared.shape[1], shared.shape[0], bias=False, device="meta")
+            self.lm_head.weight = shared
+        else:
+            self.lm_head = _place(_linear(head.weight, getattr(head, "bias", None)), head_dev)
         self.scale = 1.0 / math.sqrt(self.head_dim)
+
+    def _fuse(self, layer: Any, cfg: Any) -> _Block:
+        if self.kind == "gpt2":
+            return _Block(
+                _conv1d(layer.attn.c_attn),
+                _conv1d(layer.attn.c_proj),
+                _conv1d(layer.mlp.c_fc),
+                _conv1d(layer.mlp.c_proj),
+                layer.ln_1,
+                layer.ln_2,
+            )
+        attn, mlp, eps = layer.self_attn, layer.mlp, cfg.rms_norm_eps
+        return _Block(
+            _cat_linear([attn.q_proj, attn.k_proj, attn.v_proj]),
+            _linear(attn.o_proj.weight, attn.o_proj.bias),
+            _cat_linear([mlp.gate_proj, mlp.up_proj]),
+            _linear(mlp.down_proj.weight, mlp.down_proj.bias),
+            _RMSNorm(layer.input_layernorm.weight, eps),
+            _RMSNorm(layer.post_attention_layernorm.weight, eps),
+        )
+
+
+def layer_placement(
+    hf_model: Any, devices: list[str], free_bytes: list[int | None] | None = None
+) -> Placement:
+    """The :class:`Placement` of a supported checkpoint's layers over ``devices``."""
+    base = hf_model.transformer if hf_model.config.model_type == "gpt2" else hf_model.model
+    layers = base.h if hf_model.config.model_type == "gpt2" else base.layers
+    head = hf_model.get_output_embeddings()
+    tied = head.weight is hf_model.get_input_embeddings().weight
+    embed_bytes = _nbytes(hf_model.get_input_embeddings())
+    if hf_model.config.model_type == "gpt2":
+        embed_bytes += _nbytes(base.wpe)
+    head_bytes = 0 if tied and len(devices) == 1 else _nbytes(head)
+    return place_layers(
+        devices=devices,
+        embed_bytes=embed_bytes,
+        layer_bytes=[_nbytes(layer) for layer in layers],
+        head_bytes=head_bytes,
+        free_bytes=free_bytes,
+    )
 
 
 def fast_path_supported(hf_model: Any, max_model_len: int) -> str | None:
@@ -276,7 +336,12 @@ def fast_path_supported(hf_model: Any, max_model_len: int) -> str | None:
 
 
 class FastRunner:
-    """Continuous-batching runner over a slot KV cache (see the module docstring)."""
+    """Continuous-batching runner over a slot KV cache (see the module docstring).
+
+    The cache is allocated whole here, from the plan :func:`plan_kv_cache` makes of the
+    memory budget (``memory``), and never grows: ``max_num_seqs`` may come out lower than
+    asked when a derived budget holds fewer sequences (read it back from the runner).
+    """
 
     def __init__(
         self,
@@ -284,51 +349,78 @@ class FastRunner:
         *,
         max_num_seqs: int,
         max_model_len: int,
-        initial_cache_len: int = 256,
+        max_num_batched_tokens: int = 512,
+        memory: MemoryConfig | None = None,
     ) -> None:
-        self.device = loaded.device
+        memory = memory or MemoryConfig()
         self.dtype = loaded.dtype
         self.max_model_len = max_model_len
         hf: Any = loaded.model
-        model = FastModel(hf)
+        devices = list(loaded.devices)
+        placement = layer_placement(
+            hf, [str(d) for d in devices], [free_memory(d) for d in devices]
+        )
+        rope = None
+        if hf.config.model_type != "gpt2":
+            with torch.inference_mode():  # on the host, where the checkpoint still is
+                pos = torch.arange(max_model_len)[None]
+                cos, sin = hf.model.rotary_emb(torch.zeros(1, dtype=self.dtype), pos)
+            rope = (cos[0].to(self.dtype), sin[0].to(self.dtype))
+        model = FastModel(hf, placement)
         model.eval()
         if loaded.quantization == "int8":
             # Swaps the Linear children in place; the object stays a FastModel.
             quantize_int8(model)
-        self.sampler = Sampler(self.device)
-        self.slots = max_num_seqs
-        self.rope: tuple[torch.Tensor, torch.Tensor] | None = None
         self.model = model
-        if model.kind == "llama":
-            with torch.inference_mode():
-                pos = torch.arange(max_model_len, device=self.device)[None]
-                probe = torch.zeros(1, device=self.device, dtype=self.dtype)
-                cos, sin = hf.model.rotary_emb(probe, pos)
-            self.rope = (cos[0].to(self.dtype), sin[0].to(self.dtype))
-        self.capacity = 0
-        self.k_cache = torch.empty(0)
-        self.v_cache = torch.empty(0)
-        self._ensure_capacity(min(initial_cache_len, max_model_len))
+        self.placement = placement
+        self.devices = [torch.device(d) for d in placement.devices]
+        # Inputs start on the embeddings' device; logits end on the head's.
+        self.device = self.devices[placement.head_device]
+        self.input_device = self.devices[placement.embed_device]
+        self.rope_on = (
+            {d: (rope[0].to(d), rope[1].to(d)) for d in set(self.devices)} if rope else {}
+        )
+        self.sampler = Sampler(self.device)
         # Drop the transformers module: its weights live on in FastModel where it shares them.
         loaded.model = model
+        cfg = hf.config
+        hidden = model.num_heads * model.head_dim
+        reserve = activation_reserve(
+            max_num_batched_tokens=max_num_batched_tokens,
+            max_num_seqs=max_num_seqs,
+            hidden_size=getattr(cfg, "hidden_size", None) or hidden,
+            intermediate_size=getattr(cfg, "intermediate_size", None) or 4 * hidden,
+            qkv_size=(model.num_heads + 2 * model.num_kv_heads) * model.head_dim,
+            vocab_size=loaded.vocab_size,
+            dtype_bytes=torch.finfo(self.dtype).bits // 8,
+        )
+        element = torch.finfo(self.dtype).bits // 8
+        self.kv_plan = plan_kv_cache(
+            layer_token_bytes=2 * model.num_kv_heads * model.head_dim * element,
+            layers_per_device=placement.layers_per_device,
+            budgets=[kv_budget(d, memory, reserve) for d in self.devices],
+            max_num_seqs=max_num_seqs,
+            max_model_len=max_model_len,
+        )
+        self.slots = self.kv_plan.max_num_seqs
+        # One K and one V tensor per device, zeroed now so that every page is committed
+        # before the worker is ready; per-layer views index into them.
+        self._k: list[torch.Tensor] = []
+        self._v: list[torch.Tensor] = []
+        self.k_layers: list[torch.Tensor] = []
+        self.v_layers: list[torch.Tensor] = []
+        for d, dev in enumerate(self.devices):
+            n = placement.layers_per_device[d]
+            shape = (n, self.slots, model.num_kv_heads, max_model_len, model.head_dim)
+            self._k.append(torch.zeros(shape, device=dev, dtype=self.dtype))
+            self._v.append(torch.zeros(shape, device=dev, dtype=self.dtype))
+            self.k_layers += list(self._k[-1].unbind(0))
+            self.v_layers += list(self._v[-1].unbind(0))
+        log.info("%s; %s", self.kv_plan.describe(), placement.describe())
 
-    # ---- cache ---------------------------------------------------------------------
-    def _ensure_capacity(self, length: int) -> None:
-        if length <= self.capacity:
-            return
-        new = self.capacity or length
-        while new < length:
-            new *= 2
-        new = min(max(new, length), self.max_model_len)
-        m = self.model
-        shape = (len(m.blocks), self.slots, m.num_kv_heads, new, m.head_dim)
-        k = torch.zeros(shape, device=self.device, dtype=self.dtype)
-        v = torch.zeros(shape, device=self.device, dtype=self.dtype)
-        if self.capacity:
-            k[:, :, :, : self.capacity].copy_(self.k_cache)
-            v[:, :, :, : self.capacity].copy_(self.v_cache)
-        self.k_cache, self.v_cache, self.capacity = k, v, new
-        log.debug("KV cache grown to %d positions", new)
+    @property
+    def max_num_seqs(self) -> int:
+        return self.slots
 
     def release(self, seq: Sequence) -> None:
         self.sampler.release(seq)
@@ -337,12 +429,13 @@ class FastRunner:
     @torch.inference_mode()
     def step(self, plan: StepPlan) -> list[int | SampleFailure]:
         for src, dst in plan.moves:
-            self.k_cache[:, dst].copy_(self.k_cache[:, src])
-            self.v_cache[:, dst].copy_(self.v_cache[:, src])
+            for cache in (*self._k, *self._v):
+                cache[:, dst].copy_(cache[:, src])
         if not plan.chunks:
             return []
-        self._ensure_capacity(max(c.start + c.length for c in plan.chunks))
-        dev = self.device
+        longest = max(c.start + c.length for c in plan.chunks)
+        if longest > self.max_model_len:
+            raise RuntimeError(f"a chunk reaches position {longest} > {self.max_model_len}")
         ids: list[int] = []
         positions: list[int] = []
         sample_at: list[int] = []
@@ -356,71 +449,63 @@ class FastRunner:
         n_dec = plan.num_decodes
         decodes = plan.chunks[:n_dec]
         prefills = plan.chunks[n_dec:]
-        input_ids = torch.tensor(ids, device=dev)
-        pos = torch.tensor(positions, device=dev)
         m = self.model
-
-        # Per-step decode attention inputs, shared by all layers.
-        dec_rows = dec_pos = None
-        dec_dense = False
+        rows_l: list[int] = []
+        lens: list[int] = []
         dec_len = 0
-        dec_mask = None
+        dec_dense = False
         if n_dec:
-            rows = [_slot(c.seq) for c in decodes]
+            rows_l = [_slot(c.seq) for c in decodes]
             lens = [0] * plan.num_rows
-            for row, c in zip(rows, decodes, strict=True):
+            for row, c in zip(rows_l, decodes, strict=True):
                 lens[row] = c.start + 1
             dec_len = max(lens)
-            dec_dense = rows == list(range(plan.num_rows))
-            dec_rows = torch.tensor(rows, device=dev)
-            dec_pos = pos[:n_dec]
-            lens_t = torch.tensor([max(n, 1) for n in lens], device=dev)
-            dec_mask = (torch.arange(dec_len, device=dev)[None, :] < lens_t[:, None])[:, None, None]
-
-        x = m.embed(input_ids)
+            dec_dense = rows_l == list(range(plan.num_rows))
+        inputs = _StepInputs(self, ids, positions, rows_l, lens, dec_len)
+        x = m.embed(inputs.on(self.input_device).ids)
         if m.pos_embed is not None:
-            x = x + m.pos_embed(pos)
-        cos = sin = None
-        if self.rope is not None:
-            cos = self.rope[0][pos][:, None, :]
-            sin = self.rope[1][pos][:, None, :]
+            x = x + m.pos_embed(inputs.on(self.input_device).pos)
         hq, hk, hd = m.num_heads, m.num_kv_heads, m.head_dim
         decode_only = bool(n_dec) and dec_dense and not prefills
         gqa = hq != hk
         tokens = len(ids)
         blk: _Block
         for li, blk in enumerate(m.blocks):  # type: ignore[assignment]  # ModuleList is untyped
+            dev = m.block_devices[li]
+            if x.device != dev:  # the next GPU's layers: hand the hidden states over
+                x = x.to(dev)
+            on = inputs.on(dev)
             h = blk.norm1(x)
             qkv = blk.qkv(h)
             qk = qkv[:, : (hq + hk) * hd].view(tokens, hq + hk, hd)
-            if cos is not None and sin is not None:  # rotate q and k together: half the ops
-                qk = qk * cos + _rotate_half(qk) * sin
+            if on.cos is not None and on.sin is not None:  # rotate q and k together
+                qk = qk * on.cos + _rotate_half(qk) * on.sin
             q, k = qk[:, :hq], qk[:, hq:]
             v = qkv[:, (hq + hk) * hd :].view(tokens, hk, hd)
-            kc, vc = self.k_cache[li], self.v_cache[li]
+            kc, vc = self.k_layers[li], self.v_layers[li]
             attn = torch.empty(0) if decode_only else q.new_empty(tokens, hq, hd)
             if n_dec:
-                assert dec_rows is not None
-                assert dec_pos is not None
-                kc[dec_rows, :, dec_pos] = k[:n_dec]
-                vc[dec_rows, :, dec_pos] = v[:n_dec]
+                assert on.dec_rows is not None
+                assert on.dec_pos is not None
+                kc[on.dec_rows, :, on.dec_pos] = k[:n_dec]
+                vc[on.dec_rows, :, on.dec_pos] = v[:n_dec]
                 if dec_dense:
                     qd = q[:n_dec].unsqueeze(2)
                 else:
                     qd = q.new_zeros(plan.num_rows, hq, 1, hd)
-                    qd[dec_rows] = q[:n_dec].unsqueeze(2)
+                    qd[on.dec_rows] = q[:n_dec].unsqueeze(2)
                 out = F.scaled_dot_product_attention(
                     qd,
                     kc[: plan.num_rows, :, :dec_len],
                     vc[: plan.num_rows, :, :dec_len],
-                    attn_mask=dec_mask,
+                    attn_mask=on.dec_mask,
                     scale=m.scale,
                     enable_gqa=gqa,
                 )
                 if decode_only:  # the common steady state: SDPA's output is the result
                     attn = out
                 else:
-                    attn[:n_dec] = out[:, :, 0] if dec_dense else out[dec_rows, :, 0]
+                    attn[:n_dec] = out[:, :, 0] if dec_dense else out[on.dec_rows, :, 0]
             offset = n_dec
             for c in prefills:
                 row, s, n = _slot(c.seq), c.start, c.length
@@ -451,9 +536,60 @@ class FastRunner:
             x = x + blk.down(act)
         if not sample_at:
             return []
-        last = x[torch.tensor(sample_at, device=dev)]
+        x = x.to(self.device)
+        last = x[torch.tensor(sample_at, device=self.device)]
         logits = m.lm_head(m.final_norm(last))
         return self.sampler.sample(logits, sample_seqs)
+
+
+class _OnDevice:
+    """One step's index tensors on one device."""
+
+    def __init__(
+        self,
+        runner: FastRunner,
+        dev: torch.device,
+        ids: list[int],
+        positions: list[int],
+        rows: list[int],
+        lens: list[int],
+        dec_len: int,
+    ) -> None:
+        self.ids = torch.tensor(ids, device=dev)
+        self.pos = torch.tensor(positions, device=dev)
+        rope = runner.rope_on.get(dev)
+        self.cos = rope[0][self.pos][:, None, :] if rope else None
+        self.sin = rope[1][self.pos][:, None, :] if rope else None
+        self.dec_rows = self.dec_pos = self.dec_mask = None
+        if rows:
+            self.dec_rows = torch.tensor(rows, device=dev)
+            self.dec_pos = self.pos[: len(rows)]
+            lens_t = torch.tensor([max(n, 1) for n in lens], device=dev)
+            arange = torch.arange(dec_len, device=dev)
+            self.dec_mask = (arange[None, :] < lens_t[:, None])[:, None, None]
+
+
+class _StepInputs:
+    """One step's inputs, made on a device the first time a layer there asks."""
+
+    def __init__(
+        self,
+        runner: FastRunner,
+        ids: list[int],
+        positions: list[int],
+        rows: list[int],
+        lens: list[int],
+        dec_len: int,
+    ) -> None:
+        self._args = (runner, ids, positions, rows, lens, dec_len)
+        self._made: dict[torch.device, _OnDevice] = {}
+
+    def on(self, dev: torch.device) -> _OnDevice:
+        made = self._made.get(dev)
+        if made is None:
+            runner, ids, positions, rows, lens, dec_len = self._args
+            made = self._made[dev] = _OnDevice(runner, dev, ids, positions, rows, lens, dec_len)
+        return made
 
 
 def _slot(seq: Sequence) -> int:
@@ -471,18 +607,55 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 # The generic path
 # ---------------------------------------------------------------------------------------
 class HFRunner:
-    """Any transformers causal LM, one sequence at a time with its own ``DynamicCache``."""
+    """Any transformers causal LM, one sequence at a time with its own ``DynamicCache``.
 
-    def __init__(self, loaded: LoadedModel) -> None:
+    Its caches grow with each sequence (transformers allocates them), so the start-up plan
+    only checks, from the config's shape, that the budget holds the batch, lowering
+    ``max_num_seqs`` like the fast path does; one device only.
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        *,
+        max_num_seqs: int = 1,
+        max_model_len: int = 2048,
+        memory: MemoryConfig | None = None,
+    ) -> None:
+        if len(loaded.devices) > 1:
+            raise PlacementError(
+                f"{len(loaded.devices)} GPUs: the generic runner (for architectures without a "
+                f"fast path: {fast_path_supported(loaded.model, max_model_len)}) runs on one "
+                "device; serve a Llama, Mistral, Qwen2 or GPT-2 model, or use resources.gpus: 1"
+            )
         self.model = loaded.model
         if loaded.quantization == "int8":
             self.model = quantize_int8(self.model)
         self.device = loaded.device
+        self.model.to(self.device)
         self.sampler = Sampler(self.device)
         self._caches: dict[str, Any] = {}
         # transformers 5.x renamed the forward argument ``past_key_values`` to ``cache``.
         params = inspect.signature(self.model.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self.max_num_seqs = max_num_seqs
+        self.kv_plan: KvPlan | None = None
+        cfg: Any = getattr(self.model, "config", None)
+        layers = getattr(cfg, "num_hidden_layers", None)
+        heads = getattr(cfg, "num_attention_heads", None)
+        if layers and heads and getattr(cfg, "hidden_size", None):
+            kv_heads = getattr(cfg, "num_key_value_heads", None) or heads
+            head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+            element = torch.finfo(loaded.dtype).bits // 8
+            self.kv_plan = plan_kv_cache(
+                layer_token_bytes=2 * kv_heads * head_dim * element,
+                layers_per_device=[layers],
+                budgets=[kv_budget(self.device, memory or MemoryConfig(), 0)],
+                max_num_seqs=max_num_seqs,
+                max_model_len=max_model_len,
+            )
+            self.max_num_seqs = self.kv_plan.max_num_seqs
+            log.info("generic runner: %s (grown per sequence)", self.kv_plan.describe())
 
     def release(self, seq: Sequence) -> None:
         self.sampler.release(seq)
@@ -514,11 +687,23 @@ class HFRunner:
 
 
 def build_runner(
-    loaded: LoadedModel, *, max_num_seqs: int, max_model_len: int, force_generic: bool = False
+    loaded: LoadedModel,
+    *,
+    max_num_seqs: int,
+    max_model_len: int,
+    max_num_batched_tokens: int = 512,
+    memory: MemoryConfig | None = None,
+    force_generic: bool = False,
 ) -> FastRunner | HFRunner:
     """The fast runner when the architecture allows it, else the generic one."""
     reason = "forced" if force_generic else fast_path_supported(loaded.model, max_model_len)
     if reason is None:
-        return FastRunner(loaded, max_num_seqs=max_num_seqs, max_model_len=max_model_len)
+        return FastRunner(
+            loaded,
+            max_num_seqs=max_num_seqs,
+            max_model_len=max_model_len,
+            max_num_batched_tokens=max_num_batched_tokens,
+            memory=memory,
+        )
     log.warning("using the generic (unbatched) runner: %s", reason)
-    return HFRunner(loaded)
+    return HFRunner(loaded, max_num_seqs=max_num_seqs, max_model_len=max_model_len, memory=memory)

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from llmfleet_worker.engine.core import Engine
-from llmfleet_worker.engine.loader import LoadedModel, load_model, set_threads
+from llmfleet_worker.engine.loader import LoadedModel, MemoryConfig, load_model, set_threads
 from llmfleet_worker.engine.runner import build_runner
 from llmfleet_worker.engine.source import ModelLoadError
 from llmfleet_worker.settings import Settings
@@ -40,18 +40,30 @@ class TextEngine(Engine):
         self.tokenizer = loaded.tokenizer
         raw = loaded.tokenizer._tokenizer
         runner = build_runner(
-            loaded, max_num_seqs=settings.max_num_seqs, max_model_len=max_model_len
+            loaded,
+            max_num_seqs=settings.max_num_seqs,
+            max_model_len=max_model_len,
+            max_num_batched_tokens=settings.max_num_batched_tokens,
+            memory=MemoryConfig(
+                kv_cache_memory=settings.kv_cache_memory,
+                gpu_memory_utilization=settings.gpu_memory_utilization,
+            ),
         )
+        if runner.kv_plan is not None and runner.kv_plan.lowered_from is not None:
+            log.warning("%s", runner.kv_plan.describe())
         super().__init__(
             runner=runner,
             make_decoder=lambda: _StreamDecoder(raw),
             eos_token_ids=loaded.eos_token_ids,
-            max_num_seqs=settings.max_num_seqs,
+            max_num_seqs=runner.max_num_seqs,
             max_num_batched_tokens=settings.max_num_batched_tokens,
             max_model_len=max_model_len,
             max_queue=settings.max_queue,
             load_seconds=loaded.load_seconds,
         )
+        if runner.kv_plan is not None:
+            self.stats.kv_cache_bytes = runner.kv_plan.allocated_bytes
+            self.stats.kv_cache_budget_bytes = runner.kv_plan.budget_bytes
         self.vocab_size = int(loaded.vocab_size)
         # Upper bound on characters per token: a longer text can never fit the context.
         self.max_chars_per_token = max(
@@ -96,6 +108,7 @@ def build_engine(settings: Settings) -> TextEngine:
         dtype=settings.dtype,
         quantization=settings.quantization,
         device=settings.device,
+        num_gpus=settings.num_gpus,
     )
     max_len = resolve_max_model_len(settings.max_model_len, loaded.max_position_embeddings)
     log.info(
