@@ -582,6 +582,9 @@ class LocalCluster:
                 f"--service-account-key-file={pki / 'sa.pub'}",
                 f"--service-account-signing-key-file={pki / 'sa.key'}",
                 "--authorization-mode=RBAC",
+                # On top of the defaults: OpenShift and hardened clusters run it, and it refuses
+                # blockOwnerDeletion from anyone who may not update the owner's finalizers.
+                "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 # Privileged pods are allowed cluster-wide so that Pod Security admission,
                 # not this flag, is what rejects them in restricted namespaces.

@@ -22,7 +22,7 @@ from llmfleet_operator import metrics, promql, rollout
 from llmfleet_operator.analysis import RevisionMetrics, inconclusive, judge, window_seconds
 from llmfleet_operator.api import LLMDeploymentSpec, RolloutStrategy
 from llmfleet_operator.cache import Cache, Key
-from llmfleet_operator.prometheus import PrometheusError, query_all
+from llmfleet_operator.prometheus import PrometheusError, pick_url, query_all
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +50,12 @@ class AnalysisLoop:
         min_window_seconds: int = 60,
         tick: float = 1.0,
         clock: Callable[[], float] = time.time,
+        allowed_urls: tuple[str, ...] = (),
     ) -> None:
         self.cache = cache
         self.enqueue = enqueue
         self.prometheus_url = prometheus_url
+        self.allowed_urls = allowed_urls
         self.min_window_seconds = min_window_seconds
         self.tick_seconds = tick
         self._clock = clock
@@ -103,20 +105,27 @@ class AnalysisLoop:
 
     async def tick(self, session: aiohttp.ClientSession) -> None:
         now = self._clock()
-        groups: dict[tuple[str, int], list[tuple[Key, LLMDeploymentSpec, str, str]]] = {}
+        groups: dict[
+            tuple[str | PrometheusError, int], list[tuple[Key, LLMDeploymentSpec, str, str]]
+        ] = {}
         for item in self._due(now):
             spec = item[1]
             analysis = spec.rollout.canary_settings().analysis
-            url = spec.autoscaling.prometheus_url or self.prometheus_url
+            url = pick_url(spec.autoscaling.prometheus_url, self.prometheus_url, self.allowed_urls)
             window = window_seconds(analysis.interval_seconds, self.min_window_seconds)
             groups.setdefault((url, window), []).append(item)
-        for (url, window), items in groups.items():
-            answers = await self._fetch(session, url, window)
+        keys = list(groups)
+        # Every Prometheus at once, each with its own timeout.
+        fetched = await asyncio.gather(*(self._fetch(session, u, w) for u, w in keys))
+        for (url, window), answers in zip(keys, fetched, strict=True):
+            items = groups[(url, window)]
             stamp = analysis_time(self._clock())
             for key, spec, candidate, stable in items:
                 limits = spec.rollout.canary_settings().analysis
-                if isinstance(answers, PrometheusError):
-                    result = inconclusive(f"Prometheus at {url or '(none)'}: {answers}", stamp)
+                if isinstance(url, PrometheusError):
+                    result = inconclusive(str(url), stamp)
+                elif isinstance(answers, PrometheusError):
+                    result = inconclusive(f"Prometheus at {url}: {answers}", stamp)
                 else:
                     result = judge(
                         limits,
@@ -132,13 +141,10 @@ class AnalysisLoop:
                 self.enqueue(key)
 
     async def _fetch(
-        self, session: aiohttp.ClientSession, url: str, window: int
+        self, session: aiohttp.ClientSession, url: str | PrometheusError, window: int
     ) -> dict[str, dict[tuple[str, ...], promql.Sample]] | PrometheusError:
-        if not url:
-            return PrometheusError(
-                "no Prometheus URL configured (operator --prometheus-url or "
-                "spec.autoscaling.prometheusURL)"
-            )
+        if isinstance(url, PrometheusError):
+            return url
         return await query_all(session, url, promql.analysis_queries(window), promql.ANALYSIS_BY)
 
 

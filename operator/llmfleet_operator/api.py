@@ -99,6 +99,18 @@ CANARY_NEEDS_LLMFLEET_MESSAGE: Final = (
 #: (status.rollout.candidateRevision) it acts on, so a stale one never acts on a later one.
 ANNOTATION_PROMOTE: Final = f"{GROUP}/promote"
 ANNOTATION_ABORT: Final = f"{GROUP}/abort"
+LOAD_BALANCER_NEEDS_KEY_MESSAGE: Final = (
+    "spec.service.type LoadBalancer without spec.auth.apiKeySecretRef would put GPU workers on "
+    "an address outside the cluster that anyone can call: set auth.apiKeySecretRef, or keep "
+    "ClusterIP behind your own gateway"
+)
+#: Env names whose value is a credential: a literal value would sit in the Deployment,
+#: `kubectl get -o yaml`, the API server's audit log and the GitOps repository.
+CREDENTIAL_ENV_PATTERN: Final = r"(?i)^(.*_)?(API_KEY|TOKEN|SECRET|PASSWORD)$"
+CREDENTIAL_ENV_MESSAGE: Final = (
+    "this variable holds a credential: give it with valueFrom.secretKeyRef, not an inline "
+    "value (a literal ends up in the Deployment, kubectl get -o yaml and Git)"
+)
 REPLICAS_BUILTIN_MESSAGE: Final = (
     "spec.replicas must not be set when spec.autoscaling.mode is Builtin (the operator sizes "
     "the fleet); use mode Manual or External to set replicas"
@@ -138,6 +150,11 @@ class Reason(StrEnum):
     PROGRESS_DEADLINE_EXCEEDED = "ProgressDeadlineExceeded"
     CANARY_ANALYSIS_FAILED = "CanaryAnalysisFailed"
     INVALID_SPEC = "InvalidSpec"
+    APPLY_REJECTED = "ApplyRejected"
+    CRASH_LOOP_BACK_OFF = "CrashLoopBackOff"
+    IMAGE_PULL_BACK_OFF = "ImagePullBackOff"
+    CONFIG_ERROR = "ConfigError"
+    OOM_KILLED = "OOMKilled"
     METRICS_AVAILABLE = "MetricsAvailable"
     METRICS_UNAVAILABLE = "MetricsUnavailable"
     TOO_MANY_REPLICAS = "TooManyReplicas"
@@ -303,15 +320,31 @@ class ModelSpec(_Model):
         return self.name or object_name
 
 
-class EnvVar(_Model):
+class EnvVar(
+    _Model,
+    json_schema_extra=_validations(
+        cel(
+            "!has(self.value) || self.value == ''"
+            f" || !self.name.matches(r'{CREDENTIAL_ENV_PATTERN}')",
+            CREDENTIAL_ENV_MESSAGE,
+            field_path=".value",
+        )
+    ),
+):
     """An environment variable of the worker container (as in a pod spec)."""
 
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, max_length=256)
     """Variable name."""
     value: str | None = None
     """Literal value."""
     value_from: FreeForm | None = None
     """A core/v1 EnvVarSource (secretKeyRef, configMapKeyRef, fieldRef, ...)."""
+
+    @model_validator(mode="after")
+    def _check_secret(self) -> Self:
+        if self.value and re.match(CREDENTIAL_ENV_PATTERN, self.name):
+            raise ValueError(f"env {self.name}: {CREDENTIAL_ENV_MESSAGE}")
+        return self
 
 
 class ResourcesSpec(_Model):
@@ -339,7 +372,7 @@ class WorkerSpec(_Model):
     """Inference engine in the image: selects metric queries and probes."""
     args: list[str] = Field(default_factory=list)
     """Extra arguments appended to the worker command line."""
-    env: list[EnvVar] = Field(default_factory=list)
+    env: list[EnvVar] = Field(default_factory=list, max_length=128)
     """Extra environment variables of the worker container."""
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     """GPUs, CPU and memory of one worker."""
@@ -527,6 +560,12 @@ class LLMDeploymentSpec(
             CANARY_NEEDS_LLMFLEET_MESSAGE,
             field_path=".rollout.strategy",
         ),
+        cel(
+            "!has(self.service) || !has(self.service.type) || self.service.type != 'LoadBalancer'"
+            " || (has(self.auth) && has(self.auth.apiKeySecretRef))",
+            LOAD_BALANCER_NEEDS_KEY_MESSAGE,
+            field_path=".service.type",
+        ),
     ),
 ):
     """Desired state of an LLMDeployment."""
@@ -555,6 +594,8 @@ class LLMDeploymentSpec(
             raise ValueError(REPLICAS_BUILTIN_MESSAGE)
         if self.rollout.strategy is RolloutStrategy.CANARY and self.worker.engine is Engine.VLLM:
             raise ValueError(CANARY_NEEDS_LLMFLEET_MESSAGE)
+        if self.service.type is ServiceType.LOAD_BALANCER and self.auth.api_key_secret_ref is None:
+            raise ValueError(LOAD_BALANCER_NEEDS_KEY_MESSAGE)
         return self
 
 

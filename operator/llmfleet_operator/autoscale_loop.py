@@ -28,7 +28,7 @@ from llmfleet_operator.capacity import GpuCapacity
 from llmfleet_operator.conditions import Condition, rfc3339
 from llmfleet_operator.fleet import FleetObservation, observe_fleet
 from llmfleet_operator.k8s import Kube
-from llmfleet_operator.prometheus import PrometheusError, query_all
+from llmfleet_operator.prometheus import PrometheusError, pick_url, query_all
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +58,14 @@ class AutoscaleLoop:
         rate_window: str = "1m",
         capacity: Callable[[str, float], Awaitable[GpuCapacity | None]] | None = None,
         clock: Callable[[], float] = time.time,
+        allowed_urls: tuple[str, ...] = (),
     ) -> None:
         self.cache = cache
         self.enqueue = enqueue
         self.kube = kube
         self.prometheus_url = prometheus_url
+        #: Prometheus URLs a spec's ``prometheusURL`` may name (besides ``prometheus_url``).
+        self.allowed_urls = allowed_urls
         self.interval = interval
         self.rate_window = rate_window
         self._capacity = capacity
@@ -139,26 +142,28 @@ class AutoscaleLoop:
         """One evaluation of the whole fleet."""
         fleet = self._builtin()
         groups: dict[tuple[str, str], list[Key]] = {}
+        unusable: list[tuple[Key, PrometheusError]] = []
         for key, (_, spec) in fleet.items():
-            url = spec.autoscaling.prometheus_url or self.prometheus_url
-            groups.setdefault((url, str(spec.worker.engine)), []).append(key)
+            url = pick_url(spec.autoscaling.prometheus_url, self.prometheus_url, self.allowed_urls)
+            if isinstance(url, PrometheusError):
+                unusable.append((key, url))
+            else:
+                groups.setdefault((url, str(spec.worker.engine)), []).append(key)
         now = self._clock()
-        for (url, engine), keys in groups.items():
-            answers = (
-                await self._fetch(session, url, engine)
-                if url
-                else PrometheusError(
-                    "no Prometheus URL configured (operator --prometheus-url or "
-                    "spec.autoscaling.prometheusURL)"
-                )
-            )
-            capacities: dict[str, GpuCapacity | None] = {}
+        # Every Prometheus at once, each with its own timeout: one unreachable URL holds
+        # only the fleets that use it.
+        fetched = await asyncio.gather(*(self._fetch(session, u, e) for u, e in groups))
+        capacities: dict[str, GpuCapacity | None] = {}
+        for key, error in unusable:
+            body, spec = fleet[key]
+            await self._evaluate(key, body, spec, None, str(error), "", now, capacities)
+        for ((url, _), keys), answers in zip(groups.items(), fetched, strict=True):
             for key in keys:
                 body, spec = fleet[key]
                 signals = None
                 problem = None
                 if isinstance(answers, PrometheusError):
-                    problem = f"Prometheus at {url or '(none)'} unavailable: {answers}"
+                    problem = f"Prometheus at {url} unavailable: {answers}"
                 else:
                     signals = self._signals(answers, key, now)
                     if signals is None:

@@ -11,7 +11,10 @@ to LLM serving and made explainable:
   wins) and then at most halves per decision;
 - pods Pending for lack of GPUs are not capacity: never ask for more while some wait, and
   never ask for more than the free GPUs can hold;
-- missing or stale signals hold the current size (fail-static: never down, never to zero).
+- missing or stale signals hold the current size (fail-static: never down, never to zero);
+- with ``minReplicas: 0`` a fleet idle for a whole stabilization window goes to zero. Nothing
+  brings it back by itself (no replica, no queue to measure): scaling from zero needs
+  request holding, which llmfleet does not have; raise minReplicas to serve again.
 """
 
 from __future__ import annotations
@@ -209,7 +212,10 @@ def decide(
         if stabilized >= current:
             reason = Why.STABILIZING
         else:
-            target = max(stabilized, math.ceil(current / 2))
+            # At most halving; a window that needed nothing at all may take the last replica
+            # too (minReplicas 0: ceil(1/2) would keep one forever).
+            halved = current // 2 if stabilized == 0 else math.ceil(current / 2)
+            target = max(stabilized, halved)
             if up < lo and reason != Why.IDLE:
                 reason = Why.AT_MIN
     elif target == current and reason != Why.IDLE:

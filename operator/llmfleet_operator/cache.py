@@ -35,12 +35,28 @@ def _is_stale(cached: Mapping[str, Any] | None, incoming: Mapping[str, Any]) -> 
         return False
 
 
+def controller_of(obj: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The LLMDeployment ownerReference with ``controller: true`` of ``obj``, if any."""
+    for ref in obj.get("metadata", {}).get("ownerReferences", []) or []:
+        if (
+            ref.get("kind") == KIND
+            and ref.get("apiVersion") == API_VERSION
+            and ref.get("controller")
+        ):
+            return dict(ref)
+    return None
+
+
 def owner_key_of_child(obj: Mapping[str, Any]) -> Key | None:
-    """The LLMDeployment a child belongs to (by controller ownerReference, then label)."""
+    """The LLMDeployment a child belongs to: its controller ownerReference, never a label
+    (a user's own Service may carry ours). Pods are the exception: their controller is a
+    ReplicaSet, and we only read them, so the fleet label groups them."""
     meta = obj.get("metadata", {})
-    for ref in meta.get("ownerReferences", []) or []:
-        if ref.get("kind") == KIND and ref.get("apiVersion") == API_VERSION:
-            return (meta["namespace"], ref["name"])
+    ref = controller_of(obj)
+    if ref is not None:
+        return (meta["namespace"], str(ref["name"]))
+    if obj.get("kind") != "Pod":
+        return None
     name = (meta.get("labels") or {}).get(LABEL_DEPLOYMENT)
     return (meta["namespace"], name) if name else None
 

@@ -12,6 +12,63 @@ from typing import Any
 
 
 @dataclass(frozen=True)
+class ContainerFailure:
+    """Why a worker container cannot run, as the kubelet reports it."""
+
+    reason: str  # a Reason: CrashLoopBackOff, ImagePullBackOff, ConfigError or OOMKilled
+    message: str
+
+
+# Waiting reasons of the kubelet (pkg/kubelet/images, kuberuntime), by what a user must fix.
+_IMAGE_REASONS = frozenset(
+    {
+        "ImagePullBackOff",
+        "ErrImagePull",
+        "InvalidImageName",
+        "ErrImageNeverPull",
+        "RegistryUnavailable",
+    }
+)
+_CONFIG_REASONS = frozenset(
+    {"CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
+)
+
+
+def container_failure(pod: Mapping[str, Any]) -> ContainerFailure | None:
+    """The first container of ``pod`` that the kubelet cannot keep running, and why."""
+    status = pod.get("status", {})
+    for cs in [*status.get("initContainerStatuses", []), *status.get("containerStatuses", [])]:
+        name = cs.get("name", "?")
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        reason = str(waiting.get("reason", ""))
+        message = str(waiting.get("message", "")).strip()
+        last = (
+            (cs.get("lastState") or {}).get("terminated")
+            or (cs.get("state") or {}).get("terminated")
+            or {}
+        )
+        if reason in _IMAGE_REASONS:
+            return ContainerFailure("ImagePullBackOff", f"container {name}: {reason}: {message}")
+        if reason in _CONFIG_REASONS:
+            return ContainerFailure("ConfigError", f"container {name}: {reason}: {message}")
+        if last.get("reason") == "OOMKilled":
+            restarts = int(cs.get("restartCount", 0))
+            return ContainerFailure(
+                "OOMKilled",
+                f"container {name} was killed for exceeding its memory limit "
+                f"(exit {last.get('exitCode', 137)}, {restarts} restarts)",
+            )
+        if reason == "CrashLoopBackOff":
+            said = str(last.get("message", "")).strip()
+            exit_code = last.get("exitCode")
+            text = f"container {name} keeps exiting"
+            if exit_code is not None:
+                text += f" (last exit code {exit_code})"
+            return ContainerFailure("CrashLoopBackOff", f"{text}: {said}" if said else text)
+    return None
+
+
+@dataclass(frozen=True)
 class PodInfo:
     """What status and the autoscaler need to know about one worker pod."""
 
@@ -24,6 +81,8 @@ class PodInfo:
     waiting_for_gpu: bool
     unschedulable_message: str
     gpus: int
+    #: The kubelet cannot keep a container running (None: nothing failing).
+    failure: ContainerFailure | None = None
 
 
 def _gpus_of(pod: Mapping[str, Any], gpu_resource: str) -> int:
@@ -53,6 +112,7 @@ def pod_info(pod: Mapping[str, Any], gpu_resource: str, revision_label: str) -> 
         waiting_for_gpu=unschedulable and gpu_resource in message,
         unschedulable_message=message,
         gpus=_gpus_of(pod, gpu_resource),
+        failure=container_failure(pod),
     )
 
 

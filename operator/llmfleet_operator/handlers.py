@@ -25,6 +25,7 @@ from llmfleet_operator.autoscale_loop import AutoscaleLoop
 from llmfleet_operator.cache import Cache, Key
 from llmfleet_operator.free_gpus import FreeGpus
 from llmfleet_operator.k8s import SERVICE_ACCOUNT_TOKEN, Credentials, Kube
+from llmfleet_operator.priming import prime
 from llmfleet_operator.reconciler import Reconciler
 from llmfleet_operator.settings import OperatorSettings
 from llmfleet_operator.workqueue import WorkQueue
@@ -100,12 +101,14 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         interval=config.autoscale_interval_seconds,
         rate_window=config.rate_window,
         capacity=free_gpus.get,
+        allowed_urls=config.allowed_prometheus_urls,
     )
     analysis = AnalysisLoop(
         cache,
         enqueue=lambda key: queue.add(key),
         prometheus_url=config.prometheus_url,
         min_window_seconds=config.analysis_min_window_seconds,
+        allowed_urls=config.allowed_prometheus_urls,
     )
     reconciler = Reconciler(kube, cache, scaling=autoscaler, analysis=analysis, free_gpus=free_gpus)
 
@@ -117,6 +120,11 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 
     queue: WorkQueue[Key] = WorkQueue(handle, workers=config.workers)
     memo.kube, memo.cache, memo.reconciler, memo.queue = kube, cache, reconciler, queue
+    # No reconcile before one full LIST of every kind: a half-filled cache would write a
+    # healthy fleet as not ready. Every primed LLMDeployment gets its first reconcile.
+    await prime(kube, cache, config.namespaces)
+    for key in cache.llmds:
+        queue.add(key)
     memo.autoscaler, memo.analysis = autoscaler, analysis
     memo.queue_task = asyncio.create_task(queue.run(), name="llmfleet-workqueue")
     memo.autoscaler_task = asyncio.create_task(autoscaler.run(), name="llmfleet-autoscaler")

@@ -2,7 +2,8 @@
 
 Pure. The comparison is "desired is a subset of observed": the API server adds defaults and
 other writers add fields we do not declare, so an observed object that contains every field
-we declare, with our values, needs no write. Anything else (a manual edit of a field we own,
+we declare, with our values, needs no write. Resource quantities compare by value: the
+server stores ``1.5Gi`` as ``1536Mi``. Anything else (a manual edit of a field we own,
 a deleted child) is re-applied, which reverts it.
 """
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmfleet_operator.api import LABEL_REVISION
+from llmfleet_operator.quantity import same_quantity
 
 # Fields the API server owns or rewrites; never compared.
 _IGNORED_METADATA = {
@@ -23,6 +25,12 @@ _IGNORED_METADATA = {
     "managedFields",
     "selfLink",
 }
+
+
+def _is_quantity_field(path: str) -> bool:
+    # The fields the API server stores as resource.Quantity (container resources, emptyDir
+    # and volume claim sizes); elsewhere "1k" and "1000" are different strings.
+    return ".resources." in path or path.endswith((".sizeLimit", ".storage"))
 
 
 def child_key(obj: Mapping[str, Any]) -> tuple[str, str, str]:
@@ -51,6 +59,8 @@ def is_subset(desired: Any, observed: Any, path: str = "") -> bool:
         return all(is_subset(d, o, f"{path}[]") for d, o in zip(desired, observed, strict=True))
     if isinstance(desired, bool) or isinstance(observed, bool):
         return desired is observed
+    if desired != observed and _is_quantity_field(path):
+        return same_quantity(desired, observed)
     if isinstance(desired, int | float) and isinstance(observed, int | float):
         return float(desired) == float(observed)
     return bool(desired == observed)

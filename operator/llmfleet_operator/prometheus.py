@@ -1,4 +1,10 @@
-"""The operator's Prometheus client: instant queries, every failure one exception type."""
+"""The operator's Prometheus client: instant queries, every failure one exception type.
+
+What a spec may point it at is the operator's choice (``--allowed-prometheus-urls``): the
+URL comes from anyone who may write an LLMDeployment, and the operator's network position is
+not theirs to borrow. Redirects are not followed, and no response body reaches status or
+Events (an error page of an internal service is not for every reader of the object).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,9 @@ from collections.abc import Mapping
 import aiohttp
 
 from llmfleet_operator import promql
+
+#: One set of queries to one Prometheus; a slow one holds only the fleets that use it.
+QUERY_TIMEOUT_SECONDS = 10.0
 
 
 class PrometheusError(Exception):
@@ -24,11 +33,12 @@ async def query_prometheus(
     """One instant query, keyed by the values of ``labels``; raises PrometheusError."""
     url = base_url.rstrip("/") + "/api/v1/query"
     try:
-        async with session.get(url, params={"query": query}) as resp:
-            text = await resp.text()
+        async with session.get(url, params={"query": query}, allow_redirects=False) as resp:
+            if 300 <= resp.status < 400:
+                raise PrometheusError(f"HTTP {resp.status} (redirects are not followed)")
             if resp.status >= 400:
-                raise PrometheusError(f"HTTP {resp.status}: {text[:200]}")
-            body = json.loads(text)
+                raise PrometheusError(f"HTTP {resp.status}")
+            body = json.loads(await resp.text())
     except (TimeoutError, aiohttp.ClientError, ValueError) as e:
         raise PrometheusError(f"{type(e).__name__}: {e}".strip(": ")) from e
     try:
@@ -37,18 +47,49 @@ async def query_prometheus(
         raise PrometheusError(str(e)) from e
 
 
+def normalise(url: str) -> str:
+    return url.strip().rstrip("/")
+
+
+def pick_url(
+    spec_url: str | None, default: str, allowed: tuple[str, ...] = ()
+) -> str | PrometheusError:
+    """The Prometheus to query for one LLMDeployment: its own ``prometheusURL`` when the
+    operator allows it (the default URL always is), else the default; a PrometheusError
+    saying why when there is none to use."""
+    if spec_url and normalise(spec_url) != normalise(default):
+        if normalise(spec_url) not in {normalise(u) for u in allowed}:
+            return PrometheusError(
+                f"spec.autoscaling.prometheusURL {spec_url} is not one the operator may query "
+                "(its --allowed-prometheus-urls); the operator's own Prometheus is used only "
+                "when the field is unset"
+            )
+        return spec_url
+    if not default:
+        return PrometheusError(
+            "no Prometheus URL configured (operator --prometheus-url or "
+            "spec.autoscaling.prometheusURL)"
+        )
+    return default
+
+
 async def query_all(
     session: aiohttp.ClientSession,
     base_url: str,
     queries: Mapping[str, str],
     labels: tuple[str, ...] = ("namespace", "llmdeployment"),
+    limit_seconds: float = QUERY_TIMEOUT_SECONDS,
 ) -> dict[str, dict[tuple[str, ...], promql.Sample]] | PrometheusError:
     """Every query of ``queries`` (name -> PromQL) at once: all answers, or the first error
     (one failed query makes the set unusable: signals must come from the same moment)."""
-    results = await asyncio.gather(
-        *(query_prometheus(session, base_url, q, labels) for q in queries.values()),
-        return_exceptions=True,
-    )
+    try:
+        async with asyncio.timeout(limit_seconds):
+            results = await asyncio.gather(
+                *(query_prometheus(session, base_url, q, labels) for q in queries.values()),
+                return_exceptions=True,
+            )
+    except TimeoutError:
+        return PrometheusError(f"no answer in {limit_seconds:g}s")
     answers: dict[str, dict[tuple[str, ...], promql.Sample]] = {}
     for name, result in zip(queries, results, strict=True):
         if isinstance(result, BaseException):

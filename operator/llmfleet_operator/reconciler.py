@@ -29,7 +29,7 @@ from llmfleet_operator.api import (
     ConditionType,
     LLMDeploymentSpec,
 )
-from llmfleet_operator.cache import Cache, ChildKey, Key
+from llmfleet_operator.cache import Cache, ChildKey, Key, controller_of
 from llmfleet_operator.capacity import free_gpus_text
 from llmfleet_operator.conditions import Condition, find, merge
 from llmfleet_operator.fleet import FleetObservation, observe_fleet
@@ -71,6 +71,11 @@ STATUS_KEYS = (
 )
 #: While pods wait for GPUs, look again this often to refresh the free-GPU figures.
 GPU_RECHECK_SECONDS = 30.0
+#: Answers that mean "not this object, as it is": bad request, forbidden (admission webhooks,
+#: OwnerReferencesPermissionEnforcement), invalid (validation, ValidatingAdmissionPolicy).
+REJECTION_STATUSES = frozenset({400, 403, 422})
+#: How soon a refused write is tried again (a policy may be changed meanwhile).
+REJECTED_RETRY_SECONDS = 30.0
 
 
 @dataclass
@@ -81,6 +86,8 @@ class ReconcileResult:
     deleted: list[ChildKey] = field(default_factory=list)
     status_written: bool = False
     requeue_after: float | None = None
+    #: Writes the API server refused (admission, validation): "Kind name: message".
+    rejected: list[str] = field(default_factory=list)
 
 
 class ScalingView(Protocol):
@@ -169,7 +176,14 @@ class Reconciler:
             await self._write_invalid(owner, body, _validation_message(e), result)
             return
         revision = revision_of(spec)
-        observed = self.cache.children.get(key, {})
+        # Only what this very object controls: a namesake's leftovers (deleted and created
+        # again) belong to the garbage collector.
+        uid = body["metadata"].get("uid")
+        observed = {
+            ck: child
+            for ck, child in self.cache.children.get(key, {}).items()
+            if (controller_of(child) or {}).get("uid") == uid
+        }
         stable_dep = observed.get(_deployment_key(owner, STABLE_TRACK))
         canary_dep = observed.get(_deployment_key(owner, CANARY_TRACK))
         sizes = [int(d["spec"].get("replicas", 0)) for d in (stable_dep, canary_dep) if d]
@@ -326,7 +340,20 @@ class Reconciler:
                 self.cache.put_child(key, live)
                 if is_subset(step.obj, live):
                     return
-        applied = await self.kube.apply(step.obj)
+        try:
+            applied = await self.kube.apply(step.obj)
+        except ApiError as e:
+            if e.status not in REJECTION_STATUSES or "being terminated" in e.message:
+                raise  # transient (conflict, throttling, server errors): the queue retries
+            # A policy or validation said no: say so in status and an Event, keep what runs,
+            # and try again later (the policy may change), not in a hot loop.
+            what = f"{step.obj['kind']} {step.obj['metadata']['name']}"
+            log.warning("%s/%s: the API server refused %s: %s", *key, what, e.message)
+            result.rejected.append(f"{what}: {e.message}")
+            result.requeue_after = min(
+                result.requeue_after or REJECTED_RETRY_SECONDS, REJECTED_RETRY_SECONDS
+            )
+            return
         self.cache.put_child(key, applied)
         result.applied.append(step.key)
         metrics.WRITES.labels(kind=step.obj["kind"], verb="apply").inc()
@@ -383,6 +410,7 @@ class Reconciler:
             revisions=rollout.record_revisions(
                 previous.get("revisions") or [], decision.records, now
             ),
+            rejected="; ".join(result.rejected) or None,
         )
         key = (owner.namespace, owner.name)
         extra = []
@@ -416,6 +444,11 @@ class Reconciler:
         if mine_before == status:
             return
         meta = body["metadata"]
+        if log.isEnabledFor(logging.DEBUG):
+            changed = sorted(
+                k for k in {*mine_before, *status} if mine_before.get(k) != status.get(k)
+            )
+            log.debug("status of %s/%s changes: %s", meta["namespace"], meta["name"], changed)
         patch = {
             "apiVersion": API_VERSION,
             "kind": KIND,

@@ -19,6 +19,8 @@ class OperatorSettings:
     log_level: str = "INFO"
     workers: int = 4
     prometheus_url: str = ""
+    #: Other Prometheus URLs a spec's autoscaling.prometheusURL may name.
+    allowed_prometheus_urls: tuple[str, ...] = ()
     autoscale_interval_seconds: float = 15.0
     #: Window of the TTFT rate() in the autoscaler's query (short in tests).
     rate_window: str = "1m"
@@ -88,6 +90,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="Prometheus base URL for the built-in autoscaler",
     )
     parser.add_argument(
+        "--allowed-prometheus-urls",
+        default=_env("ALLOWED_PROMETHEUS_URLS", ""),
+        help="comma-separated Prometheus URLs that spec.autoscaling.prometheusURL may name "
+        "(default: none besides --prometheus-url)",
+    )
+    parser.add_argument(
         "--autoscale-interval",
         type=float,
         default=float(_env("AUTOSCALE_INTERVAL", "15")),
@@ -118,6 +126,9 @@ def from_args(args: argparse.Namespace) -> OperatorSettings:
         log_level=args.log_level,
         workers=args.workers,
         prometheus_url=args.prometheus_url,
+        allowed_prometheus_urls=tuple(
+            u.strip() for u in args.allowed_prometheus_urls.split(",") if u.strip()
+        ),
         autoscale_interval_seconds=args.autoscale_interval,
         rate_window=args.rate_window,
         analysis_min_window_seconds=args.analysis_min_window,

@@ -43,6 +43,8 @@ class Observation:
     #: status.rollout and status.revisions, as the rollout machine built them.
     rollout_status: Mapping[str, Any] | None = None
     revisions: Sequence[Mapping[str, Any]] | None = None
+    #: The API server refused a write of this reconcile: "Deployment x: <its message>".
+    rejected: str | None = None
 
 
 def _deployment_condition(dep: Mapping[str, Any], type_: str) -> Mapping[str, Any]:
@@ -111,6 +113,9 @@ class Facts:
     suspended: bool
     gpu_message: str
     rollout: RolloutVerdict | None
+    #: Live, not-ready pods whose containers the kubelet cannot keep running.
+    failing: tuple[PodInfo, ...] = ()
+    rejected: str | None = None
 
 
 def facts_of(obs: Observation) -> Facts:
@@ -158,12 +163,58 @@ def facts_of(obs: Observation) -> Facts:
         suspended=obs.suspended,
         gpu_message=gpu_shortage_message(obs, waiting) if waiting else "",
         rollout=obs.rollout,
+        failing=tuple(p for p in live if p.failure is not None and not p.ready),
+        rejected=obs.rejected,
     )
 
 
 def _ready_count(f: Facts) -> str:
     # Capped: at the end of a promotion the canary's pods run the revision too, for a moment.
     return f"{min(f.ready, f.want)}/{f.want} replicas ready"
+
+
+def check_apply_rejected(f: Facts) -> Verdict | None:
+    """The API server (an admission policy, a webhook, validation) refused our write."""
+    if f.rejected is None:
+        return None
+    message = f"the API server refused {f.rejected}"
+    return Verdict(
+        Reason.APPLY_REJECTED,
+        message,
+        STALLED,
+        ready_message=f"{_ready_count(f)}; {message}",
+    )
+
+
+#: What a human must fix first, when pods fail for different reasons at once.
+_FAILURE_ORDER: Final = (
+    Reason.CONFIG_ERROR,
+    Reason.IMAGE_PULL_BACK_OFF,
+    Reason.OOM_KILLED,
+    Reason.CRASH_LOOP_BACK_OFF,
+)
+
+
+def check_pod_failures(f: Facts) -> Verdict | None:
+    """Containers that cannot run (image, config, memory, crashes): the kubelet's words."""
+    if not f.failing:
+        return None
+    failures = [p.failure for p in f.failing if p.failure is not None]
+    reason = min(
+        (x.reason for x in failures),
+        key=lambda r: _FAILURE_ORDER.index(r) if r in _FAILURE_ORDER else len(_FAILURE_ORDER),
+    )
+    pods = [p for p in f.failing if p.failure is not None and p.failure.reason == reason]
+    first = pods[0].failure
+    assert first is not None
+    message = f"{_plural(len(pods), 'pod')} {reason}: {pods[0].name}: {first.message}"
+    return Verdict(
+        reason,
+        message,
+        STALLED,
+        ready=f.ready >= f.want,
+        ready_message=f"{_ready_count(f)}; {message}",
+    )
 
 
 def check_rollout_stalled(f: Facts) -> Verdict | None:
@@ -219,7 +270,11 @@ def check_rolled_out(f: Facts) -> Verdict | None:
                 ready=True,
                 settled_message=done,
             )
-        return Verdict(Reason.AVAILABLE, "scaled to zero", READY, ready=True, settled_message=done)
+        zero = (
+            "scaled to zero: the Service has no endpoints until replicas are added "
+            "(llmfleet does not scale up from zero by itself; raise minReplicas or replicas)"
+        )
+        return Verdict(Reason.AVAILABLE, zero, READY, ready=True, settled_message=done)
     return Verdict(Reason.AVAILABLE, _ready_count(f), READY, ready=True, settled_message=done)
 
 
@@ -247,7 +302,9 @@ def check_converging(f: Facts) -> Verdict:
 
 #: The chain, first say wins (cert-manager's readiness policy chain).
 CHECKS: Final[tuple[Callable[[Facts], Verdict | None], ...]] = (
+    check_apply_rejected,
     check_rollout_stalled,
+    check_pod_failures,
     check_insufficient_gpu,
     check_progress_deadline,
     check_rolling_out,

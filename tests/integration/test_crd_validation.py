@@ -148,6 +148,25 @@ BAD = {
         llmd(rollout={"progressDeadlineSeconds": 0}),
         ["spec.rollout.progressDeadlineSeconds", "greater than 0"],
     ),
+    "public LoadBalancer without an API key": (
+        llmd(service={"type": "LoadBalancer"}),
+        ["spec.service.type", api.LOAD_BALANCER_NEEDS_KEY_MESSAGE],
+    ),
+    "an inline hub token": (
+        llmd(worker={"env": [{"name": "HF_TOKEN", "value": "hf_abc"}]}),
+        ["spec.worker.env[0].value", api.CREDENTIAL_ENV_MESSAGE],
+    ),
+    "an inline password, whatever its case": (
+        llmd(
+            worker={
+                "env": [
+                    {"name": "LOG_LEVEL", "value": "info"},
+                    {"name": "db_password", "value": "x"},
+                ]
+            }
+        ),
+        ["spec.worker.env[1].value", api.CREDENTIAL_ENV_MESSAGE],
+    ),
     "cpu that is not a quantity": (
         llmd(worker={"resources": {"cpu": "lots"}}),
         ["spec.worker.resources.cpu", "should match"],

@@ -252,7 +252,9 @@ def test_progress_deadline_makes_the_rollout_stall(kube: Kubectl) -> None:
 
 
 def test_an_idle_fleet_causes_no_writes(kube: Kubectl) -> None:
-    kube.apply(llmd("idle", autoscaling={"minReplicas": 2}))
+    # Quantities the API server rewrites (1536Mi, "1", "2"): compared by value, not spelling.
+    resources = {"gpus": 1, "cpu": "1000m", "memory": "1.5Gi"}
+    kube.apply(llmd("idle", autoscaling={"minReplicas": 2}, worker={"resources": resources}))
     kube("wait", "--for=condition=Ready", "llmd/idle", "--timeout=90s")
     # Convergence includes the autoscaler's first look (no Prometheus here: it says so).
     wait_condition(kube, "idle", "ScalingActive", "False", "MetricsUnavailable")
@@ -304,3 +306,154 @@ def test_external_mode_hpa_drives_the_scale_subresource(kube: Kubectl) -> None:
     wait_for("the Deployment to follow", lambda: deployment_replicas(kube, "chat-hpa") == 2)
     obj = kube.get("llmd", "chat-hpa")
     assert "ScalingActive" not in conditions(obj)
+
+
+def deny_fleet_deployments(kubectl: Kubectl, namespace: str, fleet: str) -> list[dict[str, Any]]:
+    """A ValidatingAdmissionPolicy (and its binding) refusing ``fleet``'s Deployments."""
+    name = f"deny-{namespace}-{fleet}"
+    label = "object.metadata.labels['llmfleet.io/deployment']"
+    return [
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicy",
+            "metadata": {"name": name},
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {
+                    "resourceRules": [
+                        {
+                            "apiGroups": ["apps"],
+                            "apiVersions": ["v1"],
+                            "operations": ["CREATE", "UPDATE"],
+                            "resources": ["deployments"],
+                        }
+                    ]
+                },
+                "validations": [
+                    {
+                        "expression": f"!has(object.metadata.labels) || "
+                        f"!('llmfleet.io/deployment' in object.metadata.labels) || "
+                        f"{label} != '{fleet}'",
+                        "message": "GPU fleets need a cost-center label in this namespace",
+                    }
+                ],
+            },
+        },
+        {
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingAdmissionPolicyBinding",
+            "metadata": {"name": name},
+            "spec": {
+                "policyName": name,
+                "validationActions": ["Deny"],
+                "matchResources": {
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+                },
+            },
+        },
+    ]
+
+
+def test_a_write_an_admission_policy_refuses_stalls_with_its_message(
+    kube: Kubectl, kubectl: Kubectl, namespace: str
+) -> None:
+    policy = deny_fleet_deployments(kubectl, namespace, "refused")
+    kubectl.apply(policy)
+    try:
+        # The policy takes a moment to reach the admission chain: probe it like a user would.
+        probe = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "probe", "labels": {"llmfleet.io/deployment": "refused"}},
+            "spec": {
+                "selector": {"matchLabels": {"app": "probe"}},
+                "template": {
+                    "metadata": {"labels": {"app": "probe"}},
+                    "spec": {"containers": [{"name": "c", "image": "x"}]},
+                },
+            },
+        }
+        wait_for(
+            "the policy to deny",
+            lambda: (
+                kube.run(
+                    "apply", "--dry-run=server", "-f", "-", stdin=json.dumps(probe), check=False
+                ).returncode
+                != 0
+            ),
+        )
+        kube.apply(llmd("refused"))
+        obj = wait_condition(kube, "refused", "Stalled", "True", "ApplyRejected", timeout=60)
+        stalled = conditions(obj)["Stalled"]
+        assert stalled["message"].startswith("the API server refused Deployment refused: ")
+        assert "GPU fleets need a cost-center label" in stalled["message"]
+        assert conditions(obj)["Ready"]["status"] == "False"
+        assert conditions(obj)["Reconciling"]["status"] == "False"
+        assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
+        events = kube.get(
+            "events", None, "--field-selector", "involvedObject.name=refused,reason=ApplyRejected"
+        )["items"]
+        assert len(events) == 1
+        assert events[0]["type"] == "Warning"
+        # The Service was not refused: what can be applied is.
+        assert kube.get_or_none("service", "refused") is not None
+    finally:
+        for obj in reversed(policy):
+            kubectl("delete", obj["kind"], obj["metadata"]["name"], "--ignore-not-found")
+    # The policy is gone: the next try (within the retry interval) goes through.
+    wait_condition(kube, "refused", "Ready", "True", "Available", timeout=90)
+
+
+@pytest.mark.parametrize(
+    ("sim", "reason", "words"),
+    [
+        ("CrashLoopBackOff", "CrashLoopBackOff", "exceeds the model's 2048 positions"),
+        ("OOMKilled", "OOMKilled", "exceeding its memory limit"),
+        ("ImagePullBackOff", "ImagePullBackOff", "manifest unknown"),
+        ("CreateContainerConfigError", "ConfigError", 'secret "hf-token" not found'),
+    ],
+)
+def test_failing_containers_reach_status_with_the_kubelet_s_words(
+    kube: Kubectl, sim: str, reason: str, words: str
+) -> None:
+    message = {
+        "CrashLoopBackOff": "llmfleet-worker: error: max model length 4096 exceeds the "
+        "model's 2048 positions",
+        "ImagePullBackOff": "Back-off pulling image: manifest unknown",
+        "CreateContainerConfigError": 'secret "hf-token" not found',
+    }.get(sim, "")
+    name = f"fails-{sim.lower()}"
+    annotations = {
+        "sim.llmfleet.io/container-fails": sim,
+        "sim.llmfleet.io/container-message": message,
+    }
+    kube.apply(llmd(name, worker={"podAnnotations": annotations}))
+    obj = wait_condition(kube, name, "Stalled", "True", reason, timeout=60)
+    stalled = conditions(obj)["Stalled"]
+    assert stalled["message"].startswith(f"1 pod {reason}: {name}-")
+    assert words in stalled["message"]
+    assert conditions(obj)["Ready"]["status"] == "False"
+    events = kube.get(
+        "events", None, "--field-selector", f"involvedObject.name={name},reason={reason}"
+    )["items"]
+    assert [e["type"] for e in events] == ["Warning"]
+
+
+def test_a_users_own_object_with_our_label_is_never_touched(kube: Kubectl) -> None:
+    # The user's Service carries the fleet label (e.g. copied from ours for a dashboard).
+    theirs = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "mine-metrics", "labels": {"llmfleet.io/deployment": "mine"}},
+        "spec": {"ports": [{"port": 9090}], "selector": {"llmfleet.io/deployment": "mine"}},
+    }
+    kube.apply(theirs)
+    kube.apply(llmd("mine", replicas=1, autoscaling={"mode": "Manual"}))
+    wait_condition(kube, "mine", "Ready", "True", "Available", timeout=90)
+    # A change makes the operator plan (and delete what it no longer wants) again.
+    kube("patch", "llmd", "mine", "--type=merge", "-p", '{"spec":{"replicas":2}}')
+    wait_for("scaled to 2", lambda: deployment_replicas(kube, "mine") == 2)
+    wait_condition(kube, "mine", "Ready", "True", "Available", timeout=90)
+    service = kube.get("service", "mine-metrics")
+    assert not service["metadata"].get("ownerReferences")
+    assert service["spec"]["ports"][0]["port"] == 9090

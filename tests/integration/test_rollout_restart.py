@@ -73,3 +73,39 @@ def test_a_killed_operator_resumes_the_canary_where_it_was(
     started = [e for e in events if e["reason"] == "RolloutStarted" and candidate in e["message"]]
     assert len(started) == 1
     assert st["revisions"][0] == {**st["revisions"][0], "revision": candidate, "phase": "Active"}
+
+
+def test_a_restarted_operator_writes_nothing_for_a_healthy_fleet(
+    kube: Kubectl, cluster: LocalCluster, tmp_path: Path
+) -> None:
+    # Each watches this namespace only, so that its write counter is about this fleet alone.
+    only_here = f"--namespace={kube.namespace}"
+    first = OperatorProcess(cluster.kubeconfig, tmp_path / "first.log", only_here).start()
+    try:
+        kube.apply(canary("v1"))
+        kube("wait", "--for=condition=Ready", "llmd/chat", "--timeout=90s")
+    finally:
+        assert first.stop() in (0, None), first.log_tail()
+    before = kube.get("llmd", "chat")
+    second = OperatorProcess(
+        cluster.kubeconfig, tmp_path / "second.log", only_here, "--log-level=DEBUG"
+    ).start()
+    try:
+        # Its first reconciles ran on a cache that one full LIST of every kind had filled.
+        wait_for(
+            "the new operator's first reconciles",
+            lambda: second.metrics().get('llmfleet_operator_reconciles_total{result="ok"}', 0) >= 1,
+            timeout=60,
+        )
+        writes = {
+            k: v
+            for k, v in second.metrics().items()
+            if k.startswith("llmfleet_operator_api_writes_total")
+        }
+    finally:
+        assert second.stop() in (0, None), second.log_tail()
+    after = kube.get("llmd", "chat")
+    # Not even a Ready=False-then-True flap: the object was not written at all.
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    assert after["status"]["conditions"] == before["status"]["conditions"]
+    assert all(v == 0 for v in writes.values()), writes

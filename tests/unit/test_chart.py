@@ -25,6 +25,7 @@ CRUD = ("get", "list", "watch", "create", "update", "patch", "delete")
 NAMESPACED_RULES = {
     *(("llmfleet.io", "llmdeployments", v) for v in ("get", "list", "watch")),
     *(("llmfleet.io", "llmdeployments/status", v) for v in ("get", "patch", "update")),
+    ("llmfleet.io", "llmdeployments/finalizers", "update"),
     *(("apps", "deployments", v) for v in CRUD),
     *(("", "services", v) for v in CRUD),
     *(("policy", "poddisruptionbudgets", v) for v in CRUD),
@@ -228,6 +229,7 @@ def test_defaults_operator_deployment(defaults: list[Manifest]) -> None:
     assert env_of(deployment) == {
         "LLMFLEET_WATCH_NAMESPACES": "",
         "LLMFLEET_PROMETHEUS_URL": "",
+        "LLMFLEET_ALLOWED_PROMETHEUS_URLS": "",
         "LLMFLEET_AUTOSCALE_INTERVAL": "15",
         "LLMFLEET_LOG_FORMAT": "json",
         "LLMFLEET_LOG_LEVEL": "INFO",

@@ -244,7 +244,12 @@ def test_cel_rules_sit_where_their_messages_say(schema: dict[str, Any]) -> None:
         api.PAUSED_NEEDS_CANARY_MESSAGE,
         api.CANARY_NEEDS_STRATEGY_MESSAGE,
         api.CANARY_NEEDS_LLMFLEET_MESSAGE,
+        api.LOAD_BALANCER_NEEDS_KEY_MESSAGE,
+        api.CREDENTIAL_ENV_MESSAGE,
     }
+    assert rules[api.LOAD_BALANCER_NEEDS_KEY_MESSAGE][1]["fieldPath"] == ".service.type"
+    assert rules[api.CREDENTIAL_ENV_MESSAGE][0] == ".spec.worker.env[]"
+    assert rules[api.CREDENTIAL_ENV_MESSAGE][1]["fieldPath"] == ".value"
     assert rules[api.STEPS_INCREASING_MESSAGE][0] == ".spec.rollout.canary.steps"
     assert rules[api.PAUSED_NEEDS_CANARY_MESSAGE][1]["fieldPath"] == ".paused"
     assert rules[api.CANARY_NEEDS_STRATEGY_MESSAGE][1]["fieldPath"] == ".canary"

@@ -81,6 +81,11 @@ Secrets: worker pods reference Secrets by name and the kubelet reads them, the o
 - apiGroups: ["llmfleet.io"]
   resources: ["llmdeployments/status"]
   verbs: ["get", "patch", "update"]
+# Children carry blockOwnerDeletion; OwnerReferencesPermissionEnforcement (OpenShift,
+# hardened clusters) lets only who may update the owner's finalizers set it.
+- apiGroups: ["llmfleet.io"]
+  resources: ["llmdeployments/finalizers"]
+  verbs: ["update"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]

@@ -146,7 +146,19 @@ def test_during_a_canary_the_fleet_counts_both_tracks() -> None:
             {
                 "apiVersion": "apps/v1",
                 "kind": "Deployment",
-                "metadata": {**meta, "name": name},
+                "metadata": {
+                    **meta,
+                    "name": name,
+                    "ownerReferences": [
+                        {
+                            "apiVersion": "llmfleet.io/v1alpha1",
+                            "kind": "LLMDeployment",
+                            "name": "a",
+                            "uid": "u",
+                            "controller": True,
+                        }
+                    ],
+                },
                 "spec": {"replicas": replicas},
             },
         )

@@ -154,6 +154,17 @@ def test_missing_metrics_never_scale_to_zero_or_down() -> None:
     assert set(curve) == {3}
 
 
+def test_min_replicas_zero_reaches_zero_after_an_idle_window_and_stays() -> None:
+    sim = Sim(policy(min_replicas=0, stabilization_seconds=300), replicas=3)
+    curve = sim.run(1200, lambda t: 8 if t < 60 else 0)
+    idle_from = int(60 / INTERVAL)
+    assert all(r >= 1 for r in curve[: idle_from + int(300 / INTERVAL)]), "not before the window"
+    assert curve[-1] == 0
+    assert curve[curve.index(0) :] == [0] * (len(curve) - curve.index(0)), "it stays at zero"
+    for a, b in itertools.pairwise(curve):
+        assert b >= a // 2
+
+
 def test_stale_signals_count_as_missing() -> None:
     d = decide(policy(), Fleet(3, 3), Signals(at=0, waiting=100, running=12), History(), now=300)
     assert (d.replicas, d.reason) == (3, Why.METRICS_UNAVAILABLE)

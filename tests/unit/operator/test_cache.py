@@ -8,6 +8,13 @@ from typing import Any
 from llmfleet_operator.cache import Cache
 
 KEY = ("ns", "chat")
+OWNER = {
+    "apiVersion": "llmfleet.io/v1alpha1",
+    "kind": "LLMDeployment",
+    "name": "chat",
+    "uid": "owner-uid",
+    "controller": True,
+}
 
 
 def dep(rv: str, replicas: int, uid: str = "u1") -> dict[str, Any]:
@@ -20,6 +27,7 @@ def dep(rv: str, replicas: int, uid: str = "u1") -> dict[str, Any]:
             "uid": uid,
             "resourceVersion": rv,
             "labels": {"llmfleet.io/deployment": "chat"},
+            "ownerReferences": [OWNER],
         },
         "spec": {"replicas": replicas},
     }
@@ -57,3 +65,24 @@ def test_a_late_llmdeployment_event_does_not_undo_our_status_write() -> None:
     stale = {**body, "metadata": {**body["metadata"], "resourceVersion": "6"}, "status": {}}
     cache.observe_llmd("MODIFIED", stale)
     assert cache.llmds[KEY]["status"] == {"phase": "new"}
+
+
+def test_children_are_ours_by_controller_reference_and_pods_by_label() -> None:
+    cache = Cache()
+    theirs = dep("1", 1)
+    theirs["kind"], theirs["apiVersion"] = "Service", "v1"
+    theirs["metadata"]["ownerReferences"] = []  # the user's own, with our label
+    assert cache.observe_child("ADDED", theirs) is None
+    not_controller = dep("2", 1)
+    not_controller["metadata"]["ownerReferences"] = [{**OWNER, "controller": False}]
+    assert cache.observe_child("ADDED", not_controller) is None
+    assert cache.observe_child("ADDED", dep("3", 1)) == KEY
+    pod = {
+        "kind": "Pod",
+        "metadata": {
+            "name": "chat-1",
+            "namespace": "ns",
+            "labels": {"llmfleet.io/deployment": "chat"},
+        },
+    }
+    assert cache.observe_child("ADDED", pod) == KEY

@@ -206,3 +206,94 @@ def test_other_scheduling_failures_are_explained() -> None:
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "False"
     assert 'persistentvolumeclaim "models" not found' in ready["message"]
+
+
+def raw_pod(container_status: dict[str, Any], phase: str = "Running") -> dict[str, Any]:
+    return {
+        "metadata": {"name": "w-1", "labels": {"llmfleet.io/revision": "r1"}},
+        "spec": {"containers": [{"name": "worker"}]},
+        "status": {
+            "phase": phase,
+            "conditions": [{"type": "Ready", "status": "False"}],
+            "containerStatuses": [{"name": "worker", "ready": False, **container_status}],
+        },
+    }
+
+
+CRASHING = {
+    "restartCount": 4,
+    "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
+    "lastState": {
+        "terminated": {
+            "reason": "Error",
+            "exitCode": 2,
+            "message": "llmfleet-worker: error: max model length 4096 exceeds the model's 2048",
+        }
+    },
+}
+OOM = {
+    "restartCount": 2,
+    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+    "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}},
+}
+PULLING = {"state": {"waiting": {"reason": "ErrImagePull", "message": "manifest unknown"}}}
+NO_SECRET = {
+    "state": {
+        "waiting": {"reason": "CreateContainerConfigError", "message": 'secret "hf" not found'}
+    }
+}
+
+
+def test_container_failures_are_named_as_the_kubelet_reports_them() -> None:
+    def failure(cs: dict[str, Any]) -> tuple[str, str] | None:
+        f = pod_info(raw_pod(cs), "nvidia.com/gpu", "llmfleet.io/revision").failure
+        return (f.reason, f.message) if f else None
+
+    reason, message = failure(CRASHING) or ("", "")
+    assert reason == "CrashLoopBackOff"
+    assert "last exit code 2" in message
+    assert "exceeds the model's 2048" in message
+    assert failure(OOM) == (
+        "OOMKilled",
+        "container worker was killed for exceeding its memory limit (exit 137, 2 restarts)",
+    )
+    assert failure(PULLING) == (
+        "ImagePullBackOff",
+        "container worker: ErrImagePull: manifest unknown",
+    )
+    assert failure(NO_SECRET) == (
+        "ConfigError",
+        'container worker: CreateContainerConfigError: secret "hf" not found',
+    )
+    assert failure({"state": {"running": {}}}) is None
+
+
+def test_failing_pods_stall_with_the_kubelet_s_words_and_the_fix_first() -> None:
+    info = [
+        pod_info(raw_pod(cs), "nvidia.com/gpu", "llmfleet.io/revision") for cs in (OOM, NO_SECRET)
+    ]
+    status = build_status(observe(deployment=deployment(2, 0), pods=info), None, NOW)
+    assert conds(status)["Stalled"] == ("True", "ConfigError")
+    assert conds(status)["Ready"] == ("False", "ConfigError")
+    stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
+    assert stalled["message"].startswith("1 pod ConfigError: w-1: container worker: ")
+
+
+def test_a_ready_pod_that_was_once_oom_killed_is_not_failing() -> None:
+    healthy = raw_pod({**OOM, "ready": True, "state": {"running": {}}})
+    healthy["status"]["conditions"] = [{"type": "Ready", "status": "True"}]
+    info = pod_info(healthy, "nvidia.com/gpu", "llmfleet.io/revision")
+    status = build_status(observe(pods=[info, pod("b")]), None, NOW)
+    assert conds(status)["Ready"] == ("True", "Available")
+
+
+def test_a_refused_write_stalls_and_says_what_the_api_server_said() -> None:
+    obs = observe(rejected="Deployment x: admission webhook denied: no GPUs on Fridays")
+    status = build_status(obs, None, NOW)
+    assert conds(status)["Stalled"] == ("True", "ApplyRejected")
+    assert conds(status)["Ready"] == ("False", "ApplyRejected")
+    assert status["observedGeneration"] == 5  # this generation was acted on: it was refused
+    msg = next(c["message"] for c in status["conditions"] if c["type"] == "Stalled")
+    assert (
+        msg == "the API server refused Deployment x: admission webhook denied: no GPUs on Fridays"
+    )
