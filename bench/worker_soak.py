@@ -74,17 +74,24 @@ from typing import Any
 
 import httpx
 
+from llmfleet_worker import metrics as worker_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "hack"))
+sys.path.insert(0, str(ROOT / "tests"))
+from support.processes import parse_exposition  # noqa: E402  # after the path
+
 BIN = Path(sys.executable).parent
 MODEL_NAME = "soak"
 HOST = "127.0.0.1"
 
-# What the worker exposes (worker/llmfleet_worker/metrics.py).
-REQUESTS_TOTAL = "llmfleet_worker_requests_total"
-GENERATION_TOKENS = "llmfleet_worker_generation_tokens_total"
-PROMPT_TOKENS = "llmfleet_worker_prompt_tokens_total"
-RUNNING = "llmfleet_worker_requests_running"
-WAITING = "llmfleet_worker_requests_waiting"
-WORKER_OUTCOMES = ("success", "error", "rejected", "invalid", "cancelled", "aborted")
+# What the worker exposes.
+REQUESTS_TOTAL = worker_metrics.REQUESTS_TOTAL
+GENERATION_TOKENS = worker_metrics.GENERATION_TOKENS_TOTAL
+PROMPT_TOKENS = worker_metrics.PROMPT_TOKENS_TOTAL
+RUNNING = worker_metrics.REQUESTS_RUNNING
+WAITING = worker_metrics.REQUESTS_WAITING
+WORKER_OUTCOMES = worker_metrics.OUTCOMES
 
 KINDS = (
     "completion-stream",
@@ -220,20 +227,10 @@ class Worker:
         return self.proc.returncode
 
 
-def parse_metrics(text: str) -> dict[str, float]:
-    """Prometheus text exposition -> {"name{labels}": value} (comments skipped)."""
-    samples: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
-
-
 async def scrape(client: httpx.AsyncClient) -> dict[str, float]:
     resp = await client.get("/metrics", timeout=10)
     resp.raise_for_status()
-    return parse_metrics(resp.text)
+    return parse_exposition(resp.text)
 
 
 def outcome_counts(samples: dict[str, float]) -> dict[str, float]:

@@ -15,9 +15,13 @@ from support.wait import GiveUpError, wait_for
 
 
 def scrape(url: str) -> dict[str, float]:
-    """Prometheus text exposition -> {"name{labels}": value} (comments skipped)."""
+    """The samples at ``url`` (see :func:`parse_exposition`)."""
     with urllib.request.urlopen(url, timeout=5) as r:
-        text = r.read().decode()
+        return parse_exposition(r.read().decode())
+
+
+def parse_exposition(text: str) -> dict[str, float]:
+    """Prometheus text exposition -> {"name{labels}": value} (comments skipped)."""
     samples: dict[str, float] = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):
