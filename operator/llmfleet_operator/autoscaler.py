@@ -12,6 +12,7 @@ to LLM serving and made explainable:
 - pods Pending for lack of GPUs are not capacity: never ask for more while some wait, and
   never ask for more than the free GPUs can hold;
 - missing or stale signals hold the current size (fail-static: never down, never to zero);
+- fewer workers reporting than are ready never scales down (a partial sum undercounts);
 - with ``minReplicas: 0`` a fleet idle for a whole stabilization window goes to zero. Nothing
   brings it back by itself (no replica, no queue to measure): scaling from zero needs
   request holding, which llmfleet does not have; raise minReplicas to serve again.
@@ -41,6 +42,7 @@ class Why:
     STABILIZING = "ScaleDownStabilizing"
     IDLE = "Idle"
     METRICS_UNAVAILABLE = "MetricsUnavailable"
+    PARTIAL_METRICS = "PartialMetrics"
     GPU_LIMITED = "InsufficientGPU"
     AT_MAX = "AtMaxReplicas"
     AT_MIN = "AtMinReplicas"
@@ -205,6 +207,10 @@ def decide(
             target, limited_by = current, Why.GPU_LIMITED
         elif fleet.gpu_headroom is not None and target - current > fleet.gpu_headroom:
             target, limited_by = current + fleet.gpu_headroom, Why.GPU_LIMITED
+    elif down_floor < current and signals.reporting < fleet.ready:
+        # Some ready workers are not in the sums (not scraped yet, or their scrapes fail):
+        # the load looks smaller than it is. Growing on an undercount is safe; shrinking not.
+        reason = Why.PARTIAL_METRICS
     elif down_floor < current:
         # The highest recommendation inside the window wins: a short lull changes nothing.
         highest = history.highest_since(now - policy.stabilization_seconds)

@@ -165,6 +165,22 @@ def test_min_replicas_zero_reaches_zero_after_an_idle_window_and_stays() -> None
         assert b >= a // 2
 
 
+def test_fewer_workers_reporting_than_ready_never_scales_down() -> None:
+    history = History()
+    fleet = Fleet(current=4, ready=4)
+    pol = policy(stabilization_seconds=0)
+    # Two of four ready workers missing from the scrape: their load is missing from the sums.
+    partial = Signals(at=0, waiting=0, running=4, capacity=8.0, reporting=2)
+    d = decide(pol, fleet, partial, history, now=0)
+    assert (d.replicas, d.reason) == (4, Why.PARTIAL_METRICS)
+    # The same numbers from every ready worker: a real lull, it shrinks.
+    full = Signals(at=1, waiting=0, running=4, capacity=16.0, reporting=4)
+    assert decide(pol, fleet, full, history, now=1).replicas < 4
+    # An undercount may still grow the fleet.
+    busy = Signals(at=2, waiting=60, running=8, capacity=8.0, reporting=2)
+    assert decide(pol, fleet, busy, history, now=2).replicas > 4
+
+
 def test_stale_signals_count_as_missing() -> None:
     d = decide(policy(), Fleet(3, 3), Signals(at=0, waiting=100, running=12), History(), now=300)
     assert (d.replicas, d.reason) == (3, Why.METRICS_UNAVAILABLE)
