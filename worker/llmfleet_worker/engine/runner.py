@@ -425,9 +425,9 @@ class FastRunner:
         self.max_model_len = max_model_len
         hf: Any = loaded.model
         devices = list(loaded.devices)
-        placement = layer_placement(
-            hf, [str(d) for d in devices], [free_memory(d) for d in devices]
-        )
+        # The host already holds the weights: only a device they move to must have room.
+        free = [None if d.type == "cpu" else free_memory(d) for d in devices]
+        placement = layer_placement(hf, [str(d) for d in devices], free)
         rope = None
         if hf.config.model_type != "gpt2":
             with torch.inference_mode():  # on the host, where the checkpoint still is
