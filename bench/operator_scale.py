@@ -1,16 +1,20 @@
 #!/usr/bin/env python3
 """How the operator copes with many LLMDeployments on a real (kwok-simulated) cluster.
 
-Starts a private cluster with enough simulated GPU nodes, applies N LLMDeployments (one GPU
-each), and reports:
+Starts a private cluster with enough simulated GPU nodes, optionally fills it with other
+pods that are none of the operator's business (``--other-pods``, bound to simulated CPU
+nodes in another namespace: the operator still watches them for GPU accounting), applies N
+LLMDeployments (one GPU each), and reports:
 
-- time from apply to all Ready (median of the per-object Ready times, and the last one);
+- the operator's own latency per object, from the API server's audit log: the
+  LLMDeployment's create -> the operator's apply of its worker Deployment -> its first
+  status write (medians and p95), and apply -> Ready (kubelet and scheduler time included);
 - the operator's peak RSS and CPU seconds;
-- API requests the operator sent, by verb, during convergence and during an idle window
-  afterwards, counted by the API server itself (its audit log, filtered to the operator's
-  own client identity), so nothing the operator does can hide.
+- API requests the operator sent, by verb, during convergence (and per object) and during
+  an idle window afterwards, counted by the API server itself (its audit log, filtered to
+  the operator's own client identity), so nothing the operator does can hide.
 
-    .venv/bin/python bench/operator_scale.py [--count 200] [--idle 60]
+    .venv/bin/python bench/operator_scale.py [--count 200] [--other-pods 0] [--idle 60]
 """
 
 from __future__ import annotations
@@ -49,22 +53,79 @@ def proc_stats(pid: int) -> tuple[float, float]:
     return hwm / 1024, (int(fields[11]) + int(fields[12])) / ticks
 
 
-def audit_counts(path: Path, user: str, start: float, end: float) -> Counter[str]:
+def audit_events(path: Path) -> list[dict[str, Any]]:
+    """Every event of the audit log."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def stamp(event: dict[str, Any]) -> float:
+    return datetime.fromisoformat(
+        event["requestReceivedTimestamp"].replace("Z", "+00:00")
+    ).timestamp()
+
+
+def operator_latencies(events: list[dict[str, Any]], user: str) -> tuple[list[float], list[float]]:
+    """Per LLMDeployment: seconds from its create to the operator's first apply of its
+    worker Deployment, and to the operator's first status write."""
+    created: dict[str, float] = {}
+    applied: dict[str, float] = {}
+    status: dict[str, float] = {}
+    for e in events:
+        ref = e.get("objectRef") or {}
+        if ref.get("namespace") != NAMESPACE or e.get("responseStatus", {}).get("code", 0) >= 400:
+            continue
+        name, at = ref.get("name", ""), stamp(e)
+        by_operator = e.get("user", {}).get("username") == user
+        if ref.get("resource") == "llmdeployments" and e["verb"] == "create" and not by_operator:
+            created.setdefault(name, at)
+        elif by_operator and e["verb"] == "patch" and ref.get("resource") == "deployments":
+            applied.setdefault(name, at)
+        elif by_operator and ref.get("resource") == "llmdeployments" and ref.get("subresource"):
+            status.setdefault(name, at)
+    to_apply = sorted(applied[n] - t for n, t in created.items() if n in applied)
+    to_status = sorted(status[n] - t for n, t in created.items() if n in status)
+    return to_apply, to_status
+
+
+def audit_counts(events: list[dict[str, Any]], user: str, start: float, end: float) -> Counter[str]:
     """Requests by verb that ``user`` made between two wall-clock times."""
     counts: Counter[str] = Counter()
-    if not path.exists():
-        return counts
-    for line in path.read_text().splitlines():
-        event = json.loads(line)
-        if event.get("user", {}).get("username") != user:
+    for event in events:
+        if event.get("user", {}).get("username") != user or not start <= stamp(event) <= end:
             continue
-        ts = datetime.fromisoformat(event["requestReceivedTimestamp"].replace("Z", "+00:00"))
-        if start <= ts.timestamp() <= end:
-            verb = event["verb"]
-            if event.get("objectRef", {}).get("subresource"):
-                verb += "/" + event["objectRef"]["subresource"]
-            counts[verb] += 1
+        verb = event["verb"]
+        if event.get("objectRef", {}).get("subresource"):
+            verb += "/" + event["objectRef"]["subresource"]
+        counts[verb] += 1
     return counts
+
+
+def percentile(values: list[float], q: float) -> float:
+    return values[int(q * (len(values) - 1))] if values else float("nan")
+
+
+def other_pods(count: int, nodes: int) -> list[dict[str, Any]]:
+    """Plain pods bound to the CPU nodes (no scheduler round trip), in namespace ``noise``."""
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": f"p{i:05d}", "namespace": "noise", "labels": {"app": "noise"}},
+            "spec": {
+                "nodeName": f"cpu-node-{i % nodes}",
+                "containers": [
+                    {
+                        "name": "app",
+                        "image": "registry.example/noise:1",
+                        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}},
+                    }
+                ],
+            },
+        }
+        for i in range(count)
+    ]
 
 
 def llmd(i: int) -> dict[str, Any]:
@@ -95,21 +156,40 @@ def ready_times(cluster: LocalCluster) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--count", type=int, default=200)
+    parser.add_argument("--other-pods", type=int, default=0, help="pods of other workloads")
     parser.add_argument("--idle", type=float, default=60.0, help="idle window, seconds")
     parser.add_argument("--timeout", type=float, default=900.0)
     args = parser.parse_args()
     gpu_nodes = args.count // 8 + 2
+    cpu_nodes = max(1, -(-args.other_pods // 100))
     state_dir = Path(tempfile.mkdtemp(prefix="llmfleet-bench-"))
     cluster = LocalCluster(
-        state_dir, Topology(gpu_nodes=gpu_nodes, gpus_per_node=8), tie_to_parent=True, audit=True
+        state_dir,
+        Topology(gpu_nodes=gpu_nodes, gpus_per_node=8, cpu_nodes=cpu_nodes),
+        tie_to_parent=True,
+        audit=True,
     )
     print(f"$ {shlex.join(sys.argv)}")
-    print(f"cluster: {gpu_nodes} GPU nodes x 8, state in {state_dir}")
+    print(f"cluster: {gpu_nodes} GPU nodes x 8, {cpu_nodes} CPU nodes, state in {state_dir}")
     cluster.up(timeout=300)
     operator: subprocess.Popen[bytes] | None = None
     try:
         cluster.install_crd()
         cluster.prepare_namespace(NAMESPACE)
+        if args.other_pods:
+            began = time.time()
+            cluster.kubectl("create", "namespace", "noise")
+            pods = other_pods(args.other_pods, cpu_nodes)
+            for chunk in range(0, len(pods), 500):
+                cluster.kubectl(
+                    "create",
+                    "-f",
+                    "-",
+                    stdin=json.dumps(
+                        {"apiVersion": "v1", "kind": "List", "items": pods[chunk : chunk + 500]}
+                    ),
+                )
+            print(f"other pods: {args.other_pods} created in {time.time() - began:.0f}s")
         kubeconfig = cluster.kubeconfig_for(OPERATOR_USER, ("system:masters",))
         metrics_port = free_port()
         log = (state_dir / "operator.log").open("wb")
@@ -119,7 +199,20 @@ def main() -> int:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        time.sleep(3)  # let the operator finish its initial (empty) listings
+        # Measure the operator, not its start-up: wait until it primed its cache and leads.
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if scrape(f"http://127.0.0.1:{metrics_port}/metrics").get(
+                    "llmfleet_operator_leader"
+                ):
+                    break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        else:
+            print("the operator did not start within 120 s")
+            return 1
         items = [llmd(i) for i in range(args.count)]
         start = time.time()
         for chunk in range(0, len(items), 100):
@@ -152,17 +245,30 @@ def main() -> int:
         time.sleep(2)
         rss, cpu_total = proc_stats(operator.pid)
         peak_rss = max(peak_rss, rss)
-        conv = audit_counts(cluster.audit_log, OPERATOR_USER, start, converged)
-        idle = audit_counts(cluster.audit_log, OPERATOR_USER, idle_start, idle_end)
+        events = audit_events(cluster.audit_log)
+        conv = audit_counts(events, OPERATOR_USER, start, converged)
+        idle = audit_counts(events, OPERATOR_USER, idle_start, idle_end)
         writes = {"create", "update", "patch", "delete", "deletecollection"}
         idle_writes = sum(n for v, n in idle.items() if v.split("/")[0] in writes)
         latencies = sorted(t - start for t in ready.values())
+        to_apply, to_status = operator_latencies(events, OPERATOR_USER)
         own = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
-        print(f"\nLLMDeployments: {args.count} (1 GPU each), applied in {applied - start:.1f}s")
         print(
-            f"apply -> Ready   median {statistics.median(latencies):6.1f}s   "
-            f"p95 {latencies[int(0.95 * (len(latencies) - 1))]:6.1f}s   "
-            f"all {max(latencies):6.1f}s   (Ready times have 1 s resolution)"
+            f"\nLLMDeployments: {args.count} (1 GPU each), applied in {applied - start:.1f}s; "
+            f"other pods: {args.other_pods}"
+        )
+        for label, values in (
+            ("create -> Deployment applied", to_apply),
+            ("create -> first status", to_status),
+        ):
+            print(
+                f"{label:30} median {statistics.median(values):6.2f}s   "
+                f"p95 {percentile(values, 0.95):6.2f}s   max {max(values):6.2f}s"
+            )
+        print(
+            f"{'apply -> Ready':30} median {statistics.median(latencies):6.1f}s   "
+            f"p95 {percentile(latencies, 0.95):6.1f}s   max {max(latencies):6.1f}s   "
+            "(Ready times have 1 s resolution)"
         )
         print(
             f"operator         peak RSS {peak_rss:6.1f} MiB   CPU {cpu_converge:6.1f}s to "

@@ -321,6 +321,17 @@ class LocalCluster:
         """Start every component and wait until nodes are Ready. Idempotent."""
         if self.running():
             raise AlreadyRunningError(f"a cluster is already running from {self.dir}")
+        for attempt in range(3):
+            try:
+                return self._up_once(timeout)
+            except ClusterError as e:
+                # A free port is free when picked, not when bound: another process on the
+                # machine may take it in between. Pick new ones.
+                if "address already in use" not in str(e) or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _up_once(self, timeout: float) -> State:
         if self.load_state() is not None:
             self.down()  # leftovers of a crashed cluster
         if self._bin_dir is None:

@@ -8,7 +8,12 @@ import logging
 import sys
 
 from llmfleet_operator import __version__
-from llmfleet_operator.settings import OperatorSettings, add_run_arguments, from_args
+from llmfleet_operator.settings import (
+    OperatorSettings,
+    add_leader_election_arguments,
+    add_run_arguments,
+    from_args,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Watch LLMDeployments and reconcile them into GPU worker fleets.",
     )
     add_run_arguments(run)
+    add_leader_election_arguments(run)
     return parser
 
 

@@ -13,6 +13,7 @@ Each CEL rule below sits next to its Python twin and shares its message.
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import re
 from collections.abc import Mapping
@@ -115,6 +116,15 @@ REPLICAS_BUILTIN_MESSAGE: Final = (
     "spec.replicas must not be set when spec.autoscaling.mode is Builtin (the operator sizes "
     "the fleet); use mode Manual or External to set replicas"
 )
+#: Messages of the spec.networkPolicy rules (NetworkPolicy's own validation, at apply time).
+SELECTOR_VALUES_MESSAGE: Final = (
+    "values must be non-empty with operator In or NotIn, and empty with Exists or DoesNotExist"
+)
+PEER_MESSAGE: Final = "a peer is a namespaceSelector and/or a podSelector, or an ipBlock alone"
+CIDR_MESSAGE: Final = (
+    "must be a CIDR in canonical form with no host bits set, e.g. 10.0.0.0/8 or fd00::/8"
+)
+EXCEPT_MESSAGE: Final = "ipBlock.except entries must be CIDRs inside ipBlock.cidr"
 
 
 #: status.revisions keeps this many entries.
@@ -151,6 +161,7 @@ class Reason(StrEnum):
     CANARY_ANALYSIS_FAILED = "CanaryAnalysisFailed"
     INVALID_SPEC = "InvalidSpec"
     APPLY_REJECTED = "ApplyRejected"
+    FOREIGN_OBJECT = "ForeignObject"
     CRASH_LOOP_BACK_OFF = "CrashLoopBackOff"
     IMAGE_PULL_BACK_OFF = "ImagePullBackOff"
     CONFIG_ERROR = "ConfigError"
@@ -544,6 +555,162 @@ class AuthSpec(_Model):
     """Secret key holding the API key clients must send as a bearer token."""
 
 
+class SelectorOperator(StrEnum):
+    IN = "In"
+    NOT_IN = "NotIn"
+    EXISTS = "Exists"
+    DOES_NOT_EXIST = "DoesNotExist"
+
+
+class LabelSelectorRequirement(
+    _Model,
+    json_schema_extra=_validations(
+        cel(
+            "self.operator in ['In', 'NotIn']"
+            " ? (has(self.values) && self.values.size() > 0)"
+            " : (!has(self.values) || self.values.size() == 0)",
+            SELECTOR_VALUES_MESSAGE,
+            field_path=".values",
+        )
+    ),
+):
+    """One matchExpressions entry of a label selector (as in metav1.LabelSelector)."""
+
+    key: str = Field(min_length=1, max_length=317)
+    """The label key."""
+    operator: SelectorOperator
+    """In, NotIn, Exists or DoesNotExist."""
+    values: list[Annotated[str, Field(max_length=63)]] = Field(default_factory=list, max_length=64)
+    """Label values; non-empty for In and NotIn, empty for Exists and DoesNotExist."""
+
+    @model_validator(mode="after")
+    def _check_values(self) -> Self:
+        wants_values = self.operator in (SelectorOperator.IN, SelectorOperator.NOT_IN)
+        if wants_values != bool(self.values):
+            raise ValueError(SELECTOR_VALUES_MESSAGE)
+        return self
+
+
+class LabelSelector(_Model):
+    """A label selector (as in metav1.LabelSelector); empty selects everything."""
+
+    match_labels: dict[str, str] = Field(default_factory=dict)
+    """Labels that must all be present with these values."""
+    match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list, max_length=16)
+    """Requirements that must all hold."""
+
+
+def _check_cidr(value: str) -> str:
+    try:
+        canonical = str(ipaddress.ip_network(value, strict=True)) == value
+    except ValueError:
+        canonical = False
+    if not canonical:
+        raise ValueError(CIDR_MESSAGE)
+    return value
+
+
+#: CEL of a canonical CIDR (Kubernetes' CIDR library): what the API server's own CIDR parsing
+#: and NetworkPolicy validation accept without ambiguity.
+_CIDR_RULE: Final = "isCIDR({0}) && string(cidr({0}).masked()) == {0}"
+Cidr = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=43,
+        json_schema_extra=_validations(cel(_CIDR_RULE.format("self"), CIDR_MESSAGE)),
+    ),
+    AfterValidator(_check_cidr),
+]
+
+
+class IPBlock(
+    _Model,
+    json_schema_extra=_validations(
+        cel(
+            "!has(self.except) || !isCIDR(self.cidr) || self.except.all(e, !isCIDR(e)"
+            " || (e != self.cidr && cidr(self.cidr).containsCIDR(e)))",
+            EXCEPT_MESSAGE,
+            field_path=".except",
+        )
+    ),
+):
+    """Addresses outside the cluster's pod network (as in networking/v1 IPBlock), e.g. the
+    clients of a LoadBalancer Service (see docs/operator.md on source addresses)."""
+
+    cidr: Cidr
+    """The range allowed, e.g. 10.0.0.0/8."""
+    except_: list[Cidr] = Field(
+        default_factory=list,
+        max_length=16,
+        validation_alias="except",
+        serialization_alias="except",
+    )
+    """Ranges inside cidr that are not allowed."""
+
+    @model_validator(mode="after")
+    def _check_except(self) -> Self:
+        outer = ipaddress.ip_network(self.cidr)
+        for entry in self.except_:
+            inner = ipaddress.ip_network(entry)
+            # subnet_of wants both of one family; the version check comes first.
+            inside = inner.version == outer.version and inner.subnet_of(outer)  # type: ignore[arg-type]
+            if not inside or inner == outer:
+                raise ValueError(EXCEPT_MESSAGE)
+        return self
+
+
+class NetworkPolicyPeer(
+    _Model,
+    json_schema_extra=_validations(
+        cel(
+            "has(self.ipBlock) ? !has(self.namespaceSelector) && !has(self.podSelector)"
+            " : has(self.namespaceSelector) || has(self.podSelector)",
+            PEER_MESSAGE,
+        )
+    ),
+):
+    """Who may call the workers' API (as in networking/v1 NetworkPolicyPeer). podSelector
+    alone: pods of the LLMDeployment's namespace; namespaceSelector alone: every pod of the
+    namespaces it selects; both: the pods podSelector selects in those namespaces."""
+
+    namespace_selector: LabelSelector | None = None
+    """Namespaces, by their labels (every namespace has kubernetes.io/metadata.name: NAME);
+    {} selects every namespace."""
+    pod_selector: LabelSelector | None = None
+    """Pods, by their labels; {} selects every pod."""
+    ip_block: IPBlock | None = None
+    """A CIDR range; not together with the selectors."""
+
+    @model_validator(mode="after")
+    def _check_peer(self) -> Self:
+        selectors = self.namespace_selector is not None or self.pod_selector is not None
+        if (self.ip_block is not None) == selectors:
+            raise ValueError(PEER_MESSAGE)
+        return self
+
+
+class NetworkPolicySpec(_Model):
+    """The NetworkPolicy the operator keeps for the worker pods (same name as the
+    LLMDeployment): ingress only to the API port, only from the peers named here, plus the
+    monitoring namespace the operator is configured with (Prometheus scrapes /metrics on the
+    same port). Enforced by the cluster's network plugin, where it enforces NetworkPolicy."""
+
+    enabled: bool = True
+    """false: no NetworkPolicy (the operator deletes the one it made); the workers accept
+    traffic from anywhere the network lets through."""
+    from_: list[NetworkPolicyPeer] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=32,
+        validation_alias="from",
+        serialization_alias="from",
+    )
+    """Who may call the API port. Unset: every pod of the LLMDeployment's namespace when
+    service.type is ClusterIP; any source with NodePort or LoadBalancer (their clients are
+    outside the cluster). Set: exactly these peers, whatever the Service type."""
+
+
 class LLMDeploymentSpec(
     _Model,
     json_schema_extra=_validations(
@@ -585,6 +752,8 @@ class LLMDeploymentSpec(
     """The Service clients call."""
     auth: AuthSpec = Field(default_factory=AuthSpec)
     """Client authentication."""
+    network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec)
+    """Who may reach the workers over the network (a NetworkPolicy, on by default)."""
     suspend: bool = False
     """True scales to zero and frees the GPUs; the objects stay."""
 

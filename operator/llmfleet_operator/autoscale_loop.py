@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -24,7 +24,7 @@ from llmfleet_operator import metrics, promql
 from llmfleet_operator.api import ConditionType, LLMDeploymentSpec, Reason
 from llmfleet_operator.autoscaler import Decision, Fleet, History, Policy, Signals, Why, decide
 from llmfleet_operator.cache import Cache, Key
-from llmfleet_operator.capacity import GpuCapacity
+from llmfleet_operator.capacity import CapacityUnknown, GpuCapacity
 from llmfleet_operator.conditions import Condition, rfc3339
 from llmfleet_operator.fleet import FleetObservation, observe_fleet
 from llmfleet_operator.k8s import Kube
@@ -43,6 +43,8 @@ class ScaleState:
     last_scale_time: str | None = None
     condition: Condition | None = None
     limited: Condition | None = None
+    #: Why free GPUs are unknown for this fleet's pod template (None: known, or not looked).
+    capacity_unknown: str | None = None
 
 
 class AutoscaleLoop:
@@ -56,7 +58,7 @@ class AutoscaleLoop:
         prometheus_url: str,
         interval: float = 15.0,
         rate_window: str = "1m",
-        capacity: Callable[[str, float], Awaitable[GpuCapacity | None]] | None = None,
+        capacity: Callable[[LLMDeploymentSpec], GpuCapacity | CapacityUnknown] | None = None,
         clock: Callable[[], float] = time.time,
         allowed_urls: tuple[str, ...] = (),
     ) -> None:
@@ -72,6 +74,9 @@ class AutoscaleLoop:
         self._clock = clock
         self.state: dict[Key, ScaleState] = {}
         self.queries_sent = 0
+        #: False on a standby replica: evaluate (so the stabilization windows stay full for a
+        #: takeover) but decide nothing, post nothing, enqueue nothing.
+        self.active = True
 
     # --- the reconciler's view ---------------------------------------------------------------
     def wants(self, key: Key) -> int | None:
@@ -153,10 +158,9 @@ class AutoscaleLoop:
         # Every Prometheus at once, each with its own timeout: one unreachable URL holds
         # only the fleets that use it.
         fetched = await asyncio.gather(*(self._fetch(session, u, e) for u, e in groups))
-        capacities: dict[str, GpuCapacity | None] = {}
         for key, error in unusable:
             body, spec = fleet[key]
-            await self._evaluate(key, body, spec, None, str(error), "", now, capacities)
+            await self._evaluate(key, body, spec, None, str(error), "", now)
         for ((url, _), keys), answers in zip(groups.items(), fetched, strict=True):
             for key in keys:
                 body, spec = fleet[key]
@@ -168,7 +172,7 @@ class AutoscaleLoop:
                     signals = self._signals(answers, key, now)
                     if signals is None:
                         problem = f"no worker metrics for this LLMDeployment in {url}"
-                await self._evaluate(key, body, spec, signals, problem, url, now, capacities)
+                await self._evaluate(key, body, spec, signals, problem, url, now)
 
     @staticmethod
     def _signals(
@@ -179,11 +183,15 @@ class AutoscaleLoop:
             return sample.value if sample is not None else None
 
         waiting, running = value("waiting"), value("running")
-        if waiting is None or running is None:
+        sampled = answers.get("sampled_at", {}).get(key)
+        if waiting is None or running is None or sampled is None or sampled.value is None:
             return None
+        # The samples' own age by Prometheus's clock (the operator's may differ), as of now
+        # by ours. A sample stamped after the query (an exporter's clock ahead) is fresh.
+        age = max(0.0, sampled.evaluated_at - sampled.value)
         reporting = value("reporting")
         return Signals(
-            at=now,
+            at=now - age,
             waiting=waiting,
             running=running,
             capacity=value("capacity"),
@@ -225,7 +233,6 @@ class AutoscaleLoop:
         problem: str | None,
         url: str,
         now: float,
-        capacities: dict[str, GpuCapacity | None],
     ) -> None:
         st = self.state.setdefault(key, ScaleState())
         a = spec.autoscaling
@@ -238,24 +245,30 @@ class AutoscaleLoop:
             suspended=spec.suspend,
         )
         fleet, observed = self._fleet_of(key, body, spec, st)
-        # A scale-up must fit on free GPUs: look at capacity only when one is possible.
+        # A scale-up must fit on the free GPUs of the nodes this pod template may use: a
+        # lookup in the watched view (no API call), memoised per template until it changes.
         gpus = spec.worker.resources.gpus
-        if (
-            signals is not None
-            and self._capacity is not None
-            and gpus > 0
-            and (signals.waiting > 0 or fleet.current < a.min_replicas)
-        ):
-            resource = spec.worker.resources.gpu_resource_name
-            if resource not in capacities:
-                capacities[resource] = await self._capacity(resource, 0.0)
-            cap = capacities[resource]
-            if cap is not None:
+        st.capacity_unknown = None
+        if signals is not None and self._capacity is not None and gpus > 0:
+            try:
+                cap = self._capacity(spec)
+            except Exception:
+                # This fleet holds its size; the others' evaluations go on.
+                log.exception("autoscaler %s/%s: free GPUs failed; holding the size", *key)
+                return
+            if isinstance(cap, CapacityUnknown):
+                st.capacity_unknown = cap.why
+            elif signals.waiting > 0 or fleet.current < a.min_replicas:
                 # Pods asked for but not yet placed will take GPUs too.
                 unplaced = max(0, fleet.current - observed.placed)
                 headroom = max(0, cap.fits(gpus) - unplaced)
                 fleet = Fleet(fleet.current, fleet.ready, fleet.pending_for_gpu, headroom)
         decision = decide(policy, fleet, signals, st.history, now)
+        if not self.active:
+            # The leader's size (status.desiredReplicas) is the current one; on takeover the
+            # first decision adopts it with this window's history.
+            st.wants = st.condition = st.limited = None
+            return
         await self._set_condition(key, body, st, decision, problem, url)
         if decision.replicas != fleet.current or st.wants is None:
             await self._record(key, body, st, fleet.current, decision, now)
@@ -281,13 +294,14 @@ class AutoscaleLoop:
                 ConditionType.SCALING_ACTIVE,
                 "False",
                 Reason.METRICS_UNAVAILABLE,
-                f"{problem or 'metrics unavailable'}; holding the current size",
+                f"{problem or _stale(decision, url) or 'metrics unavailable'}; "
+                "holding the current size",
             )
         flipped = st.condition is None or st.condition.status != cond.status
         if st.condition != cond:
             st.condition = cond
             self.enqueue(key)
-        limited = self._limited(decision, st.limited)
+        limited = self._limited(decision, st.limited, st.capacity_unknown)
         if limited != st.limited:
             st.limited = limited
             self.enqueue(key)
@@ -295,10 +309,14 @@ class AutoscaleLoop:
             await self.kube.event(body, Reason.METRICS_UNAVAILABLE, cond.message, "Warning")
 
     @staticmethod
-    def _limited(decision: Decision, before: Condition | None) -> Condition | None:
+    def _limited(
+        decision: Decision, before: Condition | None, capacity_unknown: str | None = None
+    ) -> Condition | None:
         """``ScalingLimited`` (as HPA names it): whether a bound or the GPUs cap the size.
 
-        Messages carry no live numbers, so a steady limit writes nothing.
+        Messages carry no live numbers, so a steady limit writes nothing. When free GPUs are
+        unknown (``capacity_unknown`` says why), scale-ups are not checked against them and
+        the message says so.
         """
         t = ConditionType.SCALING_LIMITED
         if not decision.metrics_ok:
@@ -317,6 +335,14 @@ class AutoscaleLoop:
                 "True",
                 Reason.TOO_MANY_REPLICAS,
                 "the load asks for more than spec.autoscaling.maxReplicas",
+            )
+        if capacity_unknown is not None:
+            return Condition(
+                t,
+                "False",
+                Reason.DESIRED_WITHIN_RANGE,
+                f"the desired size is within bounds; {capacity_unknown}, so scale-ups are "
+                "not checked against them",
             )
         return Condition(
             t,
@@ -360,3 +386,8 @@ class AutoscaleLoop:
         log.info("autoscaler %s/%s: %s", *key, message)
         await self.kube.event(body, "ScaledUp" if direction == "up" else "ScaledDown", message)
         self.enqueue(key)
+
+
+def _stale(decision: Decision, url: str) -> str | None:
+    """The condition's words for signals that came but were too old."""
+    return f"worker metrics in {url} are stale: {decision.detail}" if decision.detail else None

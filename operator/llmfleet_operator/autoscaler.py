@@ -27,9 +27,16 @@ from dataclasses import dataclass, field
 from typing import Final
 
 DEFAULT_TOLERANCE: Final = 0.1
-#: Signals older than this (seconds) are stale; with 15 s loops and 1-15 s scrapes, 60 s
-#: means several scrapes failed in a row.
+#: Signals older than this (seconds) are stale. Age is the oldest worker's newest sample's
+#: own timestamp against the query time, so with 1-30 s scrapes a fresh answer is at most one
+#: interval old. A failed scrape or a vanished target ends its series at once (a staleness
+#: marker: then the worker stops reporting); what ages past this are samples Prometheus keeps
+#: serving for its lookback delta: their own old timestamps, a lagging federation or remote
+#: read, a Prometheus that stopped scraping.
 MAX_SIGNAL_AGE: Final = 60.0
+#: A stale age is reported in steps of this (seconds), so that a held fleet's status is not
+#: rewritten on every evaluation.
+STALE_AGE_STEP: Final = 30.0
 
 
 class Why:
@@ -127,6 +134,8 @@ class Decision:
     proposals: dict[str, int] = field(default_factory=dict)
     #: What held the size below the proposal: ``AtMaxReplicas`` or ``InsufficientGPU``.
     limited_by: str | None = None
+    #: Why the signals were not usable, when they came but were stale.
+    detail: str | None = None
 
     def direction(self, current: int) -> str:
         """``up``, ``down`` or ``none`` relative to ``current``."""
@@ -181,7 +190,8 @@ def decide(
     if signals is None or now - signals.at > MAX_SIGNAL_AGE:
         # Fail-static: hold the size we have (only the bounds may move it).
         held = min(hi, max(lo, current))
-        return Decision(held, Why.METRICS_UNAVAILABLE, {}, False)
+        detail = None if signals is None else stale_detail(now - signals.at)
+        return Decision(held, Why.METRICS_UNAVAILABLE, {}, False, detail=detail)
 
     if not history.recommendations:
         # After a (re)start nothing is known about the last window: count the current size
@@ -229,6 +239,15 @@ def decide(
     # Bounds always hold, even against the current size (e.g. after minReplicas was raised).
     target = min(hi, max(lo, target))
     return Decision(target, reason, signals.as_dict(), True, wanted, limited_by)
+
+
+def stale_detail(age: float) -> str:
+    """What a stale answer means, its age rounded down to a ``STALE_AGE_STEP``."""
+    shown = max(MAX_SIGNAL_AGE, math.floor(age / STALE_AGE_STEP) * STALE_AGE_STEP)
+    return (
+        f"the oldest worker's newest sample is at least {shown:.0f}s old "
+        f"(more than {MAX_SIGNAL_AGE:.0f}s)"
+    )
 
 
 def count_flaps(replicas: Sequence[int], interval: float = 1.0, window: float = math.inf) -> int:

@@ -25,6 +25,7 @@ from llmfleet_operator.autoscale_loop import AutoscaleLoop
 from llmfleet_operator.cache import Cache, Key
 from llmfleet_operator.free_gpus import FreeGpus
 from llmfleet_operator.k8s import SERVICE_ACCOUNT_TOKEN, Credentials, Kube
+from llmfleet_operator.leader import LeaderDuties, LeaderElector, default_identity, own_namespace
 from llmfleet_operator.priming import prime
 from llmfleet_operator.reconciler import Reconciler
 from llmfleet_operator.settings import OperatorSettings
@@ -90,7 +91,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 
     kube = Kube(credentials_from(_login(settings)))
     cache = Cache()
-    free_gpus = FreeGpus(kube)
+    # Nodes and device-holding pods, watched cluster-wide (unless the install may not).
+    free_gpus = FreeGpus(kube, enabled=config.gpu_capacity_view == "cluster")
     # The loops only read the cache and enqueue; the reconciler reads their views. Nothing
     # holds a reference back.
     autoscaler = AutoscaleLoop(
@@ -100,7 +102,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         prometheus_url=config.prometheus_url,
         interval=config.autoscale_interval_seconds,
         rate_window=config.rate_window,
-        capacity=free_gpus.get,
+        capacity=free_gpus.for_spec,
         allowed_urls=config.allowed_prometheus_urls,
     )
     analysis = AnalysisLoop(
@@ -110,7 +112,14 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         min_window_seconds=config.analysis_min_window_seconds,
         allowed_urls=config.allowed_prometheus_urls,
     )
-    reconciler = Reconciler(kube, cache, scaling=autoscaler, analysis=analysis, free_gpus=free_gpus)
+    reconciler = Reconciler(
+        kube,
+        cache,
+        scaling=autoscaler,
+        analysis=analysis,
+        free_gpus=free_gpus,
+        monitoring_namespace=config.monitoring_namespace,
+    )
 
     async def handle(key: Key) -> None:
         result = await reconciler.reconcile(key)
@@ -120,27 +129,57 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 
     queue: WorkQueue[Key] = WorkQueue(handle, workers=config.workers)
     memo.kube, memo.cache, memo.reconciler, memo.queue = kube, cache, reconciler, queue
+    # GPU accounting lists, then watches, while the cache primes (every replica: read-only).
+    memo.free_gpus_task = asyncio.create_task(free_gpus.run(), name="llmfleet-gpu-capacity")
     # No reconcile before one full LIST of every kind: a half-filled cache would write a
     # healthy fleet as not ready. Every primed LLMDeployment gets its first reconcile.
     await prime(kube, cache, config.namespaces)
-    for key in cache.llmds:
-        queue.add(key)
+    # Bounded: a slow or refused view only makes the first messages say "unknown".
+    await free_gpus.wait_synced(within=30.0)
     memo.autoscaler, memo.analysis = autoscaler, analysis
-    memo.queue_task = asyncio.create_task(queue.run(), name="llmfleet-workqueue")
+    duties = LeaderDuties(queue, analysis, autoscaler, cache)
+    memo.duties = duties
     memo.autoscaler_task = asyncio.create_task(autoscaler.run(), name="llmfleet-autoscaler")
-    memo.analysis_task = asyncio.create_task(analysis.run(), name="llmfleet-analysis")
-    log.info("operator started", extra={"namespaces": list(config.namespaces) or "all"})
+    if config.leader_election:
+        autoscaler.active = False  # a standby until the Lease is ours
+        metrics.LEADER.set(0)
+        elector = LeaderElector(
+            kube,
+            config.leader_election_namespace or own_namespace(),
+            config.leader_election_id,
+            config.identity or default_identity(),
+        )
+        memo.elector = elector
+        memo.election_task = asyncio.create_task(
+            elector.run(duties.start, duties.stop), name="llmfleet-leader-election"
+        )
+    else:
+        metrics.LEADER.set(1)
+        await duties.start()
+    log.info(
+        "operator started",
+        extra={
+            "namespaces": list(config.namespaces) or "all",
+            "leader_election": config.leader_election,
+        },
+    )
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    """Stop the workers and close the API client."""
-    for name in ("analysis_task", "autoscaler_task", "queue_task"):
+    """Stop the workers, hand the Lease back and close the API client."""
+    for name in ("election_task", "autoscaler_task", "free_gpus_task"):
         task: asyncio.Task[None] | None = memo.get(name)
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+    duties: LeaderDuties | None = memo.get("duties")
+    if duties is not None:
+        await duties.stop()
+    elector: LeaderElector | None = memo.get("elector")
+    if elector is not None:
+        await elector.release()  # after the last write: the next leader starts at once
     kube: Kube | None = memo.get("kube")
     if kube is not None:
         await kube.close()
@@ -183,6 +222,12 @@ def service_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) 
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=OWNED)
 def pdb_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A worker PodDisruptionBudget changed."""
+    _child_event(type, body, memo)
+
+
+@kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=OWNED)
+def network_policy_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A worker NetworkPolicy changed (edited, deleted)."""
     _child_event(type, body, memo)
 
 

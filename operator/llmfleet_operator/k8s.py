@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import ssl
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,9 +33,12 @@ PLURALS: dict[tuple[str, str], str] = {
     ("v1", "Secret"): "secrets",
     ("apps/v1", "Deployment"): "deployments",
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
+    ("networking.k8s.io/v1", "NetworkPolicy"): "networkpolicies",
     ("llmfleet.io/v1alpha1", "LLMDeployment"): "llmdeployments",
 }
 CLUSTER_SCOPED = {"Node"}
+#: The longest watch event line accepted (one object, JSON).
+WATCH_MAX_LINE = 16 * 1024 * 1024
 
 
 class ApiError(Exception):
@@ -191,6 +194,49 @@ class Kube:
                 return items
             query["continue"] = token
 
+    async def watch(
+        self,
+        path: str,
+        resource_version: str,
+        *,
+        field_selector: str | None = None,
+        timeout_seconds: int = 300,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The watch events of a collection from ``resource_version`` (bookmarks included),
+        one parsed JSON line at a time, until the server ends the watch (``timeout_seconds``).
+
+        An expired ``resource_version`` raises ``ApiError`` 410 (or arrives as an ``ERROR``
+        event with a Status object): the caller lists again. Counted as method ``WATCH``.
+        """
+        query = {
+            "watch": "1",
+            "resourceVersion": resource_version,
+            "allowWatchBookmarks": "true",
+            "timeoutSeconds": str(timeout_seconds),
+        }
+        if field_selector:
+            query["fieldSelector"] = field_selector
+        url = path.lstrip("/") + f"?{urlencode(query)}"
+        # No total timeout: the stream lives for minutes; silence beyond the server's own
+        # timeout (plus a margin) means a dead connection.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=timeout_seconds + 30)
+        for attempt in (1, 2):
+            headers = {"Accept": "application/json"}
+            if self._token:
+                headers["Authorization"] = f"Bearer {self._token}"
+            session = await self._sess()
+            metrics.API_REQUESTS.labels(method="WATCH").inc()
+            async with session.get(url, headers=headers, timeout=timeout) as resp:
+                if resp.status == 401 and attempt == 1 and self._reload_token():
+                    continue
+                if resp.status >= 400:
+                    raise ApiError(resp.status, "WATCH", path, await resp.text())
+                # A Node with many images or a Pod with many containers exceeds the default.
+                while line := await resp.content.readline(max_line_length=WATCH_MAX_LINE):
+                    if line.strip():
+                        yield json.loads(line)
+                return
+
     async def apply(
         self,
         obj: Mapping[str, Any],
@@ -209,19 +255,23 @@ class Kube:
         return result
 
     async def delete(self, obj: Mapping[str, Any]) -> bool:
-        """Delete ``obj`` (background propagation); False if it was already gone."""
+        """Delete ``obj`` (background propagation); False if it was already gone.
+
+        With a uid, only that very object: a namesake created since (someone else's) is left
+        alone, as if ours were gone.
+        """
+        options: dict[str, Any] = {
+            "kind": "DeleteOptions",
+            "apiVersion": "v1",
+            "propagationPolicy": "Background",
+        }
+        uid = obj.get("metadata", {}).get("uid")
+        if uid:
+            options["preconditions"] = {"uid": uid}
         try:
-            await self.request(
-                "DELETE",
-                object_path(obj),
-                body={
-                    "kind": "DeleteOptions",
-                    "apiVersion": "v1",
-                    "propagationPolicy": "Background",
-                },
-            )
+            await self.request("DELETE", object_path(obj), body=options)
         except ApiError as e:
-            if e.status == 404:
+            if e.status == 404 or (e.status == 409 and uid):
                 return False
             raise
         return True

@@ -83,3 +83,16 @@ def forget_rollout(key: tuple[str, str]) -> None:
     for p in PHASES:
         with contextlib.suppress(KeyError):
             ROLLOUT_PHASE.remove(key[0], key[1], p)
+
+
+LEADER = Gauge(
+    "llmfleet_operator_leader",
+    "1 while this replica holds the leader Lease (or runs without leader election), else 0.",
+    registry=REGISTRY,
+)
+LEADERSHIP_CHANGES = Counter(
+    "llmfleet_operator_leadership_changes_total",
+    "Times this replica acquired or lost the leader Lease.",
+    ["change"],
+    registry=REGISTRY,
+)

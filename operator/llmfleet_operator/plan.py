@@ -75,8 +75,10 @@ class Apply:
     verb: str
     #: The Event message.
     message: str
-    #: The child may exist although the watch has not delivered it (it predates this
-    #: operator): GET it first, and skip the write when it already is what we want.
+    #: The child is not in the cache as ours, yet its name may be taken: by an object we do
+    #: not control (a user's own, a namesake's leftovers: never to be applied over), or by
+    #: ours that the watch has not delivered (made by an earlier operator process). GET it
+    #: first; skip the write when it already is what we want.
     look_first: bool = False
 
     @property
@@ -117,13 +119,12 @@ def plan_children(
     desired: Sequence[Mapping[str, Any]],
     observed: Iterable[Mapping[str, Any]],
     managed_kinds: Iterable[tuple[str, str]],
-    may_predate: bool = False,
 ) -> Plan:
     """Apply the desired children that differ; delete observed children of a managed kind
     that are no longer desired (e.g. the PodDisruptionBudget when one replica is left).
 
-    ``may_predate``: the owner is older than this operator process, so a child missing from
-    ``observed`` may still exist (the watch has not delivered it yet).
+    ``observed`` holds only the children the owner controls; one missing from it may still
+    exist under the same name, so its creation looks first (``Apply.look_first``).
     """
     by_key = {child_key(o): o for o in observed}
     want = {child_key(d) for d in desired}
@@ -140,7 +141,7 @@ def plan_children(
                 dict(obj),
                 verb,
                 _announcement(obj, verb, current),
-                look_first=current is None and may_predate,
+                look_first=current is None,
             )
         )
     for key, obj in sorted(by_key.items()):

@@ -30,7 +30,7 @@ from llmfleet_operator.api import (
     LLMDeploymentSpec,
 )
 from llmfleet_operator.cache import Cache, ChildKey, Key, controller_of
-from llmfleet_operator.capacity import free_gpus_text
+from llmfleet_operator.capacity import CapacityUnknown, GpuCapacity, free_gpus_text
 from llmfleet_operator.conditions import Condition, find, merge
 from llmfleet_operator.fleet import FleetObservation, observe_fleet
 from llmfleet_operator.free_gpus import FreeGpus
@@ -39,6 +39,7 @@ from llmfleet_operator.plan import Apply, child_key, is_subset, plan_children
 from llmfleet_operator.resources import (
     ANNOTATION_STABLE_REVISION,
     ANNOTATION_STABLE_SPEC,
+    DEFAULT_MONITORING_NAMESPACE,
     MANAGED_KINDS,
     Owner,
     deployment_name,
@@ -76,6 +77,11 @@ GPU_RECHECK_SECONDS = 30.0
 REJECTION_STATUSES = frozenset({400, 403, 422})
 #: How soon a refused write is tried again (a policy may be changed meanwhile).
 REJECTED_RETRY_SECONDS = 30.0
+#: How soon a child whose name a foreign object holds is looked at again (no watch tells us
+#: when an object without our label or ownerReference goes away).
+FOREIGN_RETRY_SECONDS = 10.0
+#: How soon to look again at a namesake's leftover, which the garbage collector is removing.
+LEFTOVER_RETRY_SECONDS = 5.0
 
 
 @dataclass
@@ -88,6 +94,8 @@ class ReconcileResult:
     requeue_after: float | None = None
     #: Writes the API server refused (admission, validation): "Kind name: message".
     rejected: list[str] = field(default_factory=list)
+    #: Children not created because an object we do not control has the name: "Kind name".
+    foreign: list[str] = field(default_factory=list)
 
 
 class ScalingView(Protocol):
@@ -135,6 +143,7 @@ class Reconciler:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         analysis: AnalysisView | None = None,
         free_gpus: FreeGpus | None = None,
+        monitoring_namespace: str = DEFAULT_MONITORING_NAMESPACE,
     ) -> None:
         self.kube = kube
         self.cache = cache
@@ -142,7 +151,8 @@ class Reconciler:
         self.analysis: AnalysisView = analysis or NoAnalysis()
         self._clock = clock
         self.free_gpus = free_gpus or FreeGpus(kube)
-        self._started_at = time.time()
+        #: Where Prometheus runs: the NetworkPolicies let it scrape the workers.
+        self.monitoring_namespace = monitoring_namespace
 
     async def reconcile(self, key: Key) -> ReconcileResult:
         """Bring the children and status of ``key`` in line with its spec."""
@@ -222,10 +232,9 @@ class Reconciler:
             canary=(decision.canary.replicas, decision.canary.revision)
             if decision.canary is not None
             else None,
+            monitoring_namespace=self.monitoring_namespace,
         )
-        plan = plan_children(
-            desired, observed.values(), MANAGED_KINDS, may_predate=self._may_predate_us(body)
-        )
+        plan = plan_children(desired, observed.values(), MANAGED_KINDS)
         for step in plan.apply:
             await self._apply_child(key, body, step, result)
         for obj in plan.delete:
@@ -289,13 +298,14 @@ class Reconciler:
             and revision not in rolled_back
             and gpus > 0
         ):
-            # Surge or in place is decided once per candidate, on a fresh look at the GPUs.
-            cap = await self.free_gpus.get(spec.worker.resources.gpu_resource_name, max_age=0.0)
+            # Surge or in place is decided once per candidate, on the watched free GPUs of
+            # the nodes this pod template may use.
+            cap = self._capacity(key, spec)
             summary = (
                 f"one pod asks for {gpus} {spec.worker.resources.gpu_resource_name}; "
                 f"{free_gpus_text(cap)}"
             )
-            if cap is not None:
+            if isinstance(cap, GpuCapacity):
                 # Pods asked for but not yet placed will take GPUs too.
                 unplaced = max(0, len(fleet.live) - fleet.placed)
                 headroom = max(0, cap.fits(gpus) - unplaced)
@@ -337,6 +347,11 @@ class Reconciler:
         if step.look_first:
             live = await self.kube.get(object_path(step.obj))
             if live is not None:
+                if not _ours(live, body):
+                    self._hands_off(key, body, step, live, result)
+                    return
+                # Ours, from an earlier operator process or with our ownerReference as
+                # non-controller: take it as it is, and write only if it differs.
                 self.cache.put_child(key, live)
                 if is_subset(step.obj, live):
                     return
@@ -359,17 +374,40 @@ class Reconciler:
         metrics.WRITES.labels(kind=step.obj["kind"], verb="apply").inc()
         await self.kube.event(body, f"{step.verb}{step.obj['kind']}", step.message)
 
+    def _capacity(self, key: Key, spec: LLMDeploymentSpec) -> GpuCapacity | CapacityUnknown:
+        """Free GPUs for this LLMDeployment's pod template (from memory, no API call); a
+        failure to compute it makes it unknown for this object only."""
+        try:
+            return self.free_gpus.for_spec(spec)
+        except Exception as e:
+            log.exception("%s/%s: computing free GPUs failed", *key)
+            return CapacityUnknown(f"free GPUs unknown: computing them failed ({e})")
+
+    def _hands_off(
+        self,
+        key: Key,
+        body: Mapping[str, Any],
+        step: Apply,
+        live: Mapping[str, Any],
+        result: ReconcileResult,
+    ) -> None:
+        """``live`` has the name of a child but is not the owner's: never apply over it (a
+        forced server-side apply would take it over), and look again later."""
+        what = f"{step.obj['kind']} {step.obj['metadata']['name']}"
+        controller = controller_of(live)
+        if controller is not None and controller.get("name") == body["metadata"]["name"]:
+            # An earlier LLMDeployment of this name (deleted, created again): the garbage
+            # collector is removing its children, and the watch tells us when it is done.
+            log.info("%s/%s: %s is a predecessor's, waiting for its removal", *key, what)
+            wait = LEFTOVER_RETRY_SECONDS
+        else:
+            log.warning("%s/%s: %s exists and is not ours; leaving it untouched", *key, what)
+            result.foreign.append(what)
+            wait = FOREIGN_RETRY_SECONDS
+        result.requeue_after = min(result.requeue_after or wait, wait)
+
     def _wants(self, key: Key, spec: LLMDeploymentSpec) -> int | None:
         return self.scaling.wants(key) if spec.autoscaling.mode == "Builtin" else None
-
-    def _may_predate_us(self, body: Mapping[str, Any]) -> bool:
-        created = body["metadata"].get("creationTimestamp")
-        if not created:
-            return True
-        born = datetime.fromisoformat(str(created).replace("Z", "+00:00"))
-        # Children of an object created after we started were created by us, and every
-        # write of ours goes into the cache; a margin covers clock granularity.
-        return born.timestamp() < self._started_at - 5.0
 
     async def _write_status(
         self,
@@ -387,7 +425,7 @@ class Reconciler:
     ) -> None:
         resource = spec.worker.resources.gpu_resource_name
         waiting = fleet.waiting_for_gpu > 0
-        capacity = await self.free_gpus.get(resource) if waiting else None
+        capacity = self._capacity((owner.namespace, owner.name), spec) if waiting else None
         if waiting:
             result.requeue_after = GPU_RECHECK_SECONDS
         previous = body.get("status") or {}
@@ -411,6 +449,7 @@ class Reconciler:
                 previous.get("revisions") or [], decision.records, now
             ),
             rejected="; ".join(result.rejected) or None,
+            foreign=tuple(result.foreign),
         )
         key = (owner.namespace, owner.name)
         extra = []
@@ -489,6 +528,17 @@ class Reconciler:
                     f"{state}: {cond['message']}",
                     "Normal" if cond["status"] == "True" else "Warning",
                 )
+
+
+def _ours(child: Mapping[str, Any], owner: Mapping[str, Any]) -> bool:
+    """Whether ``child`` carries an ownerReference to ``owner`` (its uid), controller or not.
+
+    Every operator version set one on what it created; an object without one is someone
+    else's, whatever its name or labels say.
+    """
+    uid = owner["metadata"].get("uid")
+    refs = child.get("metadata", {}).get("ownerReferences") or []
+    return any(ref.get("uid") == uid for ref in refs)
 
 
 def _deployment_key(owner: Owner, track: str) -> ChildKey:

@@ -23,6 +23,7 @@ from llmfleet_operator.api import (
     STABLE_TRACK,
     AutoscalingMode,
     LLMDeploymentSpec,
+    ServiceType,
 )
 
 LABEL_COMPONENT: Final = "app.kubernetes.io/component"
@@ -42,6 +43,10 @@ GPU_TOLERATION_EFFECT: Final = "NoSchedule"
 #: it, so that a rollback can rebuild its pods after the spec has moved on.
 ANNOTATION_STABLE_REVISION: Final = "llmfleet.io/stable-revision"
 ANNOTATION_STABLE_SPEC: Final = "llmfleet.io/stable-spec"
+#: The label every namespace carries with its own name (Kubernetes sets it).
+NAMESPACE_NAME_LABEL: Final = "kubernetes.io/metadata.name"
+#: The operator's default for the namespace Prometheus scrapes worker metrics from.
+DEFAULT_MONITORING_NAMESPACE: Final = "monitoring"
 
 
 @dataclass(frozen=True)
@@ -335,9 +340,10 @@ def spec_json(spec: LLMDeploymentSpec) -> str:
 
     Defaults are spelled out: a later operator may default differently (the worker image
     follows the operator's version), and a rollback must rebuild the very pods that ran.
+    The network policy builds no pod (it always follows the current spec), so it is left out.
     """
     return json.dumps(
-        spec.model_dump(mode="json", by_alias=True),
+        spec.model_dump(mode="json", by_alias=True, exclude={"network_policy"}),
         sort_keys=True,
         separators=(",", ":"),
     )
@@ -378,6 +384,45 @@ def pod_disruption_budget(owner: Owner) -> dict[str, Any]:
     }
 
 
+def network_policy(
+    owner: Owner, spec: LLMDeploymentSpec, monitoring_namespace: str = DEFAULT_MONITORING_NAMESPACE
+) -> dict[str, Any]:
+    """Ingress to the worker pods (both tracks): the API port, from the peers the spec names
+    (unset: the LLMDeployment's namespace; anywhere for a NodePort or LoadBalancer Service,
+    whose clients are outside the cluster), and from ``monitoring_namespace`` (Prometheus;
+    ``/metrics`` is served on the API port). Nothing else: other ports and sources are denied.
+
+    The port is the container port's name: during a rollout that changes the port, old and
+    new pods each listen on their own number, as the Service's ``targetPort`` does.
+    """
+
+    def ports() -> list[dict[str, Any]]:
+        return [{"port": WORKER_PORT_NAME, "protocol": "TCP"}]
+
+    clients: dict[str, Any] = {"ports": ports()}
+    peers = spec.network_policy.from_
+    if peers is not None:
+        clients["from"] = [
+            p.model_dump(mode="json", by_alias=True, exclude_defaults=True) for p in peers
+        ]
+    elif spec.service.type == ServiceType.CLUSTER_IP:
+        clients["from"] = [{"podSelector": {}}]  # every pod of this namespace
+    ingress = [clients]
+    if monitoring_namespace:
+        selector = {"matchLabels": {NAMESPACE_NAME_LABEL: monitoring_namespace}}
+        ingress.append({"ports": ports(), "from": [{"namespaceSelector": selector}]})
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(owner, owner.name, common_labels(owner)),
+        "spec": {
+            "podSelector": {"matchLabels": selector_labels(owner)},
+            "policyTypes": ["Ingress"],
+            "ingress": ingress,
+        },
+    }
+
+
 def endpoint(owner: Owner, spec: LLMDeploymentSpec) -> str:
     """The in-cluster OpenAI base URL."""
     return f"http://{owner.name}.{owner.namespace}.svc:{spec.service.port}/v1"
@@ -407,6 +452,7 @@ MANAGED_KINDS: Final = (
     ("apps/v1", "Deployment"),
     ("v1", "Service"),
     ("policy/v1", "PodDisruptionBudget"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
 )
 
 
@@ -420,11 +466,13 @@ def desired_children(
     surge: bool = True,
     stable: tuple[str, str] | None = None,
     canary: tuple[int, str] | None = None,
+    monitoring_namespace: str = DEFAULT_MONITORING_NAMESPACE,
 ) -> list[dict[str, Any]]:
     """Everything one LLMDeployment owns: the stable Deployment (``replicas`` pods of
     ``revision``, built from ``template_spec`` or ``spec``), during a canary the canary
     Deployment (``canary`` = (replicas, revision), built from ``spec``), the Service in front
-    of both, and a PodDisruptionBudget once more than one pod runs."""
+    of both, a PodDisruptionBudget once more than one pod runs, and the NetworkPolicy unless
+    ``spec.networkPolicy.enabled`` is false."""
     children = [
         worker_deployment(
             owner,
@@ -443,4 +491,6 @@ def desired_children(
         total += canary[0]
     if total > 1:
         children.append(pod_disruption_budget(owner))
+    if spec.network_policy.enabled:
+        children.append(network_policy(owner, spec, monitoring_namespace))
     return children

@@ -26,6 +26,19 @@ class OperatorSettings:
     rate_window: str = "1m"
     #: Shortest PromQL range of a canary analysis: a few scrape intervals (short in tests).
     analysis_min_window_seconds: int = 60
+    #: "cluster": watch nodes and pods cluster-wide to count free GPUs; "none": no
+    #: cluster-wide reads (namespaced installs), free GPUs unknown.
+    gpu_capacity_view: str = "cluster"
+    #: Namespace whose pods (Prometheus) each LLMDeployment's NetworkPolicy lets scrape the
+    #: workers; empty: none.
+    monitoring_namespace: str = "monitoring"
+    #: Run as one of several replicas: only the holder of the Lease writes.
+    leader_election: bool = False
+    #: Namespace and name of that Lease (the namespace defaults to the pod's own).
+    leader_election_namespace: str = ""
+    leader_election_id: str = "llmfleet-operator"
+    #: This replica's name in the Lease (the pod name in-cluster).
+    identity: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -112,6 +125,46 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         default=int(_env("ANALYSIS_MIN_WINDOW", "60")),
         help="shortest PromQL range (seconds) of a canary analysis; at least a few scrapes",
     )
+    parser.add_argument(
+        "--gpu-capacity-view",
+        choices=["cluster", "none"],
+        default=_env("GPU_CAPACITY_VIEW", "cluster"),
+        help="cluster: watch nodes and pods cluster-wide to count free GPUs; none: no "
+        "cluster-wide reads, free GPUs unknown (env LLMFLEET_GPU_CAPACITY_VIEW)",
+    )
+    parser.add_argument(
+        "--monitoring-namespace",
+        default=_env("MONITORING_NAMESPACE", "monitoring"),
+        help="namespace whose pods (Prometheus) the worker NetworkPolicies admit to the "
+        "metrics port; empty: none",
+    )
+
+
+def add_leader_election_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags for running several replicas, one of them active."""
+    parser.add_argument(
+        "--leader-elect",
+        action=argparse.BooleanOptionalAction,
+        default=_env("LEADER_ELECT", "false").lower() in ("1", "true", "yes"),
+        help="take part in leader election on a coordination.k8s.io Lease; only the leader "
+        "writes (env LLMFLEET_LEADER_ELECT)",
+    )
+    parser.add_argument(
+        "--leader-election-namespace",
+        default=_env("LEADER_ELECTION_NAMESPACE", ""),
+        help="namespace of the Lease (default: the pod's namespace, else 'default')",
+    )
+    parser.add_argument(
+        "--leader-election-id",
+        default=_env("LEADER_ELECTION_ID", "llmfleet-operator"),
+        help="name of the Lease; replicas with the same name elect one leader",
+    )
+    parser.add_argument(
+        "--identity",
+        default=os.environ.get("POD_NAME", ""),
+        help="this replica's holder identity (env POD_NAME; default: host name and a random "
+        "suffix)",
+    )
 
 
 def from_args(args: argparse.Namespace) -> OperatorSettings:
@@ -132,4 +185,10 @@ def from_args(args: argparse.Namespace) -> OperatorSettings:
         autoscale_interval_seconds=args.autoscale_interval,
         rate_window=args.rate_window,
         analysis_min_window_seconds=args.analysis_min_window,
+        gpu_capacity_view=args.gpu_capacity_view,
+        monitoring_namespace=args.monitoring_namespace,
+        leader_election=args.leader_elect,
+        leader_election_namespace=args.leader_election_namespace,
+        leader_election_id=args.leader_election_id,
+        identity=args.identity,
     )

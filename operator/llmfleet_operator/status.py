@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any, Final
 
 from llmfleet_operator.api import ConditionType, Reason
-from llmfleet_operator.capacity import GpuCapacity, PodInfo, free_gpus_text
+from llmfleet_operator.capacity import CapacityUnknown, GpuCapacity, PodInfo, free_gpus_text
 from llmfleet_operator.conditions import Condition, merge
 from llmfleet_operator.rollout import Verdict as RolloutVerdict
 
@@ -33,7 +33,8 @@ class Observation:
     gpu_resource: str
     deployment: Mapping[str, Any] | None
     pods: Sequence[PodInfo]
-    capacity: GpuCapacity | None = None
+    #: Free GPUs for the pod template (unknown: the message says why; None: not looked).
+    capacity: GpuCapacity | CapacityUnknown | None = None
     #: What the rollout machine says (None: no rollout in progress or held back).
     rollout: RolloutVerdict | None = None
     #: The canary Deployment, when one exists (its pods count in the replica totals).
@@ -45,6 +46,9 @@ class Observation:
     revisions: Sequence[Mapping[str, Any]] | None = None
     #: The API server refused a write of this reconcile: "Deployment x: <its message>".
     rejected: str | None = None
+    #: Children the operator would create that exist already and are not this
+    #: LLMDeployment's (no ownerReference to it): "Service x", left untouched.
+    foreign: tuple[str, ...] = ()
 
 
 def _deployment_condition(dep: Mapping[str, Any], type_: str) -> Mapping[str, Any]:
@@ -116,6 +120,7 @@ class Facts:
     #: Live, not-ready pods whose containers the kubelet cannot keep running.
     failing: tuple[PodInfo, ...] = ()
     rejected: str | None = None
+    foreign: tuple[str, ...] = ()
 
 
 def facts_of(obs: Observation) -> Facts:
@@ -165,12 +170,35 @@ def facts_of(obs: Observation) -> Facts:
         rollout=obs.rollout,
         failing=tuple(p for p in live if p.failure is not None and not p.ready),
         rejected=obs.rejected,
+        foreign=tuple(obs.foreign),
     )
 
 
 def _ready_count(f: Facts) -> str:
     # Capped: at the end of a promotion the canary's pods run the revision too, for a moment.
     return f"{min(f.ready, f.want)}/{f.want} replicas ready"
+
+
+def foreign_object_message(foreign: Sequence[str]) -> str:
+    """What ``ForeignObject`` says: which objects are in the way, and what to do."""
+    verb, pronoun = ("exists and is", "it") if len(foreign) == 1 else ("exist and are", "them")
+    return (
+        f"{', '.join(foreign)} {verb} not this LLMDeployment's (no ownerReference to it): "
+        f"left untouched; delete or rename {pronoun}, or rename the LLMDeployment"
+    )
+
+
+def check_foreign_object(f: Facts) -> Verdict | None:
+    """A child's name is taken by an object we do not control: never adopted, never changed."""
+    if not f.foreign:
+        return None
+    message = foreign_object_message(f.foreign)
+    return Verdict(
+        Reason.FOREIGN_OBJECT,
+        message,
+        STALLED,
+        ready_message=f"{_ready_count(f)}; {message}",
+    )
 
 
 def check_apply_rejected(f: Facts) -> Verdict | None:
@@ -302,6 +330,7 @@ def check_converging(f: Facts) -> Verdict:
 
 #: The chain, first say wins (cert-manager's readiness policy chain).
 CHECKS: Final[tuple[Callable[[Facts], Verdict | None], ...]] = (
+    check_foreign_object,
     check_apply_rejected,
     check_rollout_stalled,
     check_pod_failures,

@@ -98,6 +98,11 @@ class WorkQueue(Generic[K]):
             try:
                 await self._handler(key)
             except asyncio.CancelledError:
+                # Stopped mid-reconcile (leadership lost, shutdown): the key is not done,
+                # so the next ``run`` reconciles it again.
+                self._active.discard(key)
+                self._dirty.discard(key)
+                self.add(key)
                 raise
             except Exception:
                 n = self._failures.get(key, 0) + 1

@@ -171,6 +171,66 @@ BAD = {
         llmd(worker={"resources": {"cpu": "lots"}}),
         ["spec.worker.resources.cpu", "should match"],
     ),
+    "a network peer that names nothing": (
+        llmd(networkPolicy={"from": [{}]}),
+        ["spec.networkPolicy.from[0]", api.PEER_MESSAGE],
+    ),
+    "an ipBlock next to a selector": (
+        llmd(networkPolicy={"from": [{"ipBlock": {"cidr": "10.0.0.0/8"}, "podSelector": {}}]}),
+        ["spec.networkPolicy.from[0]", api.PEER_MESSAGE],
+    ),
+    "an empty list of peers": (
+        llmd(networkPolicy={"from": []}),
+        ["spec.networkPolicy.from", "at least 1 items"],
+    ),
+    "a CIDR with host bits": (
+        llmd(networkPolicy={"from": [{"ipBlock": {"cidr": "10.1.2.3/8"}}]}),
+        ["spec.networkPolicy.from[0].ipBlock.cidr", api.CIDR_MESSAGE],
+    ),
+    "an address that is not a CIDR": (
+        llmd(networkPolicy={"from": [{"ipBlock": {"cidr": "10.0.0.0"}}]}),
+        ["spec.networkPolicy.from[0].ipBlock.cidr", api.CIDR_MESSAGE],
+    ),
+    "an except outside its CIDR": (
+        llmd(
+            networkPolicy={"from": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["11.0.0.0/16"]}}]}
+        ),
+        ["spec.networkPolicy.from[0].ipBlock.except", api.EXCEPT_MESSAGE],
+    ),
+    "an except that is the whole CIDR": (
+        llmd(networkPolicy={"from": [{"ipBlock": {"cidr": "fd00::/8", "except": ["fd00::/8"]}}]}),
+        ["spec.networkPolicy.from[0].ipBlock.except", api.EXCEPT_MESSAGE],
+    ),
+    "In without values": (
+        llmd(
+            networkPolicy={
+                "from": [{"podSelector": {"matchExpressions": [{"key": "a", "operator": "In"}]}}]
+            }
+        ),
+        [
+            "spec.networkPolicy.from[0].podSelector.matchExpressions[0].values",
+            api.SELECTOR_VALUES_MESSAGE,
+        ],
+    ),
+    "Exists with values": (
+        llmd(
+            networkPolicy={
+                "from": [
+                    {
+                        "namespaceSelector": {
+                            "matchExpressions": [
+                                {"key": "a", "operator": "Exists", "values": ["b"]}
+                            ]
+                        }
+                    }
+                ]
+            }
+        ),
+        [
+            "spec.networkPolicy.from[0].namespaceSelector.matchExpressions[0].values",
+            api.SELECTOR_VALUES_MESSAGE,
+        ],
+    ),
 }
 
 
@@ -221,11 +281,35 @@ def test_good_manifest_gets_the_model_defaults(kube: Kubectl) -> None:
         "paused": False,
     }
     assert stored["service"] == {"port": 8000, "type": "ClusterIP"}
+    assert stored["networkPolicy"] == {"enabled": True}  # on unless turned off
     assert stored["suspend"] is False
     assert "replicas" not in stored  # no default: only Manual/External users set it
     assert "args" not in stored["worker"]  # empty collections are not spelled out
     # Whatever the server filled in, it is what the models would have filled in.
     assert api.parse_spec({"spec": stored}) == api.parse_spec(manifest)
+
+
+def test_every_kind_of_network_peer_is_accepted_as_written(kube: Kubectl) -> None:
+    peers = [
+        {"namespaceSelector": {}},
+        {"podSelector": {}},
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gateway"}},
+            "podSelector": {
+                "matchExpressions": [
+                    {"key": "app", "operator": "NotIn", "values": ["batch"]},
+                    {"key": "llm-client", "operator": "DoesNotExist"},
+                ]
+            },
+        },
+        {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.9.0.0/16"]}},
+        {"ipBlock": {"cidr": "2001:db8::/32"}},
+    ]
+    manifest = llmd("peers", networkPolicy={"enabled": True, "from": peers})
+    kube.apply(manifest)
+    stored = kube.get("llmd", "peers")["spec"]["networkPolicy"]
+    assert stored == {"enabled": True, "from": peers}
+    assert api.parse_spec({"spec": kube.get("llmd", "peers")["spec"]}) == api.parse_spec(manifest)
 
 
 def test_canary_defaults_reach_into_lists(kube: Kubectl) -> None:

@@ -20,6 +20,7 @@ from localcluster import LocalCluster
 from support.helm import CHART, Helm
 from support.kube import Kubectl
 from support.processes import OperatorProcess
+from support.wait import wait_for
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "chat-small.yaml"
 
@@ -117,12 +118,15 @@ def test_install_upgrade_uninstall(
     assert "kubectl wait --for=condition=Ready llmd/chat-small" in notes
 
     deployment = kube.get("deployment", fullname)
-    assert deployment["status"]["availableReplicas"] == 1
+    assert deployment["status"]["availableReplicas"] == 2  # a leader and a standby
     env = env_of(deployment)
     assert env["LLMFLEET_LOG_LEVEL"] == "INFO"
-    (pod,) = kube.get("pods", None, f"--selector=app.kubernetes.io/instance={release}")["items"]
-    assert pod["spec"]["nodeName"] == "cpu-node-0"  # no GPU toleration: not on a GPU node
-    assert pod["spec"]["serviceAccountName"] == fullname
+    pods = kube.get("pods", None, f"--selector=app.kubernetes.io/instance={release}")["items"]
+    assert len(pods) == 2
+    for pod in pods:
+        assert pod["spec"]["nodeName"] == "cpu-node-0"  # no GPU toleration: not on a GPU node
+        assert pod["spec"]["serviceAccountName"] == fullname
+    assert kube.get("pdb", fullname)["spec"]["maxUnavailable"] == 1
     assert kube.get("service", f"{fullname}-metrics")["spec"]["ports"][0]["port"] == 8081
 
     # The ServiceAccount may do what the operator does, and nothing more.
@@ -133,10 +137,15 @@ def test_install_upgrade_uninstall(
         ("patch", "llmdeployments.llmfleet.io", "--subresource=status", "-n", "default"),
         ("create", "deployments.apps", "-n", "default"),
         ("delete", "poddisruptionbudgets.policy", "-n", "default"),
+        ("patch", "networkpolicies.networking.k8s.io", "-n", "default"),
         ("create", "events", "-n", "default"),
         ("list", "nodes"),
+        ("create", "leases.coordination.k8s.io", "-n", restricted),
+        ("update", f"leases.coordination.k8s.io/{fullname}", "-n", restricted),
     ]
     denied = [
+        ("update", "leases.coordination.k8s.io/kube-scheduler", "-n", restricted),
+        ("update", f"leases.coordination.k8s.io/{fullname}", "-n", "default"),
         ("get", "secrets", "-n", "default"),
         ("list", "secrets", "--all-namespaces"),
         ("patch", "llmdeployments.llmfleet.io", "-n", "default"),  # GitOps owns spec
@@ -227,14 +236,16 @@ def test_namespace_scoped_install(
             ("patch", "llmdeployments.llmfleet.io", "--subresource=status", "-n", watched),
             ("create", "deployments.apps", "-n", watched),
             ("watch", "pods", "-n", watched),
+            # Read-only GPU accounting, from watches.
             ("list", "nodes"),
-            ("list", "pods", "--all-namespaces"),  # read-only GPU accounting
+            ("watch", "nodes"),
+            ("list", "pods", "--all-namespaces"),
+            ("watch", "pods", "--all-namespaces"),
         ]
         denied = [
             ("list", "llmdeployments.llmfleet.io", "--all-namespaces"),
             ("list", "llmdeployments.llmfleet.io", "-n", "default"),
             ("create", "deployments.apps", "-n", "default"),
-            ("watch", "pods", "--all-namespaces"),
             ("get", "pods", "-n", "default"),
             ("get", "secrets", "-n", watched),
             ("delete", "nodes"),
@@ -246,7 +257,16 @@ def test_namespace_scoped_install(
         # LLMDeployment in the watched namespace to Ready and is never refused.
         config = service_account_kubeconfig(kubectl, sa, tmp_path / "sa.kubeconfig")
         log = tmp_path / "operator.log"
-        proc = OperatorProcess(config, log, f"--namespace={watched}").start()
+        # As the chart runs it: electing a leader on the release's Lease, with the Role the
+        # chart grants for it.
+        proc = OperatorProcess(
+            config,
+            log,
+            f"--namespace={watched}",
+            "--leader-elect",
+            f"--leader-election-namespace={restricted}",
+            f"--leader-election-id={fullname}",
+        ).start()
         try:
             kube = kubectl.in_namespace(watched)
             kube.apply(
@@ -264,6 +284,9 @@ def test_namespace_scoped_install(
             kube("wait", "--for=condition=Ready", "llmd/rbac-check", "--timeout=90s")
             assert kube.get("deployment", "rbac-check")["metadata"]["ownerReferences"]
             assert kube.get("service", "rbac-check")["metadata"]["ownerReferences"]
+            assert kube.get("networkpolicy", "rbac-check")["metadata"]["ownerReferences"]
+            lease = kubectl.in_namespace(restricted).get("lease", fullname)
+            assert lease["spec"]["holderIdentity"]
         finally:
             print(proc.log_tail(60))  # shown when the test fails
             print(
@@ -278,6 +301,81 @@ def test_namespace_scoped_install(
         helm.run("uninstall", release, f"--namespace={restricted}", "--wait", "--timeout=120s")
         assert kubectl.in_namespace(watched).get_or_none("role", fullname) is None
         assert kubectl.get_or_none("clusterrole", f"{fullname}-gpu-capacity") is None
+    finally:
+        kubectl("delete", "namespace", watched, "--wait=false", check=False)
+
+
+@pytest.mark.usefixtures("crd_installed")
+def test_namespace_scoped_install_without_cluster_wide_reads(
+    helm: Helm, kubectl: Kubectl, restricted: str, release: str, tmp_path: Path
+) -> None:
+    """gpuCapacity.clusterWideReads=false: no node or cluster-wide pod access at all, the
+    operator as the chart runs it is never refused, and status says free GPUs are unknown."""
+    watched = f"{restricted}-w"
+    kubectl("create", "namespace", watched)
+    try:
+        install(
+            helm,
+            release,
+            restricted,
+            "--set",
+            "crds.enabled=false",
+            "--set",
+            f"watchNamespaces={{{watched}}}",
+            "--set",
+            "gpuCapacity.clusterWideReads=false",
+        )
+        fullname = f"{release}-llmfleet"
+        env = env_of(kubectl.in_namespace(restricted).get("deployment", fullname))
+        assert env["LLMFLEET_GPU_CAPACITY_VIEW"] == "none"
+        assert kubectl.get_or_none("clusterrole", f"{fullname}-gpu-capacity") is None
+        sa = f"{restricted}:{fullname}"
+        assert can_i(kubectl, sa, "watch", "pods", "-n", watched)
+        for denied in (("list", "nodes"), ("list", "pods", "--all-namespaces")):
+            assert not can_i(kubectl, sa, *denied), denied
+
+        config = service_account_kubeconfig(kubectl, sa, tmp_path / "sa.kubeconfig")
+        log = tmp_path / "operator.log"
+        proc = OperatorProcess(
+            config,
+            log,
+            f"--namespace={watched}",
+            f"--gpu-capacity-view={env['LLMFLEET_GPU_CAPACITY_VIEW']}",
+            "--leader-elect",
+            f"--leader-election-namespace={restricted}",
+            f"--leader-election-id={fullname}",
+        ).start()
+        try:
+            kube = kubectl.in_namespace(watched)
+            kube.apply(
+                {
+                    "apiVersion": api.API_VERSION,
+                    "kind": api.KIND,
+                    "metadata": {"name": "too-big"},
+                    # More GPUs than any node has: Pending for GPUs.
+                    "spec": {
+                        "model": {"uri": "hf://llmfleet/tiny"},
+                        "worker": {"resources": {"gpus": 64}},
+                    },
+                }
+            )
+
+            def stalled() -> Any:
+                conds = kube.get("llmd", "too-big").get("status", {}).get("conditions", [])
+                found = [c for c in conds if c["type"] == "Stalled"]
+                return found and found[0]["reason"] == "InsufficientGPU" and found[0]
+
+            message = wait_for("Stalled=InsufficientGPU", stalled, timeout=90)["message"]
+            assert message == (
+                "1 pod Pending: each asks for 64 nvidia.com/gpu; free GPUs unknown: the "
+                "operator does not read pods outside its namespaces "
+                "(gpuCapacity.clusterWideReads=false)"
+            )
+        finally:
+            assert proc.stop() in (0, None), proc.log_tail()
+        forbidden = [line for line in log.read_text().splitlines() if "forbidden" in line.lower()]
+        assert forbidden == []
+        helm.run("uninstall", release, f"--namespace={restricted}", "--wait", "--timeout=120s")
     finally:
         kubectl("delete", "namespace", watched, "--wait=false", check=False)
 

@@ -37,6 +37,8 @@ class PrometheusServer:
 
     ``static_jobs`` maps a job name to ``host:port`` targets (e.g. ``{"llmfleet-operator":
     ["127.0.0.1:9100"]}``); :meth:`set_static_jobs` changes them on a running server.
+    ``scrape_configs`` are further jobs as Prometheus's configuration spells them (target
+    labels, ``honor_timestamps``, a second job scraping the same targets, ...).
     """
 
     def __init__(
@@ -47,6 +49,7 @@ class PrometheusServer:
         scrape_interval: str = "1s",
         evaluation_interval: str = "1s",
         static_jobs: Mapping[str, Sequence[str]] | None = None,
+        scrape_configs: Sequence[Mapping[str, Any]] = (),
         lookback_delta: str | None = None,
         binary: str = BINARY,
         port: int | None = None,
@@ -57,6 +60,7 @@ class PrometheusServer:
         self.scrape_interval = scrape_interval
         self.evaluation_interval = evaluation_interval
         self.static_jobs = {k: list(v) for k, v in (static_jobs or {}).items()}
+        self.extra_scrape_configs = [dict(c) for c in scrape_configs]
         self.lookback_delta = lookback_delta
         self.binary = binary
         self.port = port or free_port()
@@ -95,6 +99,7 @@ class PrometheusServer:
                     "static_configs": [{"targets": list(targets)}],
                 }
             )
+        scrape_configs.extend(self.extra_scrape_configs)
         return {
             "global": {
                 "scrape_interval": self.scrape_interval,

@@ -1,16 +1,25 @@
 """An in-process stand-in for Prometheus's instant-query API, for unit tests of the loops
-that query it (the real Prometheus is in tests/e2e)."""
+that query it (the real Prometheus is in tests/e2e and tests/integration).
+
+It evaluates no PromQL: a test's ``answer`` maps the exact query text to the result. So that
+it stays honest, it answers as Prometheus would where that is not the test's choice: every
+result is stamped with the stand-in's evaluation time (``clock``), and a query the test does
+not know (``answer`` raises ``KeyError``) is refused as Prometheus refuses a bad query (HTTP
+400, ``bad_data``), never answered with a plausible empty vector.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
-#: query text -> the vector's result items ({"metric": {...}, "value": [t, "v"]}).
+#: query text -> the vector's result items ({"metric": {...}, "value": [t, "v"]}; ``t`` is
+#: replaced by the evaluation time). Raises KeyError for a query it does not know.
 Answer = Callable[[str], list[dict[str, Any]]]
 
 
@@ -21,20 +30,42 @@ class StandIn:
     seen: list[str] = field(default_factory=list)
     #: False: answer 503 like a Prometheus that is down.
     up: bool = True
+    #: Prometheus's clock: the evaluation time of every answer (epoch seconds).
+    clock: Callable[[], float] = time.time
+
+
+def by_query(table: Mapping[str, Callable[[], list[dict[str, Any]]]]) -> Answer:
+    """An ``answer`` from exact query texts (e.g. ``promql.queries(...)``'s values)."""
+
+    def answer(q: str) -> list[dict[str, Any]]:
+        return table[q]()
+
+    return answer
 
 
 @contextlib.asynccontextmanager
-async def stand_in_prometheus(answer: Answer) -> AsyncIterator[StandIn]:
+async def stand_in_prometheus(
+    answer: Answer, clock: Callable[[], float] = time.time
+) -> AsyncIterator[StandIn]:
     """Serve ``/api/v1/query`` on a free loopback port until the block ends."""
-    stand_in = StandIn("")
+    stand_in = StandIn("", clock=clock)
 
     async def query(request: web.Request) -> web.Response:
         q = request.query["query"]
         stand_in.seen.append(q)
         if not stand_in.up:
             return web.Response(status=503, text="down")
+        try:
+            items = answer(q)
+        except KeyError:
+            return web.json_response(
+                {"status": "error", "errorType": "bad_data", "error": f"unknown query {q!r}"},
+                status=400,
+            )
+        at = stand_in.clock()
+        result = [{**item, "value": [at, item["value"][1]]} for item in items]
         return web.json_response(
-            {"status": "success", "data": {"resultType": "vector", "result": answer(q)}}
+            {"status": "success", "data": {"resultType": "vector", "result": result}}
         )
 
     app = web.Application()

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from llmfleet_operator import __version__, api, crdgen
+from llmfleet_operator import __version__, api, crdgen, resources
 from localcluster import ensure_tools
 from support.helm import CHART, Helm, HelmError, Manifest, find, one
 
@@ -29,11 +29,12 @@ NAMESPACED_RULES = {
     *(("apps", "deployments", v) for v in CRUD),
     *(("", "services", v) for v in CRUD),
     *(("policy", "poddisruptionbudgets", v) for v in CRUD),
+    *(("networking.k8s.io", "networkpolicies", v) for v in CRUD),
     *(("", "pods", v) for v in ("get", "list", "watch")),
     *(("", "events", v) for v in ("create", "patch")),
 }
-NODE_READ = {("", "nodes", "get"), ("", "nodes", "list")}
-GPU_CAPACITY_RULES = {*NODE_READ, ("", "pods", "list")}
+NODE_READ = {("", "nodes", "get"), ("", "nodes", "list"), ("", "nodes", "watch")}
+GPU_CAPACITY_RULES = {*NODE_READ, ("", "pods", "list"), ("", "pods", "watch")}
 
 
 @pytest.fixture(scope="session")
@@ -74,7 +75,12 @@ def all_rbac_strings(docs: Iterable[Manifest]) -> set[str]:
 
 def env_of(deployment: Manifest) -> dict[str, str]:
     container = deployment["spec"]["template"]["spec"]["containers"][0]
-    return {e["name"]: e["value"] for e in container["env"]}
+    return {
+        e["name"]: e["value"]
+        if "value" in e
+        else f"fieldRef:{e['valueFrom']['fieldRef']['fieldPath']}"
+        for e in container["env"]
+    }
 
 
 def restricted_violations(pod_spec: dict[str, Any]) -> list[str]:
@@ -143,7 +149,12 @@ def test_lint_strict_passes(helm: Helm) -> None:
 @pytest.mark.parametrize(
     ("values", "expected"),
     [
-        ({"replicaCount": 2}, "at '': additional properties 'replicaCount' not allowed"),
+        ({"replicas": 2}, "at '': additional properties 'replicas' not allowed"),
+        (
+            {"leaderElection.enable": True},
+            "at '/leaderElection': additional properties 'enable' not allowed",
+        ),
+        ({"replicaCount": 0}, "at '/replicaCount'"),
         ({"image.tagg": "x"}, "at '/image': additional properties 'tagg' not allowed"),
         ({"crds.enable": False}, "at '/crds': additional properties 'enable' not allowed"),
         (
@@ -153,6 +164,7 @@ def test_lint_strict_passes(helm: Helm) -> None:
         ({"log.level": "verbose"}, "at '/log/level': value must be one of"),
         ({"watchNamespaces": ["Not_A_Namespace"]}, "at '/watchNamespaces/0'"),
         ({"workers": 0}, "at '/workers'"),
+        ({"monitoring.namespace": "Prometheus_NS"}, "at '/monitoring/namespace'"),
     ],
 )
 def test_values_typos_fail_against_the_schema(
@@ -184,6 +196,9 @@ def test_defaults_render_the_expected_objects(defaults: list[Manifest]) -> None:
             ("ClusterRoleBinding", FULLNAME),
             ("CustomResourceDefinition", api.CRD_NAME),
             ("Deployment", FULLNAME),
+            ("PodDisruptionBudget", FULLNAME),
+            ("Role", f"{FULLNAME}-leader-election"),
+            ("RoleBinding", f"{FULLNAME}-leader-election"),
             ("Service", f"{FULLNAME}-metrics"),
             ("ServiceAccount", FULLNAME),
         ]
@@ -217,8 +232,11 @@ def test_defaults_cluster_role_has_exactly_the_needed_rules(defaults: list[Manif
 def test_defaults_operator_deployment(defaults: list[Manifest]) -> None:
     deployment = one(defaults, "Deployment")
     spec = deployment["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
     pod = spec["template"]["spec"]
     assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
     assert pod["serviceAccountName"] == FULLNAME
@@ -230,13 +248,25 @@ def test_defaults_operator_deployment(defaults: list[Manifest]) -> None:
         "LLMFLEET_WATCH_NAMESPACES": "",
         "LLMFLEET_PROMETHEUS_URL": "",
         "LLMFLEET_ALLOWED_PROMETHEUS_URLS": "",
+        "LLMFLEET_MONITORING_NAMESPACE": "monitoring",
         "LLMFLEET_AUTOSCALE_INTERVAL": "15",
+        "LLMFLEET_GPU_CAPACITY_VIEW": "cluster",
         "LLMFLEET_LOG_FORMAT": "json",
         "LLMFLEET_LOG_LEVEL": "INFO",
         "LLMFLEET_WORKERS": "4",
         "LLMFLEET_HEALTH_PORT": "8080",
         "LLMFLEET_METRICS_PORT": "8081",
+        "LLMFLEET_LEADER_ELECT": "true",
+        "LLMFLEET_LEADER_ELECTION_ID": FULLNAME,
+        "LLMFLEET_LEADER_ELECTION_NAMESPACE": "fieldRef:metadata.namespace",
+        "POD_NAME": "fieldRef:metadata.name",
     }
+    anti = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert anti[0]["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert (
+        anti[0]["podAffinityTerm"]["labelSelector"]["matchLabels"]
+        == spec["selector"]["matchLabels"]
+    )
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"health": 8080, "metrics": 8081}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
@@ -253,6 +283,49 @@ def test_defaults_pass_pod_security_restricted(defaults: list[Manifest]) -> None
     assert sc["runAsUser"] == 65532
     tmp = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}["/tmp"]
     assert {"name": tmp, "emptyDir": {"sizeLimit": "64Mi"}} in pod["volumes"]
+
+
+def test_defaults_leader_election_lease_role_and_pdb(defaults: list[Manifest]) -> None:
+    role = one(defaults, "Role")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": [FULLNAME],
+            "verbs": ["get", "update"],
+        },
+    ]
+    binding = one(defaults, "RoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}
+    ]
+    pdb = one(defaults, "PodDisruptionBudget")
+    deployment = one(defaults, "Deployment")
+    assert pdb["spec"] == {
+        "maxUnavailable": 1,
+        "selector": {"matchLabels": deployment["spec"]["selector"]["matchLabels"]},
+    }
+
+
+def test_without_leader_election_one_replica_recreates(helm: Helm) -> None:
+    docs = helm.template({"leaderElection.enabled": False, "replicaCount": 1})
+    spec = one(docs, "Deployment")["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}
+    assert "affinity" not in spec["template"]["spec"]
+    assert "LLMFLEET_LEADER_ELECT" not in env_of(one(docs, "Deployment"))
+    kinds = {d["kind"] for d in docs}
+    assert "PodDisruptionBudget" not in kinds
+    assert "Role" not in kinds
+
+
+def test_two_replicas_without_leader_election_are_refused(helm: Helm) -> None:
+    with pytest.raises(HelmError) as failure:
+        helm.template({"leaderElection.enabled": False})
+    assert "replicaCount > 1 needs leaderElection.enabled" in failure.value.stderr
 
 
 def test_restricted_check_catches_violations() -> None:
@@ -302,11 +375,12 @@ def test_watch_namespaces_use_roles_and_a_read_only_cluster_role(helm: Helm) -> 
     docs = helm.template({"watchNamespaces": ["team-a", "team-b"]})
     assert env_of(one(docs, "Deployment"))["LLMFLEET_WATCH_NAMESPACES"] == "team-a,team-b"
 
-    roles = find(docs, "Role")
+    lease_role = f"{FULLNAME}-leader-election"
+    roles = [r for r in find(docs, "Role") if r["metadata"]["name"] != lease_role]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     for role in roles:
         assert rules_of(role) == NAMESPACED_RULES
-    bindings = find(docs, "RoleBinding")
+    bindings = [b for b in find(docs, "RoleBinding") if b["metadata"]["name"] != lease_role]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     for binding in bindings:
         assert binding["roleRef"]["kind"] == "Role"
@@ -321,6 +395,20 @@ def test_watch_namespaces_use_roles_and_a_read_only_cluster_role(helm: Helm) -> 
     granted = all_rbac_strings(docs)
     assert "*" not in granted
     assert "secrets" not in granted
+
+
+def test_gpu_capacity_without_cluster_wide_reads(helm: Helm) -> None:
+    """Teams that may not read other namespaces: no node or cluster-wide pod rules at all,
+    and the operator is told so (it then reports free GPUs as unknown)."""
+    docs = helm.template({"watchNamespaces": ["team-a"], "gpuCapacity.clusterWideReads": False})
+    assert env_of(one(docs, "Deployment"))["LLMFLEET_GPU_CAPACITY_VIEW"] == "none"
+    assert not find(docs, "ClusterRole")
+    assert not find(docs, "ClusterRoleBinding")
+    assert "nodes" not in all_rbac_strings(docs)
+    # Every namespace: the one ClusterRole keeps what kopf's watches need, but no nodes.
+    docs = helm.template({"gpuCapacity.clusterWideReads": False})
+    assert rules_of(one(docs, "ClusterRole")) == NAMESPACED_RULES
+    assert env_of(one(docs, "Deployment"))["LLMFLEET_GPU_CAPACITY_VIEW"] == "none"
 
 
 def test_rbac_disabled_renders_no_rbac(helm: Helm) -> None:
@@ -436,6 +524,18 @@ def test_pod_monitor_attaches_the_labels_the_operator_queries(helm: Helm) -> Non
     assert one(scoped, "PodMonitor")["spec"]["namespaceSelector"] == {
         "matchNames": ["team-a", "team-b"]
     }
+
+
+def test_monitoring_namespace_reaches_the_worker_network_policies(helm: Helm) -> None:
+    """The operator admits this namespace to the workers' port in every LLMDeployment's
+    NetworkPolicy: the port the PodMonitor scrapes."""
+    docs = helm.template({"monitoring.namespace": "kube-prometheus"})
+    assert env_of(one(docs, "Deployment"))["LLMFLEET_MONITORING_NAMESPACE"] == "kube-prometheus"
+    off = one(helm.template({"monitoring.namespace": ""}), "Deployment")
+    assert env_of(off)["LLMFLEET_MONITORING_NAMESPACE"] == ""
+    monitor = one(helm.template({"monitoring.podMonitor.enabled": True}), "PodMonitor")
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] == resources.WORKER_PORT_NAME
 
 
 def test_full_name_override(helm: Helm) -> None:

@@ -246,7 +246,15 @@ def test_cel_rules_sit_where_their_messages_say(schema: dict[str, Any]) -> None:
         api.CANARY_NEEDS_LLMFLEET_MESSAGE,
         api.LOAD_BALANCER_NEEDS_KEY_MESSAGE,
         api.CREDENTIAL_ENV_MESSAGE,
+        api.PEER_MESSAGE,
+        api.SELECTOR_VALUES_MESSAGE,
+        api.CIDR_MESSAGE,
+        api.EXCEPT_MESSAGE,
     }
+    assert rules[api.PEER_MESSAGE][0] == ".spec.networkPolicy.from[]"
+    assert rules[api.EXCEPT_MESSAGE][0] == ".spec.networkPolicy.from[].ipBlock"
+    assert rules[api.EXCEPT_MESSAGE][1]["fieldPath"] == ".except"
+    assert rules[api.SELECTOR_VALUES_MESSAGE][1]["fieldPath"] == ".values"
     assert rules[api.LOAD_BALANCER_NEEDS_KEY_MESSAGE][1]["fieldPath"] == ".service.type"
     assert rules[api.CREDENTIAL_ENV_MESSAGE][0] == ".spec.worker.env[]"
     assert rules[api.CREDENTIAL_ENV_MESSAGE][1]["fieldPath"] == ".value"

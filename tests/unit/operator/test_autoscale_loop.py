@@ -7,15 +7,16 @@ workers and the real cluster is in tests/e2e.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
 import pytest
 
+from llmfleet_operator import promql
 from llmfleet_operator.autoscale_loop import AutoscaleLoop, ScaleState
 from llmfleet_operator.cache import Cache
-from support.stand_in_prometheus import StandIn, stand_in_prometheus
+from support.stand_in_prometheus import StandIn, by_query, stand_in_prometheus
 
 
 class FakeKube:
@@ -50,30 +51,32 @@ def llmd(name: str, mode: str = "Builtin", desired: int | None = 2) -> dict[str,
     }
 
 
-VALUES = {"waiting": 24.0, "running": 8.0, "capacity": 8.0, "reporting": 2.0, "ttft_p95": 0.3}
+#: Prometheus's clock, far from the loop's (1000.0): ages must come from Prometheus's.
+PROM_NOW = 5000.0
+VALUES = {
+    "waiting": 24.0,
+    "running": 8.0,
+    "capacity": 8.0,
+    "reporting": 2.0,
+    "ttft_p95": 0.3,
+    "sampled_at": PROM_NOW - 5,
+}
 
 
-def answer(q: str) -> list[dict[str, Any]]:
-    name = next(
-        n
-        for n, frag in (
-            ("reporting", "count by"),
-            ("ttft_p95", "histogram"),
-            ("capacity", "max_num_seqs"),
-            ("waiting", "waiting"),
-            ("running", "running"),
-        )
-        if frag in q
-    )
-    return [
+def _vector(name: str) -> Callable[[], list[dict[str, Any]]]:
+    return lambda: [
         {"metric": {"namespace": "ns", "llmdeployment": n}, "value": [0, str(VALUES[name])]}
         for n in ("a", "b", "manual")
     ]
 
 
+# Exactly the queries the loop sends; any other is refused.
+answer = by_query({q: _vector(name) for name, q in promql.queries("llmfleet").items()})
+
+
 @pytest.fixture
 async def prometheus() -> AsyncIterator[StandIn]:
-    async with stand_in_prometheus(answer) as stand_in:
+    async with stand_in_prometheus(answer, clock=lambda: PROM_NOW) as stand_in:
         yield stand_in
 
 
@@ -89,7 +92,8 @@ async def test_one_constant_set_of_queries_scales_every_builtin_fleet(
     loop = AutoscaleLoop(cache, enqueued.append, kube, url, clock=lambda: 1000.0)  # type: ignore[arg-type]
     async with aiohttp.ClientSession() as session:
         await loop.tick(session)
-    assert len(seen) == 5  # waiting, running, reporting, ttft, capacity: for all fleets at once
+    # waiting, running, reporting, ttft, capacity, sampled_at: for all fleets at once
+    assert len(seen) == 6
     # (24 + 8) in flight / (4 per batch + 4 waiting) = 4 replicas, from 2.
     assert loop.wants(("ns", "a")) == loop.wants(("ns", "b")) == 4
     assert loop.wants(("ns", "manual")) is None
@@ -133,6 +137,53 @@ async def test_prometheus_down_holds_and_reports(prometheus: StandIn) -> None:
         await loop.tick(session)
     cond = next(c for c in loop.conditions(("ns", "a")) if c.type == "ScalingActive")
     assert cond.status == "True"
+
+
+async def test_stale_samples_hold_with_their_age(
+    prometheus: StandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = Cache()
+    cache.observe_llmd("ADDED", llmd("a", desired=2))
+    kube = FakeKube()
+    loop = AutoscaleLoop(cache, lambda key: None, kube, prometheus.url, clock=lambda: 1000.0)  # type: ignore[arg-type]
+    # The queue asks for 4 replicas, but the oldest worker's newest sample is 200 s old by
+    # Prometheus's clock (the loop's own clock would call it fresh).
+    monkeypatch.setitem(VALUES, "sampled_at", PROM_NOW - 200)
+    async with aiohttp.ClientSession() as session:
+        await loop.tick(session)
+    assert loop.wants(("ns", "a")) == 2
+    [cond] = loop.conditions(("ns", "a"))
+    assert (cond.status, cond.reason) == ("False", "MetricsUnavailable")
+    assert cond.message == (
+        f"worker metrics in {prometheus.url} are stale: the oldest worker's newest sample is "
+        "at least 180s old (more than 60s); holding the current size"
+    )
+    assert kube.events == [("MetricsUnavailable", cond.message, "Warning")]
+
+    monkeypatch.setitem(VALUES, "sampled_at", PROM_NOW - 10)
+    async with aiohttp.ClientSession() as session:
+        await loop.tick(session)
+    assert loop.wants(("ns", "a")) == 4
+    cond = next(c for c in loop.conditions(("ns", "a")) if c.type == "ScalingActive")
+    assert (cond.status, cond.reason) == ("True", "MetricsAvailable")
+
+
+def test_signals_are_as_old_as_the_oldest_sample_by_prometheus_clock() -> None:
+    def answers(sampled: float | None) -> dict[str, dict[tuple[str, ...], promql.Sample]]:
+        out = {n: {("ns", "a"): promql.Sample(1.0, PROM_NOW)} for n in ("waiting", "running")}
+        if sampled is not None:
+            out["sampled_at"] = {("ns", "a"): promql.Sample(sampled, PROM_NOW)}
+        return out
+
+    signals = AutoscaleLoop._signals(answers(PROM_NOW - 42.5), ("ns", "a"), 1000.0)
+    assert signals is not None
+    assert signals.at == 1000.0 - 42.5
+    # An exporter's clock ahead of Prometheus's: fresh, not from the future.
+    signals = AutoscaleLoop._signals(answers(PROM_NOW + 3), ("ns", "a"), 1000.0)
+    assert signals is not None
+    assert signals.at == 1000.0
+    # Values without their age are not usable.
+    assert AutoscaleLoop._signals(answers(None), ("ns", "a"), 1000.0) is None
 
 
 def test_during_a_canary_the_fleet_counts_both_tracks() -> None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from llmfleet_operator.autoscaler import (
+    MAX_SIGNAL_AGE,
     Decision,
     Fleet,
     History,
@@ -184,6 +185,35 @@ def test_fewer_workers_reporting_than_ready_never_scales_down() -> None:
 def test_stale_signals_count_as_missing() -> None:
     d = decide(policy(), Fleet(3, 3), Signals(at=0, waiting=100, running=12), History(), now=300)
     assert (d.replicas, d.reason) == (3, Why.METRICS_UNAVAILABLE)
+    assert not d.metrics_ok
+    assert d.detail == ("the oldest worker's newest sample is at least 300s old (more than 60s)")
+
+
+@pytest.mark.parametrize(
+    ("age", "held", "shown"),
+    [
+        (MAX_SIGNAL_AGE - 1, False, None),
+        (MAX_SIGNAL_AGE, False, None),  # exactly the limit is still usable
+        (MAX_SIGNAL_AGE + 0.5, True, "at least 60s old"),
+        (119.0, True, "at least 90s old"),  # rounded down in steps: no rewrite per tick
+        (125.0, True, "at least 120s old"),
+    ],
+)
+def test_signals_older_than_the_limit_hold_and_say_how_old(
+    age: float, held: bool, shown: str | None
+) -> None:
+    # A load that asks for more replicas: fresh, the fleet grows; stale, it holds.
+    signals = Signals(at=1000 - age, waiting=100, running=12, capacity=16.0, reporting=4)
+    d = decide(policy(), Fleet(4, 4), signals, History(), now=1000)
+    if held:
+        assert (d.replicas, d.reason, d.metrics_ok) == (4, Why.METRICS_UNAVAILABLE, False)
+        assert d.detail is not None
+        assert shown is not None
+        assert shown in d.detail
+    else:
+        assert d.metrics_ok
+        assert d.detail is None
+        assert d.replicas > 4
 
 
 def test_gpu_exhaustion_caps_and_never_piles_up_pending() -> None:

@@ -10,7 +10,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from llmfleet_operator.cache import Cache
-from llmfleet_operator.reconciler import Reconciler
+from llmfleet_operator.reconciler import (
+    FOREIGN_RETRY_SECONDS,
+    LEFTOVER_RETRY_SECONDS,
+    Reconciler,
+)
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -20,12 +24,16 @@ class FakeKube:
 
     def __init__(self) -> None:
         self.objects: dict[str, dict[str, Any]] = {}
+        #: Objects that exist without the operator having written them, by REST path.
+        self.existing: dict[str, dict[str, Any]] = {}
+        self.gets: list[str] = []
         self.applies: list[tuple[str, str]] = []
         self.deletes: list[str] = []
         self.events: list[str] = []
 
     async def get(self, path: str) -> dict[str, Any] | None:
-        return copy.deepcopy(self.objects.get(path))
+        self.gets.append(path)
+        return copy.deepcopy(self.existing.get(path, self.objects.get(path)))
 
     async def list(self, path: str, **_: Any) -> list[dict[str, Any]]:
         return []
@@ -81,7 +89,13 @@ async def test_first_reconcile_applies_children_and_status_then_nothing() -> Non
     kube, cache, rec = setup()
     result = await rec.reconcile(("ns", "chat"))
     kinds = sorted(k for k, _ in kube.applies)
-    assert kinds == ["Deployment", "LLMDeployment/status", "PodDisruptionBudget", "Service"]
+    assert kinds == [
+        "Deployment",
+        "LLMDeployment/status",
+        "NetworkPolicy",
+        "PodDisruptionBudget",
+        "Service",
+    ]
     assert result.status_written
     assert "CreatedDeployment" in kube.events
     # The watch echoes our writes back; the next reconcile of the same state writes nothing.
@@ -130,3 +144,91 @@ async def test_a_deleted_object_is_left_to_garbage_collection() -> None:
     cache.observe_llmd("MODIFIED", gone)
     await rec.reconcile(("ns", "chat"))
     assert kube.applies == []
+
+
+SERVICE_PATH = "/api/v1/namespaces/ns/services/chat"
+
+
+def users_service(**meta: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "chat", "namespace": "ns", "uid": "theirs", **meta},
+        "spec": {"ports": [{"port": 80}], "selector": {"app": "their-own"}},
+    }
+
+
+def conditions_of(kube: FakeKube) -> dict[str, dict[str, Any]]:
+    status = kube.objects["LLMDeployment/status:chat"]["status"]
+    return {c["type"]: c for c in status["conditions"]}
+
+
+async def test_a_foreign_object_with_a_childs_name_is_never_applied_over() -> None:
+    kube, cache, rec = setup()
+    kube.existing[SERVICE_PATH] = users_service(labels={"llmfleet.io/deployment": "chat"})
+    result = await rec.reconcile(("ns", "chat"))
+    assert SERVICE_PATH in kube.gets  # looked before creating
+    assert ("Service", "chat") not in kube.applies
+    # What can be applied is.
+    assert {"Deployment", "NetworkPolicy", "PodDisruptionBudget"} <= {k for k, _ in kube.applies}
+    assert result.foreign == ["Service chat"]
+    assert result.requeue_after == FOREIGN_RETRY_SECONDS
+    conds = conditions_of(kube)
+    assert (conds["Stalled"]["status"], conds["Stalled"]["reason"]) == ("True", "ForeignObject")
+    assert conds["Stalled"]["message"].startswith("Service chat exists and is not this ")
+    assert (conds["Ready"]["status"], conds["Ready"]["reason"]) == ("False", "ForeignObject")
+    assert kube.events.count("ForeignObject") == 1
+    assert ("v1", "Service", "chat") not in cache.children.get(("ns", "chat"), {})
+
+    # Looking again changes nothing: no write, no second Event.
+    for obj in list(kube.objects.values()):
+        if obj["kind"] != "LLMDeployment":
+            cache.observe_child("MODIFIED", obj)
+    kube.applies.clear()
+    again = await rec.reconcile(("ns", "chat"))
+    assert kube.applies == []
+    assert not again.status_written
+    assert kube.events.count("ForeignObject") == 1
+
+    # The user's Service goes away: ours is created and the stall clears.
+    del kube.existing[SERVICE_PATH]
+    after = await rec.reconcile(("ns", "chat"))
+    assert ("Service", "chat") in kube.applies
+    assert after.foreign == []
+    assert conditions_of(kube)["Stalled"]["status"] == "False"
+
+
+async def test_a_child_with_our_owner_reference_is_taken_as_today() -> None:
+    kube, _cache, rec = setup()
+    ours = {"apiVersion": "llmfleet.io/v1alpha1", "kind": "LLMDeployment", "name": "chat"}
+    # Our ownerReference, but not as controller (e.g. added by hand): applied over, which
+    # makes us its controller.
+    kube.existing[SERVICE_PATH] = users_service(ownerReferences=[{**ours, "uid": "u1"}])
+    result = await rec.reconcile(("ns", "chat"))
+    assert ("Service", "chat") in kube.applies
+    assert result.foreign == []
+    assert conditions_of(kube)["Stalled"]["status"] == "False"
+
+
+async def test_a_predecessors_leftover_is_left_to_the_garbage_collector_quietly() -> None:
+    kube, _cache, rec = setup()
+    ref = {"apiVersion": "llmfleet.io/v1alpha1", "kind": "LLMDeployment", "name": "chat"}
+    kube.existing[SERVICE_PATH] = users_service(
+        ownerReferences=[{**ref, "uid": "u0", "controller": True}]
+    )
+    result = await rec.reconcile(("ns", "chat"))
+    assert ("Service", "chat") not in kube.applies
+    assert result.foreign == []
+    assert result.requeue_after == LEFTOVER_RETRY_SECONDS
+    assert conditions_of(kube)["Stalled"]["status"] == "False"
+
+
+async def test_the_monitoring_namespace_reaches_the_network_policy() -> None:
+    kube = FakeKube()
+    cache = Cache()
+    cache.observe_llmd("ADDED", copy.deepcopy(LLMD))
+    rec = Reconciler(kube, cache, clock=lambda: T0, monitoring_namespace="prom")  # type: ignore[arg-type]
+    await rec.reconcile(("ns", "chat"))
+    policy = kube.objects["NetworkPolicy:chat"]
+    selector = policy["spec"]["ingress"][1]["from"][0]["namespaceSelector"]
+    assert selector == {"matchLabels": {"kubernetes.io/metadata.name": "prom"}}

@@ -16,10 +16,12 @@ from llmfleet_operator.resources import (
     desired_children,
     desired_replicas,
     revision_of,
+    spec_json,
     worker_deployment,
 )
 
 OWNER = Owner("chat", "team-a", "uid-1", 3)
+PDB = "PodDisruptionBudget"
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
 
@@ -149,11 +151,12 @@ def test_plan_is_empty_when_observed_has_server_defaults() -> None:
 
 def test_plan_reverts_manual_edits_recreates_deleted_and_deletes_unwanted() -> None:
     desired = desired_children(OWNER, spec(), 1, "r")
-    dep, _svc = (yaml.safe_load(yaml.safe_dump(o)) for o in desired)
+    dep, _svc, _netpol = (yaml.safe_load(yaml.safe_dump(o)) for o in desired)
     dep["spec"]["replicas"] = 5  # someone scaled the Deployment by hand
-    pdb = desired_children(OWNER, spec(), 2, "r")[2]
+    (pdb,) = (c for c in desired_children(OWNER, spec(), 2, "r") if c["kind"] == PDB)
     plan = plan_children(desired, [dep, pdb], MANAGED_KINDS)
-    assert [a.obj["kind"] for a in plan.apply] == ["Deployment", "Service"]
+    assert [a.obj["kind"] for a in plan.apply] == ["Deployment", "Service", "NetworkPolicy"]
+    assert all(a.look_first for a in plan.apply if a.verb == "Created")
     assert [o["kind"] for o in plan.delete] == ["PodDisruptionBudget"]
     assert not is_subset(desired[0], dep)
 
@@ -164,7 +167,7 @@ def test_every_example_builds(path: Path) -> None:
         if doc and doc.get("kind") == "LLMDeployment":
             s = LLMDeploymentSpec.model_validate(doc["spec"])
             children = desired_children(OWNER, s, 2, revision_of(s))
-            assert {c["kind"] for c in children} == {"Deployment", "Service", "PodDisruptionBudget"}
+            assert {c["kind"] for c in children} == {"Deployment", "Service", PDB, "NetworkPolicy"}
 
 
 def test_max_model_len_reaches_the_worker_only_when_the_user_set_it() -> None:
@@ -178,3 +181,125 @@ def test_a_worker_that_refuses_to_start_says_why_in_its_termination_message() ->
     assert container(worker_deployment(OWNER, spec(), 1, "abc"))["terminationMessagePolicy"] == (
         "FallbackToLogsOnError"
     )
+
+
+# --- the NetworkPolicy ----------------------------------------------------------------------
+
+
+def netpol_of(s: LLMDeploymentSpec, monitoring: str = "monitoring") -> dict[str, Any]:
+    (policy,) = (
+        c
+        for c in desired_children(OWNER, s, 2, "r", monitoring_namespace=monitoring)
+        if c["kind"] == "NetworkPolicy"
+    )
+    return policy
+
+
+MONITORING_RULE = {
+    "ports": [{"port": "http", "protocol": "TCP"}],
+    "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+}
+
+
+def test_network_policy_by_default_admits_the_namespace_and_the_monitoring_namespace() -> None:
+    policy = netpol_of(spec())
+    assert policy["apiVersion"] == "networking.k8s.io/v1"
+    assert policy["metadata"]["name"] == "chat"
+    assert policy["metadata"]["namespace"] == "team-a"
+    assert policy["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    assert policy["metadata"]["ownerReferences"][0]["controller"] is True
+    assert policy["metadata"]["labels"]["llmfleet.io/deployment"] == "chat"
+    body = policy["spec"]
+    assert body["policyTypes"] == ["Ingress"]  # egress stays open (model downloads)
+    assert body["ingress"] == [
+        {"ports": [{"port": "http", "protocol": "TCP"}], "from": [{"podSelector": {}}]},
+        MONITORING_RULE,
+    ]
+
+
+def test_network_policy_selects_the_pods_of_both_tracks_on_the_port_they_serve() -> None:
+    s = spec(service={"port": 9000})
+    policy = netpol_of(s)
+    children = desired_children(OWNER, s, 3, "r", canary=(1, "c"))
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    for dep in (c for c in children if c["kind"] == "Deployment"):
+        assert selector.items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+        (port,) = container(dep)["ports"]
+        assert (port["name"], port["containerPort"]) == ("http", 9000)
+    # The API and /metrics share that one port; it is named, as the Service's targetPort.
+    (service,) = (c for c in children if c["kind"] == "Service")
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    assert {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]} == {"http"}
+
+
+def test_network_policy_admits_exactly_the_peers_the_spec_names() -> None:
+    peers = [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "gateway"}}},
+        {
+            "namespaceSelector": {},
+            "podSelector": {
+                "matchLabels": {"app": "chat-ui"},
+                "matchExpressions": [{"key": "tier", "operator": "In", "values": ["web"]}],
+            },
+        },
+        {"podSelector": {"matchExpressions": [{"key": "llm-client", "operator": "Exists"}]}},
+        {"ipBlock": {"cidr": "10.20.0.0/16", "except": ["10.20.9.0/24"]}},
+    ]
+    policy = netpol_of(spec(networkPolicy={"from": peers}))
+    assert policy["spec"]["ingress"][0]["from"] == peers
+    assert policy["spec"]["ingress"][1] == MONITORING_RULE
+
+
+def test_network_policy_of_an_external_service_admits_any_source_unless_peers_are_named() -> None:
+    key = {"apiKeySecretRef": {"name": "k", "key": "api-key"}}
+    for type_ in ("LoadBalancer", "NodePort"):
+        clients = netpol_of(spec(service={"type": type_}, auth=key))["spec"]["ingress"][0]
+        # Clients outside the cluster: only the port is restricted (the API key guards it).
+        assert clients == {"ports": [{"port": "http", "protocol": "TCP"}]}
+    office = [{"ipBlock": {"cidr": "203.0.113.0/24"}}]
+    lb = spec(service={"type": "LoadBalancer"}, auth=key, networkPolicy={"from": office})
+    assert netpol_of(lb)["spec"]["ingress"][0]["from"] == office
+
+
+def test_network_policy_monitoring_namespace_comes_from_the_operator() -> None:
+    rules = netpol_of(spec(), monitoring="prom")["spec"]["ingress"]
+    assert rules[1]["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "prom"}}}
+    ]
+    assert len(netpol_of(spec(), monitoring="")["spec"]["ingress"]) == 1
+
+
+def test_network_policy_disabled_is_not_desired_and_the_old_one_is_deleted() -> None:
+    kinds = [c["kind"] for c in desired_children(OWNER, spec(), 1, "r")]
+    assert kinds == ["Deployment", "Service", "NetworkPolicy"]
+    off = spec(networkPolicy={"enabled": False})
+    desired = desired_children(OWNER, off, 1, "r")
+    assert "NetworkPolicy" not in [c["kind"] for c in desired]
+    observed = [yaml.safe_load(yaml.safe_dump(o)) for o in desired_children(OWNER, spec(), 1, "r")]
+    plan = plan_children(desired, observed, MANAGED_KINDS)
+    assert plan.apply == []
+    assert [o["kind"] for o in plan.delete] == ["NetworkPolicy"]
+
+
+def test_network_policy_changes_neither_the_revision_nor_the_stored_stable_spec() -> None:
+    closed = spec(networkPolicy={"from": [{"podSelector": {"matchLabels": {"a": "b"}}}]})
+    assert revision_of(closed) == revision_of(spec())  # no pod restarts
+    assert spec_json(closed) == spec_json(spec())
+    assert "networkPolicy" not in spec_json(closed)
+
+
+def test_network_policy_as_the_api_server_returns_it_needs_no_write() -> None:
+    peers = [
+        {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "ui"}}},
+        {"podSelector": {"matchExpressions": [{"key": "x", "operator": "Exists"}]}},
+        {"ipBlock": {"cidr": "10.0.0.0/8"}},
+    ]
+    desired = [netpol_of(spec(networkPolicy={"from": peers}))]
+    observed = yaml.safe_load(yaml.safe_dump(desired[0]))
+    observed["metadata"].update(
+        {"uid": "np-uid", "resourceVersion": "9", "generation": 1, "managedFields": []}
+    )
+    assert plan_children(desired, [observed], MANAGED_KINDS).empty
+    # A hand edit (another port opened, a peer removed) is reverted.
+    observed["spec"]["ingress"][0]["from"].pop()
+    assert [a.verb for a in plan_children(desired, [observed], MANAGED_KINDS).apply] == ["Updated"]

@@ -139,16 +139,17 @@ def test_autoscaler_status_is_carried_over() -> None:
 
 
 def test_gpu_capacity_counts_scheduled_unfinished_pods() -> None:
+    ready = [{"type": "Ready", "status": "True"}]
     nodes = [
         {
             "metadata": {"name": "g0"},
             "spec": {},
-            "status": {"allocatable": {"nvidia.com/gpu": "8"}},
+            "status": {"allocatable": {"nvidia.com/gpu": "8"}, "conditions": ready},
         },
         {
             "metadata": {"name": "g1"},
             "spec": {"unschedulable": True},
-            "status": {"allocatable": {"nvidia.com/gpu": "8"}},
+            "status": {"allocatable": {"nvidia.com/gpu": "8"}, "conditions": ready},
         },
         {"metadata": {"name": "cpu"}, "spec": {}, "status": {"allocatable": {"cpu": "8"}}},
     ]
@@ -297,3 +298,26 @@ def test_a_refused_write_stalls_and_says_what_the_api_server_said() -> None:
     assert (
         msg == "the API server refused Deployment x: admission webhook denied: no GPUs on Fridays"
     )
+
+
+def test_a_foreign_object_in_the_way_stalls_with_its_kind_and_name() -> None:
+    # A healthy fleet whose Service name is taken by someone else's Service: not Ready, since
+    # the Service clients call is not ours.
+    obs = observe(foreign=("Service x",))
+    status = build_status(obs, None, NOW)
+    assert conds(status)["Stalled"] == ("True", "ForeignObject")
+    assert conds(status)["Ready"] == ("False", "ForeignObject")
+    assert conds(status)["Reconciling"] == ("False", "ForeignObject")
+    assert status["observedGeneration"] == 5
+    by_type = {c["type"]: c["message"] for c in status["conditions"]}
+    assert by_type["Stalled"] == (
+        "Service x exists and is not this LLMDeployment's (no ownerReference to it): left "
+        "untouched; delete or rename it, or rename the LLMDeployment"
+    )
+    assert by_type["Ready"].startswith("2/2 replicas ready; Service x exists")
+    two = build_status(observe(foreign=("Service x", "NetworkPolicy x")), None, NOW)
+    stalled = next(c["message"] for c in two["conditions"] if c["type"] == "Stalled")
+    assert stalled.startswith("Service x, NetworkPolicy x exist and are not ")
+    # It is what to fix first: before a refused write of another child.
+    both = build_status(observe(foreign=("Service x",), rejected="Deployment x: no"), None, NOW)
+    assert conds(both)["Stalled"] == ("True", "ForeignObject")
