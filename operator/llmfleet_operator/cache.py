@@ -14,6 +14,26 @@ from llmfleet_operator.plan import child_key
 
 Key = tuple[str, str]  # (namespace, LLMDeployment name)
 ChildKey = tuple[str, str, str]  # (apiVersion, kind, name)
+NameKey = tuple[str, str, str, str]  # (namespace, apiVersion, kind, name)
+
+
+def _name_key(obj: Mapping[str, Any]) -> NameKey:
+    meta = obj["metadata"]
+    return (meta["namespace"], str(obj.get("apiVersion")), str(obj.get("kind")), meta["name"])
+
+
+def slim(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """What deciding "is this name ours to apply over" needs of an object we do not keep."""
+    meta = obj.get("metadata", {})
+    return {
+        "apiVersion": obj.get("apiVersion"),
+        "kind": obj.get("kind"),
+        "metadata": {
+            k: meta[k]
+            for k in ("name", "namespace", "uid", "ownerReferences", "labels", "deletionTimestamp")
+            if k in meta
+        },
+    }
 
 
 def _is_stale(cached: Mapping[str, Any] | None, incoming: Mapping[str, Any]) -> bool:
@@ -71,6 +91,9 @@ class Cache:
     # Parsed specs by (key, generation): the spec changes only with the generation, and the
     # autoscaler looks at every object each interval.
     _specs: dict[Key, tuple[int, LLMDeploymentSpec]] = field(default_factory=dict)
+    #: Every other object of a kind we create, slimmed, by name: a child about to be created
+    #: whose name one of these holds is someone else's, and is never applied over.
+    others: dict[NameKey, dict[str, Any]] = field(default_factory=dict)
 
     def spec_of(self, key: Key, body: Mapping[str, Any]) -> LLMDeploymentSpec:
         """The typed spec of ``body`` (raises pydantic's ValidationError)."""
@@ -92,10 +115,33 @@ class Cache:
             self.llmds[key] = copy.deepcopy(dict(body))
         return key
 
+    def named(
+        self, namespace: str, api_version: str, kind: str, name: str
+    ) -> dict[str, Any] | None:
+        """The object we do not control that holds this name, if the watches saw one."""
+        return self.others.get((namespace, api_version, kind, name))
+
+    def _observe_other(self, event: str | None, body: Mapping[str, Any]) -> None:
+        nk = _name_key(body)
+        meta = body["metadata"]
+        cached = self.others.get(nk)
+        if event == "DELETED":
+            if cached is None or cached["metadata"].get("uid") == meta.get("uid"):
+                self.others.pop(nk, None)
+        else:
+            self.others[nk] = slim(body)
+
     def observe_child(self, event: str | None, body: Mapping[str, Any]) -> Key | None:
+        """A watched object of a managed kind (or a fleet's pod): returns the LLMDeployment
+        it belongs to; objects of nobody's fleet are remembered by name only."""
         key = owner_key_of_child(body)
         if key is None:
+            if body.get("kind") != "Pod":
+                self._observe_other(event, body)
             return None
+        if body.get("kind") != "Pod":
+            # Controlled by an LLMDeployment now: no longer someone else's.
+            self.others.pop(_name_key(body), None)
         if body.get("kind") == "Pod":
             pods = self.pods.setdefault(key, {})
             name = body["metadata"]["name"]

@@ -1,8 +1,10 @@
 """Thin kopf wiring: watch events feed the cache and the work queue; nothing else here.
 
-Only ``on.event`` handlers are used: the reconcile is level-based (it looks at the whole
-state each time), so kopf needs no finalizers, no progress annotations and no diff-base on
-our objects, and GitOps tools see no operator-written metadata. Kopf's storage settings still
+Only ``on.event`` handlers are used, all ``async`` (kopf runs plain functions in a thread
+pool, and the cache and the work queue belong to the event loop). The reconcile is
+level-based (it looks at the whole state each time), so kopf needs no finalizers, no
+progress annotations and no diff-base on our objects, and GitOps tools see no
+operator-written metadata. Kopf's storage settings still
 point at the ``llmfleet.io/`` prefix so nothing under ``kopf.zalando.org`` ever appears.
 """
 
@@ -33,6 +35,8 @@ from llmfleet_operator.workqueue import WorkQueue
 
 log = logging.getLogger("llmfleet.operator")
 OWNED = {LABEL_DEPLOYMENT: kopf.PRESENT}
+#: Seconds a child's change waits for the rest of its burst before the fleet is reconciled.
+CHILD_EVENT_DELAY = 1.0
 
 
 def credentials_from(info: kopf.ConnectionInfo) -> Credentials:
@@ -186,7 +190,7 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def llmdeployment_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def llmdeployment_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """An LLMDeployment changed: remember it and reconcile it."""
     key = memo.cache.observe_llmd(type, body)
     metrics.MANAGED.set(len(memo.cache.llmds))
@@ -203,35 +207,45 @@ def llmdeployment_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_:
 
 def _child_event(type_: str | None, body: kopf.Body, memo: kopf.Memo) -> None:
     key = memo.cache.observe_child(type_, body)
-    if key is not None and key in memo.cache.llmds:
-        memo.queue.add(key)
+    if key is None:
+        # Not a fleet's: if it holds (or held) the name of a child we want, that fleet looks
+        # again (its creation waits for this name to be free).
+        name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
+        key = (namespace, name.removesuffix("-canary"))
+    if key in memo.cache.llmds:
+        # A fleet's children change in bursts (a Deployment's replicas, updated, ready and
+        # available counts; each pod's phases): one reconcile, and one status write, for
+        # what a burst says. Changes to the LLMDeployment itself are acted on at once.
+        memo.queue.add_after(key, CHILD_EVENT_DELAY)
 
 
-@kopf.on.event("apps", "v1", "deployments", labels=OWNED)
-def deployment_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+@kopf.on.event("apps", "v1", "deployments")
+async def deployment_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A worker Deployment changed (scaled, rolled, edited, deleted)."""
     _child_event(type, body, memo)
 
 
-@kopf.on.event("", "v1", "services", labels=OWNED)
-def service_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+@kopf.on.event("", "v1", "services")
+async def service_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A worker Service changed."""
     _child_event(type, body, memo)
 
 
-@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=OWNED)
-def pdb_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+@kopf.on.event("policy", "v1", "poddisruptionbudgets")
+async def pdb_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A worker PodDisruptionBudget changed."""
     _child_event(type, body, memo)
 
 
-@kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=OWNED)
-def network_policy_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+@kopf.on.event("networking.k8s.io", "v1", "networkpolicies")
+async def network_policy_event(
+    type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> None:
     """A worker NetworkPolicy changed (edited, deleted)."""
     _child_event(type, body, memo)
 
 
 @kopf.on.event("", "v1", "pods", labels=OWNED)
-def pod_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def pod_event(type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A worker pod changed (scheduled, ready, Pending for GPUs, gone)."""
     _child_event(type, body, memo)

@@ -80,6 +80,8 @@ class Apply:
     #: ours that the watch has not delivered (made by an earlier operator process). GET it
     #: first; skip the write when it already is what we want.
     look_first: bool = False
+    #: Only metadata changes (bookkeeping annotations, labels): written without an Event.
+    quiet: bool = False
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -115,6 +117,10 @@ def _announcement(obj: Mapping[str, Any], verb: str, current: Mapping[str, Any] 
     return message
 
 
+def _same_but_metadata(obj: Mapping[str, Any], current: Mapping[str, Any]) -> bool:
+    return is_subset({k: v for k, v in obj.items() if k != "metadata"}, current)
+
+
 def plan_children(
     desired: Sequence[Mapping[str, Any]],
     observed: Iterable[Mapping[str, Any]],
@@ -142,6 +148,7 @@ def plan_children(
                 verb,
                 _announcement(obj, verb, current),
                 look_first=current is None,
+                quiet=current is not None and _same_but_metadata(obj, current),
             )
         )
     for key, obj in sorted(by_key.items()):

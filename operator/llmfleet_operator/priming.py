@@ -30,7 +30,9 @@ async def prime(kube: Kube, cache: Cache, namespaces: Sequence[str] = ()) -> int
     """
     count = 0
     for api_version, kind in WATCHED:
-        selector = None if kind == KIND else LABEL_DEPLOYMENT
+        # Every object of the kinds we create, not only ours: one that holds a name we want
+        # is someone else's, and must be known before the first apply.
+        selector = LABEL_DEPLOYMENT if kind == "Pod" else None
         for namespace in namespaces or (None,):
             path = resource_path(api_version, kind, namespace)
             for item in await kube.list(path, label_selector=selector):

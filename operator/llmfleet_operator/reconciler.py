@@ -34,8 +34,8 @@ from llmfleet_operator.capacity import CapacityUnknown, GpuCapacity, free_gpus_t
 from llmfleet_operator.conditions import Condition, find, merge
 from llmfleet_operator.fleet import FleetObservation, observe_fleet
 from llmfleet_operator.free_gpus import FreeGpus
-from llmfleet_operator.k8s import ApiError, Kube, object_path
-from llmfleet_operator.plan import Apply, child_key, is_subset, plan_children
+from llmfleet_operator.k8s import ApiError, Kube
+from llmfleet_operator.plan import Apply, child_key, plan_children
 from llmfleet_operator.resources import (
     ANNOTATION_STABLE_REVISION,
     ANNOTATION_STABLE_SPEC,
@@ -235,8 +235,17 @@ class Reconciler:
             monitoring_namespace=self.monitoring_namespace,
         )
         plan = plan_children(desired, observed.values(), MANAGED_KINDS)
-        for step in plan.apply:
-            await self._apply_child(key, body, step, result)
+        done = [
+            step
+            for step in plan.apply
+            if await self._apply_child(key, body, step, result) and not step.quiet
+        ]
+        if done:
+            # One Event for what one reconcile wrote (a new fleet is three or four objects),
+            # named after the first: the worker Deployment when it is among them.
+            await self.kube.event(
+                body, f"{done[0].verb}{done[0].obj['kind']}", "; ".join(s.message for s in done)
+            )
         for obj in plan.delete:
             if await self.kube.delete(obj):
                 await self.kube.event(
@@ -343,18 +352,20 @@ class Reconciler:
 
     async def _apply_child(
         self, key: Key, body: dict[str, Any], step: Apply, result: ReconcileResult
-    ) -> None:
+    ) -> bool:
+        """Apply one child; True when it was written."""
         if step.look_first:
-            live = await self.kube.get(object_path(step.obj))
-            if live is not None:
-                if not _ours(live, body):
-                    self._hands_off(key, body, step, live, result)
-                    return
-                # Ours, from an earlier operator process or with our ownerReference as
-                # non-controller: take it as it is, and write only if it differs.
-                self.cache.put_child(key, live)
-                if is_subset(step.obj, live):
-                    return
+            # Who holds the name, as the watches (primed by a full LIST) saw it: no GET per
+            # creation. A predecessor's leftover is cached under our key with its own uid.
+            meta = step.obj["metadata"]
+            live = self.cache.children.get(key, {}).get(step.key) or self.cache.named(
+                meta["namespace"], step.obj["apiVersion"], step.obj["kind"], meta["name"]
+            )
+            if live is not None and not _ours(live, body):
+                self._hands_off(key, body, step, live, result)
+                return False
+            # Otherwise free, or ours without being its controller (our ownerReference as
+            # non-controller): the apply below makes it ours.
         try:
             applied = await self.kube.apply(step.obj)
         except ApiError as e:
@@ -368,11 +379,11 @@ class Reconciler:
             result.requeue_after = min(
                 result.requeue_after or REJECTED_RETRY_SECONDS, REJECTED_RETRY_SECONDS
             )
-            return
+            return False
         self.cache.put_child(key, applied)
         result.applied.append(step.key)
         metrics.WRITES.labels(kind=step.obj["kind"], verb="apply").inc()
-        await self.kube.event(body, f"{step.verb}{step.obj['kind']}", step.message)
+        return True
 
     def _capacity(self, key: Key, spec: LLMDeploymentSpec) -> GpuCapacity | CapacityUnknown:
         """Free GPUs for this LLMDeployment's pod template (from memory, no API call); a

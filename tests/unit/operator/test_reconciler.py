@@ -24,8 +24,6 @@ class FakeKube:
 
     def __init__(self) -> None:
         self.objects: dict[str, dict[str, Any]] = {}
-        #: Objects that exist without the operator having written them, by REST path.
-        self.existing: dict[str, dict[str, Any]] = {}
         self.gets: list[str] = []
         self.applies: list[tuple[str, str]] = []
         self.deletes: list[str] = []
@@ -33,7 +31,7 @@ class FakeKube:
 
     async def get(self, path: str) -> dict[str, Any] | None:
         self.gets.append(path)
-        return copy.deepcopy(self.existing.get(path, self.objects.get(path)))
+        return copy.deepcopy(self.objects.get(path))
 
     async def list(self, path: str, **_: Any) -> list[dict[str, Any]]:
         return []
@@ -97,7 +95,9 @@ async def test_first_reconcile_applies_children_and_status_then_nothing() -> Non
         "Service",
     ]
     assert result.status_written
-    assert "CreatedDeployment" in kube.events
+    # One Event for the four objects created, named after the worker Deployment.
+    assert kube.events.count("CreatedDeployment") == 1
+    assert not any(e in kube.events for e in ("CreatedService", "CreatedNetworkPolicy"))
     # The watch echoes our writes back; the next reconcile of the same state writes nothing.
     for (kind, _), obj in zip(kube.applies, list(kube.objects.values()), strict=False):
         if kind != "LLMDeployment/status":
@@ -146,9 +146,6 @@ async def test_a_deleted_object_is_left_to_garbage_collection() -> None:
     assert kube.applies == []
 
 
-SERVICE_PATH = "/api/v1/namespaces/ns/services/chat"
-
-
 def users_service(**meta: Any) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
@@ -165,9 +162,10 @@ def conditions_of(kube: FakeKube) -> dict[str, dict[str, Any]]:
 
 async def test_a_foreign_object_with_a_childs_name_is_never_applied_over() -> None:
     kube, cache, rec = setup()
-    kube.existing[SERVICE_PATH] = users_service(labels={"llmfleet.io/deployment": "chat"})
+    theirs = users_service(labels={"llmfleet.io/deployment": "chat"})
+    cache.observe_child("ADDED", theirs)  # the watches see every Service, ours or not
     result = await rec.reconcile(("ns", "chat"))
-    assert SERVICE_PATH in kube.gets  # looked before creating
+    assert kube.gets == []  # known from the watch: no GET before creating
     assert ("Service", "chat") not in kube.applies
     # What can be applied is.
     assert {"Deployment", "NetworkPolicy", "PodDisruptionBudget"} <= {k for k, _ in kube.applies}
@@ -191,7 +189,7 @@ async def test_a_foreign_object_with_a_childs_name_is_never_applied_over() -> No
     assert kube.events.count("ForeignObject") == 1
 
     # The user's Service goes away: ours is created and the stall clears.
-    del kube.existing[SERVICE_PATH]
+    cache.observe_child("DELETED", theirs)
     after = await rec.reconcile(("ns", "chat"))
     assert ("Service", "chat") in kube.applies
     assert after.foreign == []
@@ -199,11 +197,11 @@ async def test_a_foreign_object_with_a_childs_name_is_never_applied_over() -> No
 
 
 async def test_a_child_with_our_owner_reference_is_taken_as_today() -> None:
-    kube, _cache, rec = setup()
+    kube, cache, rec = setup()
     ours = {"apiVersion": "llmfleet.io/v1alpha1", "kind": "LLMDeployment", "name": "chat"}
     # Our ownerReference, but not as controller (e.g. added by hand): applied over, which
     # makes us its controller.
-    kube.existing[SERVICE_PATH] = users_service(ownerReferences=[{**ours, "uid": "u1"}])
+    cache.observe_child("ADDED", users_service(ownerReferences=[{**ours, "uid": "u1"}]))
     result = await rec.reconcile(("ns", "chat"))
     assert ("Service", "chat") in kube.applies
     assert result.foreign == []
@@ -211,10 +209,10 @@ async def test_a_child_with_our_owner_reference_is_taken_as_today() -> None:
 
 
 async def test_a_predecessors_leftover_is_left_to_the_garbage_collector_quietly() -> None:
-    kube, _cache, rec = setup()
+    kube, cache, rec = setup()
     ref = {"apiVersion": "llmfleet.io/v1alpha1", "kind": "LLMDeployment", "name": "chat"}
-    kube.existing[SERVICE_PATH] = users_service(
-        ownerReferences=[{**ref, "uid": "u0", "controller": True}]
+    cache.observe_child(
+        "ADDED", users_service(ownerReferences=[{**ref, "uid": "u0", "controller": True}])
     )
     result = await rec.reconcile(("ns", "chat"))
     assert ("Service", "chat") not in kube.applies
