@@ -37,7 +37,7 @@ def slim(obj: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _is_stale(cached: Mapping[str, Any] | None, incoming: Mapping[str, Any]) -> bool:
-    """Whether ``incoming`` is older than what the cache holds for the same object.
+    """Whether ``incoming`` is not newer than what the cache holds for the same object.
 
     The cache takes both watch events and the answers to our own writes, and a watch can
     deliver an event from before our write after it: taking that would move the object back
@@ -50,7 +50,9 @@ def _is_stale(cached: Mapping[str, Any] | None, incoming: Mapping[str, Any]) -> 
     if old.get("uid") != new.get("uid"):
         return False
     try:
-        return int(new.get("resourceVersion", "")) < int(old.get("resourceVersion", ""))
+        # Equal: the same object (e.g. the watch echoing our own write); keep what we hold,
+        # which may carry what we know about it (see reconciler.observed_through_metadata).
+        return int(new.get("resourceVersion", "")) <= int(old.get("resourceVersion", ""))
     except ValueError:
         return False
 

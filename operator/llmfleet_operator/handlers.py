@@ -92,6 +92,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
+    # Only the fleets' pods, filtered by the API server: kopf would otherwise stream (and
+    # keep a memory of) every pod in the cluster. GPU accounting watches bound pods itself.
+    settings.watching.label_selectors["v1", "pods"] = LABEL_DEPLOYMENT
 
     kube = Kube(credentials_from(_login(settings)))
     cache = Cache()
@@ -134,7 +137,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     queue: WorkQueue[Key] = WorkQueue(handle, workers=config.workers)
     memo.kube, memo.cache, memo.reconciler, memo.queue = kube, cache, reconciler, queue
     # GPU accounting lists, then watches, while the cache primes (every replica: read-only).
-    memo.free_gpus_task = asyncio.create_task(free_gpus.run(), name="llmfleet-gpu-capacity")
+    memo.free_gpus = free_gpus
+    free_gpus.start()
     # No reconcile before one full LIST of every kind: a half-filled cache would write a
     # healthy fleet as not ready. Every primed LLMDeployment gets its first reconcile.
     await prime(kube, cache, config.namespaces)
@@ -172,12 +176,15 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     """Stop the workers, hand the Lease back and close the API client."""
-    for name in ("election_task", "autoscaler_task", "free_gpus_task"):
+    for name in ("election_task", "autoscaler_task"):
         task: asyncio.Task[None] | None = memo.get(name)
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+    free_gpus: FreeGpus | None = memo.get("free_gpus")
+    if free_gpus is not None:
+        await free_gpus.stop()
     duties: LeaderDuties | None = memo.get("duties")
     if duties is not None:
         await duties.stop()

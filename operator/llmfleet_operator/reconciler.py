@@ -7,6 +7,7 @@ API reads and, because plans and statuses are compared before writing, no writes
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -380,6 +381,9 @@ class Reconciler:
                 result.requeue_after or REJECTED_RETRY_SECONDS, REJECTED_RETRY_SECONDS
             )
             return False
+        if step.quiet:
+            before = self.cache.children.get(key, {}).get(step.key)
+            applied = observed_through_metadata(applied, before)
         self.cache.put_child(key, applied)
         result.applied.append(step.key)
         metrics.WRITES.labels(kind=step.obj["kind"], verb="apply").inc()
@@ -539,6 +543,28 @@ class Reconciler:
                     f"{state}: {cond['message']}",
                     "Normal" if cond["status"] == "True" else "Warning",
                 )
+
+
+def observed_through_metadata(
+    applied: dict[str, Any], before: Mapping[str, Any] | None
+) -> dict[str, Any]:
+    """``applied`` as its controller will report it after a metadata-only change.
+
+    A Deployment's generation moves with its annotations too (the recorded good revision),
+    and its controller then only copies the new generation into ``observedGeneration``.
+    Waiting for that copy would show a settled fleet as rolling out for a moment (Ready
+    False, then True again: one needless status write and a blip in every GitOps tool). When
+    the generation before our write was observed, the new one is as good as observed.
+    """
+    if before is None or "generation" not in applied.get("metadata", {}):
+        return applied
+    gen = int(applied["metadata"]["generation"])
+    seen = int((before.get("status") or {}).get("observedGeneration", -1))
+    if gen != int(before.get("metadata", {}).get("generation", -2)) + 1 or seen != gen - 1:
+        return applied
+    out = copy.deepcopy(applied)
+    out.setdefault("status", {})["observedGeneration"] = gen
+    return out
 
 
 def _ours(child: Mapping[str, Any], owner: Mapping[str, Any]) -> bool:

@@ -58,10 +58,19 @@ class WorkQueue(Generic[K]):
             self._ready.put_nowait(key)
 
     def add_after(self, key: K, delay: float) -> None:
-        """Reconcile ``key`` after ``delay`` seconds unless something adds it sooner."""
-        if key in self._queued or key in self._timers:
+        """Reconcile ``key`` after ``delay`` seconds unless something adds it sooner.
+
+        Of two pending deadlines the earlier wins: a child's change due in a second is not
+        held back by a progress deadline due in ten minutes.
+        """
+        if key in self._queued:
             return
         loop = asyncio.get_running_loop()
+        pending = self._timers.get(key)
+        if pending is not None:
+            if pending.when() <= loop.time() + delay:
+                return
+            pending.cancel()
         self._timers[key] = loop.call_later(delay, self._fire, key)
 
     def _fire(self, key: K) -> None:

@@ -30,6 +30,7 @@ from llmfleet_operator import promql
 from llmfleet_operator.autoscale_loop import AutoscaleLoop
 from llmfleet_operator.cache import Cache
 from llmfleet_operator.prometheus import query_all
+from support.events import EventRecorder
 from support.prometheus import PrometheusServer, prometheus_available
 from support.wait import wait_for
 
@@ -188,16 +189,6 @@ def stand(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stand]:
         assert code in (0, None), f"prometheus exited {code}: {server.log_tail()}"
 
 
-class FakeKube:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str, str]] = []
-
-    async def event(
-        self, body: dict[str, Any], reason: str, message: str, type_: str = "Normal"
-    ) -> None:
-        self.events.append((reason, message, type_))
-
-
 def _llmd(name: str) -> dict[str, Any]:
     return {
         "apiVersion": "llmfleet.io/v1alpha1",
@@ -246,7 +237,7 @@ def test_duplicate_scrape_jobs_count_each_pod_once(stand: Stand) -> None:
 
     cache = Cache()
     cache.observe_llmd("ADDED", _llmd("dup"))
-    loop = AutoscaleLoop(cache, lambda key: None, FakeKube(), prom.url)  # type: ignore[arg-type]
+    loop = AutoscaleLoop(cache, lambda key: None, EventRecorder(), prom.url)  # type: ignore[arg-type]
     _tick(loop)
     block = loop.status_block((NS, "dup"))
     assert block is not None, loop.conditions((NS, "dup"))
@@ -315,7 +306,7 @@ def test_old_samples_hold_the_fleet_and_say_how_old(stand: Stand) -> None:
 
     cache = Cache()
     cache.observe_llmd("ADDED", _llmd("old"))
-    kube = FakeKube()
+    kube = EventRecorder()
     loop = AutoscaleLoop(cache, lambda key: None, kube, prom.url)  # type: ignore[arg-type]
     _tick(loop)
     # The load asks for more (48 in flight), but the size is held.

@@ -51,7 +51,11 @@ class OperatorProcess:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
-        wait_for(f"the operator's /healthz (log: {self.log_path})", self.healthy, timeout=60)
+        try:
+            wait_for(f"the operator's /healthz (log: {self.log_path})", self.healthy, timeout=60)
+        except BaseException:
+            self.stop(signal.SIGKILL)  # never leave a half-started operator behind
+            raise
         return self
 
     def healthy(self) -> bool:

@@ -16,17 +16,8 @@ import pytest
 from llmfleet_operator import promql
 from llmfleet_operator.autoscale_loop import AutoscaleLoop, ScaleState
 from llmfleet_operator.cache import Cache
+from support.events import EventRecorder
 from support.stand_in_prometheus import StandIn, by_query, stand_in_prometheus
-
-
-class FakeKube:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str, str]] = []
-
-    async def event(
-        self, body: dict[str, Any], reason: str, message: str, type_: str = "Normal"
-    ) -> None:
-        self.events.append((reason, message, type_))
 
 
 def llmd(name: str, mode: str = "Builtin", desired: int | None = 2) -> dict[str, Any]:
@@ -88,7 +79,7 @@ async def test_one_constant_set_of_queries_scales_every_builtin_fleet(
     for body in (llmd("a"), llmd("b"), llmd("manual", mode="Manual")):
         cache.observe_llmd("ADDED", body)
     enqueued: list[tuple[str, str]] = []
-    kube = FakeKube()
+    kube = EventRecorder()
     loop = AutoscaleLoop(cache, enqueued.append, kube, url, clock=lambda: 1000.0)  # type: ignore[arg-type]
     async with aiohttp.ClientSession() as session:
         await loop.tick(session)
@@ -121,7 +112,7 @@ async def test_prometheus_down_holds_and_reports(prometheus: StandIn) -> None:
     url = prometheus.url
     cache = Cache()
     cache.observe_llmd("ADDED", llmd("a", desired=3))
-    kube = FakeKube()
+    kube = EventRecorder()
     loop = AutoscaleLoop(cache, lambda key: None, kube, url, clock=lambda: 1000.0)  # type: ignore[arg-type]
     prometheus.up = False
     async with aiohttp.ClientSession() as session:
@@ -144,7 +135,7 @@ async def test_stale_samples_hold_with_their_age(
 ) -> None:
     cache = Cache()
     cache.observe_llmd("ADDED", llmd("a", desired=2))
-    kube = FakeKube()
+    kube = EventRecorder()
     loop = AutoscaleLoop(cache, lambda key: None, kube, prometheus.url, clock=lambda: 1000.0)  # type: ignore[arg-type]
     # The queue asks for 4 replicas, but the oldest worker's newest sample is 200 s old by
     # Prometheus's clock (the loop's own clock would call it fresh).
@@ -224,7 +215,7 @@ def test_during_a_canary_the_fleet_counts_both_tracks() -> None:
                 "status": {"conditions": [{"type": "Ready", "status": "True"}]},
             },
         )
-    loop = AutoscaleLoop(cache, lambda key: None, FakeKube(), "http://x")  # type: ignore[arg-type]
+    loop = AutoscaleLoop(cache, lambda key: None, EventRecorder(), "http://x")  # type: ignore[arg-type]
     spec = cache.spec_of(("ns", "a"), body)
     fleet, observed = loop._fleet_of(("ns", "a"), body, spec, ScaleState())
     assert (fleet.current, fleet.ready) == (4, 4)

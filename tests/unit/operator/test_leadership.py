@@ -18,6 +18,7 @@ from llmfleet_operator import promql
 from llmfleet_operator.autoscale_loop import AutoscaleLoop
 from llmfleet_operator.cache import Cache
 from llmfleet_operator.lease import LeaseRecord, may_take, released_spec, taken_spec
+from support.events import EventRecorder
 from support.stand_in_prometheus import StandIn, by_query, stand_in_prometheus
 
 LEASE = 10.0
@@ -76,14 +77,6 @@ def test_a_released_lease_is_free_for_anyone() -> None:
 # --- the standby's autoscaler -------------------------------------------------------------------
 
 
-class RecordingKube:
-    def __init__(self) -> None:
-        self.events: list[str] = []
-
-    async def event(self, body: dict[str, Any], reason: str, message: str, type_: str = "") -> None:
-        self.events.append(reason)
-
-
 class Clock:
     def __init__(self, now: float) -> None:
         self.now = now
@@ -129,7 +122,7 @@ async def prometheus() -> AsyncIterator[StandIn]:
         yield stand_in
 
 
-def _loop(cache: Cache, url: str, enqueued: list[Any], kube: RecordingKube) -> AutoscaleLoop:
+def _loop(cache: Cache, url: str, enqueued: list[Any], kube: EventRecorder) -> AutoscaleLoop:
     return AutoscaleLoop(cache, enqueued.append, kube, url, clock=CLOCK)  # type: ignore[arg-type]
 
 
@@ -140,7 +133,7 @@ async def test_a_standby_fills_its_window_in_the_shadow_and_acts_on_it_after_tak
     cache = Cache()
     cache.observe_llmd("ADDED", fleet_at_four())
     enqueued: list[Any] = []
-    kube = RecordingKube()
+    kube = EventRecorder()
     standby = _loop(cache, prometheus.url, enqueued, kube)
     standby.active = False
     async with aiohttp.ClientSession() as session:
@@ -148,7 +141,7 @@ async def test_a_standby_fills_its_window_in_the_shadow_and_acts_on_it_after_tak
             await standby.tick(session)
             CLOCK.now += 17.5
         assert enqueued == []
-        assert kube.events == []
+        assert kube.reasons == []
         assert standby.wants(("ns", "a")) is None
         assert standby.conditions(("ns", "a")) == []
 
@@ -156,14 +149,14 @@ async def test_a_standby_fills_its_window_in_the_shadow_and_acts_on_it_after_tak
         # window from now; the standby's window already covers the quiet minute.
         standby.active = True
         await standby.tick(session)
-        cold = _loop(cache, prometheus.url, [], RecordingKube())
+        cold = _loop(cache, prometheus.url, [], EventRecorder())
         await cold.tick(session)
 
     assert standby.wants(("ns", "a")) == 2  # halving, at once
     block = standby.status_block(("ns", "a"))
     assert block is not None
     assert block["lastDecision"]["from"] == 4
-    assert kube.events == ["ScaledDown"]
+    assert kube.reasons == ["ScaledDown"]
     assert ("ns", "a") in enqueued
     assert cold.wants(("ns", "a")) == 4
     assert cold.state[("ns", "a")].last_decision is None  # held: the window starts now

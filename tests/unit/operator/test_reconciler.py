@@ -14,6 +14,7 @@ from llmfleet_operator.reconciler import (
     FOREIGN_RETRY_SECONDS,
     LEFTOVER_RETRY_SECONDS,
     Reconciler,
+    observed_through_metadata,
 )
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -230,3 +231,34 @@ async def test_the_monitoring_namespace_reaches_the_network_policy() -> None:
     policy = kube.objects["NetworkPolicy:chat"]
     selector = policy["spec"]["ingress"][1]["from"][0]["namespaceSelector"]
     assert selector == {"matchLabels": {"kubernetes.io/metadata.name": "prom"}}
+
+
+def _deployment(generation: int, observed: int) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "chat", "generation": generation, "resourceVersion": "9"},
+        "status": {"observedGeneration": observed, "readyReplicas": 2},
+    }
+
+
+def test_a_metadata_only_write_keeps_an_observed_deployment_observed() -> None:
+    # The recorded good revision moved generation 3 -> 4; 3 had been observed.
+    after = observed_through_metadata(_deployment(4, 3), _deployment(3, 3))
+    assert after["status"]["observedGeneration"] == 4
+    assert after["status"]["readyReplicas"] == 2
+
+
+def test_a_metadata_only_write_does_not_hide_a_pending_spec_change() -> None:
+    # Generation 3 (a spec change) was not observed yet: nothing is as good as observed.
+    assert observed_through_metadata(_deployment(4, 2), _deployment(3, 2))["status"] == {
+        "observedGeneration": 2,
+        "readyReplicas": 2,
+    }
+    # Another writer moved the generation too (3 -> 5): not ours alone to vouch for.
+    assert (
+        observed_through_metadata(_deployment(5, 3), _deployment(3, 3))["status"][
+            "observedGeneration"
+        ]
+        == 3
+    )
+    # A creation has nothing before it.
+    assert observed_through_metadata(_deployment(1, 0), None)["status"]["observedGeneration"] == 0

@@ -62,3 +62,29 @@ async def test_failures_are_retried_with_backoff() -> None:
     gaps = [b - a for a, b in itertools.pairwise(attempts)]
     assert gaps[0] >= 0.015
     assert gaps[1] >= 0.035
+
+
+async def test_an_earlier_deadline_wins_over_a_later_one() -> None:
+    """A child's change due in a moment is not held back by a deadline due much later."""
+
+    seen: list[str] = []
+    done = asyncio.Event()
+
+    async def handler(key: str) -> None:
+        seen.append(key)
+        done.set()
+
+    queue: WorkQueue[str] = WorkQueue(handler, workers=1)
+    runner = asyncio.create_task(queue.run())
+    try:
+        queue.add_after("a", 600.0)  # e.g. a progress deadline
+        queue.add_after("a", 0.01)  # a pod became ready
+        await asyncio.wait_for(done.wait(), timeout=5)
+        assert seen == ["a"]
+        queue.add_after("b", 0.01)
+        queue.add_after("b", 600.0)  # a later deadline does not postpone the earlier one
+        done.clear()
+        await asyncio.wait_for(done.wait(), timeout=5)
+        assert seen == ["a", "b"]
+    finally:
+        runner.cancel()
