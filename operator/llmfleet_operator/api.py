@@ -166,6 +166,7 @@ class Reason(StrEnum):
     IMAGE_PULL_BACK_OFF = "ImagePullBackOff"
     CONFIG_ERROR = "ConfigError"
     OOM_KILLED = "OOMKilled"
+    VOLUME_ATTACH_FAILED = "VolumeAttachFailed"
     METRICS_AVAILABLE = "MetricsAvailable"
     METRICS_UNAVAILABLE = "MetricsUnavailable"
     TOO_MANY_REPLICAS = "TooManyReplicas"

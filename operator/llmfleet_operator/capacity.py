@@ -72,6 +72,42 @@ def container_failure(pod: Mapping[str, Any]) -> ContainerFailure | None:
     return None
 
 
+#: Event reasons of the attach/detach controller and the kubelet when a volume cannot be
+#: attached or mounted (a ReadWriteOnce claim in use on another node: "Multi-Attach error").
+VOLUME_EVENT_REASONS: Final = ("FailedAttachVolume", "FailedMount")
+
+
+def creating_since(pod: Mapping[str, Any]) -> str | None:
+    """When a scheduled pod whose containers are still being created was scheduled
+    (RFC 3339), or None. Volumes are attached and mounted in this state, and what goes wrong
+    there is only told in Events, not in the pod's status."""
+    status = pod.get("status", {})
+    conds = {c.get("type"): c for c in status.get("conditions", [])}
+    scheduled = conds.get("PodScheduled", {})
+    if scheduled.get("status") != "True" or status.get("phase", "Pending") != "Pending":
+        return None
+    statuses = [*status.get("initContainerStatuses", []), *status.get("containerStatuses", [])]
+    creating = not statuses or all(
+        ((cs.get("state") or {}).get("waiting") or {}).get("reason")
+        in ("ContainerCreating", "PodInitializing")
+        for cs in statuses
+    )
+    return str(scheduled.get("lastTransitionTime") or "") or None if creating else None
+
+
+def volume_failure(events: Iterable[Mapping[str, Any]]) -> ContainerFailure | None:
+    """The newest attach or mount failure among a pod's Events (Multi-Attach first)."""
+    found = [e for e in events if e.get("reason") in VOLUME_EVENT_REASONS]
+    if not found:
+        return None
+    found.sort(key=lambda e: str(e.get("lastTimestamp") or e.get("eventTime") or ""))
+    multi = [e for e in found if "Multi-Attach" in str(e.get("message", ""))]
+    event = (multi or found)[-1]
+    return ContainerFailure(
+        "VolumeAttachFailed", f"{event.get('reason')}: {str(event.get('message', '')).strip()}"
+    )
+
+
 @dataclass(frozen=True)
 class PodInfo:
     """What status and the autoscaler need to know about one worker pod."""

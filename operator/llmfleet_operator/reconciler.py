@@ -8,6 +8,7 @@ API reads and, because plans and statuses are compared before writing, no writes
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import time
@@ -31,11 +32,18 @@ from llmfleet_operator.api import (
     LLMDeploymentSpec,
 )
 from llmfleet_operator.cache import Cache, ChildKey, Key, controller_of
-from llmfleet_operator.capacity import CapacityUnknown, GpuCapacity, free_gpus_text
+from llmfleet_operator.capacity import (
+    CapacityUnknown,
+    ContainerFailure,
+    GpuCapacity,
+    creating_since,
+    free_gpus_text,
+    volume_failure,
+)
 from llmfleet_operator.conditions import Condition, find, merge
 from llmfleet_operator.fleet import FleetObservation, observe_fleet
 from llmfleet_operator.free_gpus import FreeGpus
-from llmfleet_operator.k8s import ApiError, Kube
+from llmfleet_operator.k8s import ApiError, Kube, resource_path
 from llmfleet_operator.plan import Apply, child_key, plan_children
 from llmfleet_operator.resources import (
     ANNOTATION_STABLE_REVISION,
@@ -83,6 +91,9 @@ REJECTED_RETRY_SECONDS = 30.0
 FOREIGN_RETRY_SECONDS = 10.0
 #: How soon to look again at a namesake's leftover, which the garbage collector is removing.
 LEFTOVER_RETRY_SECONDS = 5.0
+#: How long a pod may stay in ContainerCreating before its Events are read, and how often
+#: they are read again while it stays there.
+VOLUME_CHECK_SECONDS = 20.0
 
 
 @dataclass
@@ -154,6 +165,8 @@ class Reconciler:
         self.free_gpus = free_gpus or FreeGpus(kube)
         #: Where Prometheus runs: the NetworkPolicies let it scrape the workers.
         self.monitoring_namespace = monitoring_namespace
+        #: Per fleet, the pods stuck creating whose Events were read: uid -> (when, failure).
+        self._volume_checks: dict[Key, dict[str, tuple[datetime, ContainerFailure | None]]] = {}
 
     async def reconcile(self, key: Key) -> ReconcileResult:
         """Bring the children and status of ``key`` in line with its spec."""
@@ -210,6 +223,7 @@ class Reconciler:
         fleet = observe_fleet(self.cache.pods.get(key, {}).values(), resource)
         stable_rev, stable_spec, stable_raw = _stable_of(stable_dep)
         now = self._clock()
+        fleet = await self._volume_failures(key, fleet, now, result)
         facts = await self._rollout_facts(
             key, body, spec, revision, replicas, fleet, stable_dep, canary_dep, stable_rev, now
         )
@@ -388,6 +402,44 @@ class Reconciler:
         result.applied.append(step.key)
         metrics.WRITES.labels(kind=step.obj["kind"], verb="apply").inc()
         return True
+
+    async def _volume_failures(
+        self, key: Key, fleet: FleetObservation, now: datetime, result: ReconcileResult
+    ) -> FleetObservation:
+        """Pods that stay in ContainerCreating: why, from their Events (a volume that cannot
+        be attached, e.g. a ReadWriteOnce claim used on another node). Read once per pod
+        every VOLUME_CHECK_SECONDS while it is stuck; nothing for pods that start."""
+        pods = self.cache.pods.get(key, {})
+        checks = self._volume_checks.get(key, {})
+        kept: dict[str, tuple[datetime, ContainerFailure | None]] = {}
+        infos = []
+        for info in fleet.pods:
+            pod = pods.get(info.name)
+            since = creating_since(pod) if pod is not None and info.failure is None else None
+            if pod is None or since is None or info.terminating:
+                infos.append(info)
+                continue
+            waited = (now - datetime.fromisoformat(since.replace("Z", "+00:00"))).total_seconds()
+            wait = VOLUME_CHECK_SECONDS - waited
+            if wait <= 0:
+                uid = str(pod["metadata"].get("uid", info.name))
+                checked = checks.get(uid)
+                if checked is None or (now - checked[0]).total_seconds() >= VOLUME_CHECK_SECONDS:
+                    path = resource_path("v1", "Event", key[0])
+                    events = await self.kube.list(path, field_selector=f"involvedObject.uid={uid}")
+                    checked = (now, volume_failure(events))
+                kept[uid] = checked
+                if checked[1] is not None:
+                    info = dataclasses.replace(info, failure=checked[1])
+                wait = VOLUME_CHECK_SECONDS  # no watch says when it changes: look again
+            infos.append(info)
+            wait = max(1.0, wait)
+            result.requeue_after = min(result.requeue_after or wait, wait)
+        if kept:
+            self._volume_checks[key] = kept
+        else:
+            self._volume_checks.pop(key, None)
+        return dataclasses.replace(fleet, pods=tuple(infos))
 
     def _capacity(self, key: Key, spec: LLMDeploymentSpec) -> GpuCapacity | CapacityUnknown:
         """Free GPUs for this LLMDeployment's pod template (from memory, no API call); a

@@ -219,6 +219,7 @@ _FAILURE_ORDER: Final = (
     Reason.CONFIG_ERROR,
     Reason.IMAGE_PULL_BACK_OFF,
     Reason.OOM_KILLED,
+    Reason.VOLUME_ATTACH_FAILED,
     Reason.CRASH_LOOP_BACK_OFF,
 )
 

@@ -439,6 +439,54 @@ def test_failing_containers_reach_status_with_the_kubelet_s_words(
     assert [e["type"] for e in events] == ["Warning"]
 
 
+def test_a_pod_stuck_on_a_volume_reaches_status_with_the_controller_s_words(
+    kube: Kubectl,
+) -> None:
+    """A ReadWriteOnce claim in use on another node: the pod stays in ContainerCreating and
+    only an Event (from the attach/detach controller, posted here as it would) says why."""
+    name = "stuck-volume"
+    annotations = {"sim.llmfleet.io/container-fails": "ContainerCreating"}
+    kube.apply(
+        llmd(
+            name, replicas=1, autoscaling={"mode": "Manual"}, worker={"podAnnotations": annotations}
+        )
+    )
+    pod = wait_for(
+        "the pod to be created",
+        lambda: next(
+            iter(kube.get("pods", None, "-l", f"llmfleet.io/deployment={name}")["items"]), None
+        ),
+    )
+    multi_attach = (
+        'Multi-Attach error for volume "pvc-3f1c" Volume is already used by pod(s) '
+        "other-0 on node gpu-node-3"
+    )
+    kube.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{pod['metadata']['name']}.attach"},
+            "involvedObject": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "name": pod["metadata"]["name"],
+                "namespace": kube.namespace,
+                "uid": pod["metadata"]["uid"],
+            },
+            "reason": "FailedAttachVolume",
+            "message": multi_attach,
+            "type": "Warning",
+            "source": {"component": "attachdetach-controller"},
+        }
+    )
+    # Read after the pod was stuck for a while (20 s), not on its first moments.
+    obj = wait_condition(kube, name, "Stalled", "True", "VolumeAttachFailed", timeout=60)
+    stalled = conditions(obj)["Stalled"]
+    assert stalled["message"].startswith(f"1 pod VolumeAttachFailed: {name}-")
+    assert multi_attach in stalled["message"]
+    assert conditions(obj)["Ready"]["status"] == "False"
+
+
 def test_a_users_own_object_with_our_label_is_never_touched(kube: Kubectl) -> None:
     # The user's Service carries the fleet label (e.g. copied from ours for a dashboard).
     theirs = {

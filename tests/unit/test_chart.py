@@ -31,7 +31,7 @@ NAMESPACED_RULES = {
     *(("policy", "poddisruptionbudgets", v) for v in CRUD),
     *(("networking.k8s.io", "networkpolicies", v) for v in CRUD),
     *(("", "pods", v) for v in ("get", "list", "watch")),
-    *(("", "events", v) for v in ("create", "patch")),
+    *(("", "events", v) for v in ("create", "patch", "list")),
 }
 NODE_READ = {("", "nodes", "get"), ("", "nodes", "list"), ("", "nodes", "watch")}
 GPU_CAPACITY_RULES = {*NODE_READ, ("", "pods", "list"), ("", "pods", "watch")}

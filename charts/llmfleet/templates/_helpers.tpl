@@ -103,5 +103,7 @@ Secrets: worker pods reference Secrets by name and the kubelet reads them, the o
   verbs: ["get", "list", "watch"]
 - apiGroups: [""]
   resources: ["events"]
-  verbs: ["create", "patch"]
+  # list: why a worker pod stays in ContainerCreating (volume attach and mount failures are
+  # only told in Events)
+  verbs: ["create", "patch", "list"]
 {{- end }}

@@ -14,6 +14,7 @@ from llmfleet_operator.capacity import (
     Placement,
     PodRecord,
     Taint,
+    creating_since,
     free_capacity,
     free_gpus_text,
     is_extended_resource,
@@ -21,6 +22,7 @@ from llmfleet_operator.capacity import (
     slim_node,
     slim_pod,
     used_by_node,
+    volume_failure,
 )
 from llmfleet_operator.free_gpus import placement_of
 
@@ -378,3 +380,50 @@ def test_capacity_adds_up(
     assert cap.nodes + sum(k for _, k in cap.refused) == sum(
         1 for n in nodes if n.allocatable.get(GPU, 0) > 0
     )
+
+
+def _creating_pod(phase: str = "Pending", reason: str = "ContainerCreating") -> dict[str, Any]:
+    return {
+        "status": {
+            "phase": phase,
+            "conditions": [
+                {
+                    "type": "PodScheduled",
+                    "status": "True",
+                    "lastTransitionTime": "2099-01-01T00:00:00Z",
+                }
+            ],
+            "containerStatuses": [{"name": "worker", "state": {"waiting": {"reason": reason}}}],
+        }
+    }
+
+
+def test_a_scheduled_pod_still_creating_its_containers_is_noticed_from_when_it_was_scheduled() -> (
+    None
+):
+    assert creating_since(_creating_pod()) == "2099-01-01T00:00:00Z"
+    assert creating_since(_creating_pod(phase="Running")) is None
+    assert creating_since(_creating_pod(reason="CrashLoopBackOff")) is None
+    assert creating_since({"status": {"phase": "Pending"}}) is None  # not scheduled yet
+
+
+def test_volume_failure_prefers_multi_attach_and_quotes_the_event() -> None:
+    events = [
+        {"reason": "Scheduled", "message": "assigned", "lastTimestamp": "2099-01-01T00:00:01Z"},
+        {
+            "reason": "FailedMount",
+            "message": "Unable to attach or mount volumes: timed out",
+            "lastTimestamp": "2099-01-01T00:02:00Z",
+        },
+        {
+            "reason": "FailedAttachVolume",
+            "message": 'Multi-Attach error for volume "pvc-1"',
+            "lastTimestamp": "2099-01-01T00:00:10Z",
+        },
+    ]
+    failure = volume_failure(events)
+    assert failure is not None
+    assert failure.reason == "VolumeAttachFailed"
+    assert failure.message == 'FailedAttachVolume: Multi-Attach error for volume "pvc-1"'
+    assert volume_failure(events[:2]) is not None
+    assert volume_failure(events[:1]) is None

@@ -6,7 +6,7 @@ state writes nothing). The real API server is in tests/integration."""
 from __future__ import annotations
 
 import copy
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from llmfleet_operator.cache import Cache
@@ -262,3 +262,55 @@ def test_a_metadata_only_write_does_not_hide_a_pending_spec_change() -> None:
     )
     # A creation has nothing before it.
     assert observed_through_metadata(_deployment(1, 0), None)["status"]["observedGeneration"] == 0
+
+
+async def test_a_pod_stuck_creating_is_explained_from_its_events_once_it_waited() -> None:
+    kube, cache, rec = setup()
+    listed: list[str] = []
+
+    async def events(path: str, **query: Any) -> list[dict[str, Any]]:
+        listed.append(query["field_selector"])
+        return [{"reason": "FailedAttachVolume", "message": 'Multi-Attach error for "pvc-1"'}]
+
+    kube.list = events  # type: ignore[method-assign]
+    await rec.reconcile(("ns", "chat"))
+    template = kube.objects["Deployment:chat"]["spec"]["template"]
+
+    def stuck_for(seconds: int) -> dict[str, Any]:
+        scheduled = (T0 - timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        waiting = {"waiting": {"reason": "ContainerCreating"}}
+        return {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": "p0",
+                "uid": "pod-uid",
+                "namespace": "ns",
+                "labels": template["metadata"]["labels"],
+            },
+            "spec": template["spec"],
+            "status": {
+                "phase": "Pending",
+                "conditions": [
+                    {"type": "PodScheduled", "status": "True", "lastTransitionTime": scheduled}
+                ],
+                "containerStatuses": [{"name": "worker", "state": waiting}],
+            },
+        }
+
+    cache.observe_child("ADDED", stuck_for(5))
+    early = await rec.reconcile(("ns", "chat"))
+    assert listed == []  # a pod that just started creating is not looked into
+    assert early.requeue_after == 15.0  # but looked at when it has waited long enough
+
+    cache.observe_child("MODIFIED", stuck_for(30))
+    late = await rec.reconcile(("ns", "chat"))
+    assert listed == ["involvedObject.uid=pod-uid"]
+    stalled = conditions_of(kube)["Stalled"]
+    assert (stalled["status"], stalled["reason"]) == ("True", "VolumeAttachFailed")
+    assert stalled["message"] == (
+        '1 pod VolumeAttachFailed: p0: FailedAttachVolume: Multi-Attach error for "pvc-1"'
+    )
+    assert late.requeue_after == 20.0  # no watch tells when it is attached: look again
+    await rec.reconcile(("ns", "chat"))
+    assert len(listed) == 1  # the Events are read again only after that
