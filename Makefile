@@ -7,7 +7,7 @@ export LLMFLEET_CACHE ?= $(HOME)/.cache/llmfleet
 PYTEST_ARGS ?=
 
 .PHONY: help setup venv tools apt lint test test-unit test-integration test-e2e \
-        cluster-up cluster-down cluster-status crds demo bench clean
+        cluster-up cluster-down cluster-status crds dashboards demo bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -15,7 +15,7 @@ help: ## list the targets
 venv: ## the Python virtual environment in .venv
 	@bash hack/python-env.sh
 
-tools: ## build/cache etcd, kube-*, kubectl, helm, kwok
+tools: ## build/cache etcd, kube-*, kubectl, helm, kwok, kstatus-check
 	@bash hack/tools.sh >/dev/null
 
 apt: ## Debian packages (prometheus, openssl)
@@ -54,6 +54,9 @@ cluster-status: ## show the local cluster's processes
 crds: venv ## regenerate crds/ (and the Helm chart's copy) from the API models
 	$(PY) -m llmfleet_operator.crdgen --out crds
 	$(PY) -m llmfleet_operator.crdgen --out charts/llmfleet/files/crds
+
+dashboards: venv ## regenerate the Grafana dashboards' JSON the chart ships (charts/llmfleet/files/dashboards)
+	$(PY) -m llmfleet_operator.dashboards --out charts/llmfleet/files/dashboards
 
 demo: setup ## the main job: local GPU cluster + operator + examples, end to end
 	$(PY) hack/demo.py

@@ -15,6 +15,10 @@ Part 2, replay: the pure decision function over an hour of noisy steady load (ma
 and a burst-and-idle trace; flaps (direction reversals) are counted.
 
     .venv/bin/python bench/autoscale_reaction.py [--runs 3] [--interval 2]
+
+Both parts are drawn into a PNG (``--plot``, default ``bench/results/autoscale_reaction.png``):
+the live times per run against the target, the replayed burst (load and replicas over time)
+and the flaps per noisy hour.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from localcluster import (  # noqa: E402
     operator_command,
     tiny_llmdeployment,
 )
+from plots import Reaction, ReactionRun, ReplayTrace, render_reaction  # noqa: E402
 from podbacker import PodBacker, ensure_tiny_model  # noqa: E402
 from support.loadgen import LoadGenerator  # noqa: E402
 from support.prometheus import PrometheusServer  # noqa: E402
@@ -58,6 +63,7 @@ NS, NAME = "bench", "chat"
 SCRAPE_SECONDS = 1.0
 #: A reversal of direction within this long of the previous change is a flap.
 FLAP_WINDOW = 600.0
+DEFAULT_PLOT = ROOT / "bench" / "results" / "autoscale_reaction.png"
 
 
 def status(cluster: LocalCluster) -> dict[str, Any]:
@@ -96,7 +102,6 @@ def live(args: argparse.Namespace) -> list[dict[str, float]]:
             work / "backer",
             namespaces=[NS],
             sd_file=sd_file,
-            kubectl=cluster.bin("kubectl"),
             worker_args=("--max-num-seqs", "2", "--max-queue", "256"),
         ).start()
         log = (work / "operator.log").open("wb")
@@ -174,14 +179,17 @@ def live(args: argparse.Namespace) -> list[dict[str, float]]:
         cluster.down()
 
 
-def replay(seeds: int) -> tuple[list[int], int]:
-    """Flaps over an hour of noisy steady load per seed, and over a burst-and-idle trace."""
+def replay(seeds: int) -> tuple[list[int], ReplayTrace]:
+    """Flaps over an hour of noisy steady load per seed, and the burst-and-idle trace (its
+    load and decided replicas per loop, and its flaps)."""
     interval, capacity = 15.0, 4
     policy = Policy(
         min_replicas=1, max_replicas=16, target_queue_per_replica=4, stabilization_seconds=300
     )
 
-    def simulate(load: Any, replicas: int) -> list[int]:
+    def simulate(
+        load: Any, replicas: int, record: list[tuple[float, float, int]] | None = None
+    ) -> list[int]:
         history, ready, curve, t = History(), replicas, [], 0.0
         while t < 3600:
             served = ready * capacity
@@ -196,6 +204,8 @@ def replay(seeds: int) -> tuple[list[int], int]:
             d = decide(policy, Fleet(replicas, ready), s, history, t)
             ready, replicas = replicas, d.replicas
             curve.append(replicas)
+            if record is not None:
+                record.append((t, in_flight, replicas))
             t += interval
         return curve
 
@@ -205,8 +215,10 @@ def replay(seeds: int) -> tuple[list[int], int]:
         base = rng.uniform(10, 60)
         curve = simulate(lambda t, r=rng, b=base: b * r.uniform(0.7, 1.3), 2)
         flaps.append(count_flaps(curve, interval, FLAP_WINDOW))
-    burst = simulate(lambda t: 60.0 if 600 <= t < 1500 else 3.0, 1)
-    return flaps, count_flaps(burst, interval, FLAP_WINDOW)
+    steps: list[tuple[float, float, int]] = []
+    burst = simulate(lambda t: 60.0 if 600 <= t < 1500 else 3.0, 1, steps)
+    times, loads, replicas = zip(*steps, strict=True)
+    return flaps, ReplayTrace(times, loads, replicas, count_flaps(burst, interval, FLAP_WINDOW))
 
 
 def main() -> int:
@@ -217,11 +229,17 @@ def main() -> int:
     parser.add_argument("--stabilization", type=int, default=10)
     parser.add_argument("--seeds", type=int, default=50)
     parser.add_argument("--replay-only", action="store_true")
+    parser.add_argument(
+        "--plot",
+        default=str(DEFAULT_PLOT),
+        help="PNG of the live runs and the replay (default: %(default)s; '' for none)",
+    )
     args = parser.parse_args()
     print(f"$ {shlex.join([sys.executable, *sys.argv])}")
     print(f"load: {os.getloadavg()[0]:.2f} (1-minute average; 2 cores)")
     target = SCRAPE_SECONDS + args.interval + 2.0
     ok = True
+    runs: list[dict[str, float]] = []
     if not args.replay_only:
         runs = live(args)
         med = {
@@ -235,13 +253,31 @@ def main() -> int:
         )
         print(f"worst decision {max(r['decision'] for r in runs):.2f}s")
         ok = max(r["decision"] for r in runs) <= target
-    flaps, burst_flaps = replay(args.seeds)
+    flaps, burst = replay(args.seeds)
+    burst_flaps = burst.flaps
     print(
         f"\nreplay: {args.seeds} noisy steady hours (load +-30%, 15 s loop, 300 s window; "
         f"a flap = a reversal within {FLAP_WINDOW:.0f} s of the previous change): "
         f"flaps total {sum(flaps)}, worst hour {max(flaps)}; burst-and-idle trace: "
         f"{burst_flaps} flaps"
     )
+    if args.plot:
+        reaction = Reaction(
+            runs=[
+                ReactionRun(r["decision"], r["pods_ready"], r["serving"], int(r["to"]))
+                for r in runs
+            ],
+            target=target,
+            burst=burst,
+            flaps_per_hour=flaps,
+        )
+        title = "Autoscaler replay: the decision function, 15 s loop, 300 s window"
+        if runs:
+            title = (
+                f"Autoscaler reaction: {len(runs)} live load steps 0 -> {args.concurrency} "
+                f"clients (loop {args.interval:g} s, scrape {SCRAPE_SECONDS:g} s), and replay"
+            )
+        print(f"plot: {render_reaction(reaction, Path(args.plot), title=title)}")
     return 0 if ok and sum(flaps) == 0 and burst_flaps == 0 else 1
 
 

@@ -15,6 +15,9 @@ LLMDeployments (one GPU each), and reports:
   the operator's own client identity), so nothing the operator does can hide.
 
     .venv/bin/python bench/operator_scale.py [--count 200] [--other-pods 0] [--idle 60]
+
+The latencies (as the share of LLMDeployments done after t seconds) and the API requests by
+verb are drawn into a PNG (``--plot``, default ``bench/results/operator_scale.png``).
 """
 
 from __future__ import annotations
@@ -38,10 +41,12 @@ sys.path.insert(0, str(ROOT / "hack"))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from localcluster import LocalCluster, Topology, free_port, operator_command  # noqa: E402
+from plots import OperatorScale, render_operator_scale  # noqa: E402
 from support.processes import scrape  # noqa: E402
 
 NAMESPACE = "bench"
 OPERATOR_USER = "llmfleet-operator-bench"
+DEFAULT_PLOT = ROOT / "bench" / "results" / "operator_scale.png"
 
 
 def proc_stats(pid: int) -> tuple[float, float]:
@@ -159,6 +164,11 @@ def main() -> int:
     parser.add_argument("--other-pods", type=int, default=0, help="pods of other workloads")
     parser.add_argument("--idle", type=float, default=60.0, help="idle window, seconds")
     parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument(
+        "--plot",
+        default=str(DEFAULT_PLOT),
+        help="PNG of the latencies and API requests (default: %(default)s; '' for none)",
+    )
     args = parser.parse_args()
     gpu_nodes = args.count // 8 + 2
     cpu_nodes = max(1, -(-args.other_pods // 100))
@@ -288,6 +298,23 @@ def main() -> int:
             f"{sum(idle.values()):10d}"
         )
         print(f"\nwrites during the idle window: {idle_writes}")
+        if args.plot:
+            data = OperatorScale(
+                count=args.count,
+                latencies={
+                    "create -> Deployment applied": to_apply,
+                    "create -> first status": to_status,
+                    "apply -> Ready": latencies,
+                },
+                requests_converge=dict(conv),
+                requests_idle=dict(idle),
+                idle_seconds=args.idle,
+            )
+            title = (
+                f"Operator at scale: {args.count} LLMDeployments, {args.other_pods} other pods, "
+                f"peak RSS {peak_rss:.0f} MiB, {idle_writes} writes while idle"
+            )
+            print(f"plot: {render_operator_scale(data, Path(args.plot), title=title)}")
         return 0 if idle_writes == 0 else 1
     finally:
         if operator is not None:

@@ -624,7 +624,6 @@ def bench(args: argparse.Namespace, work: Path) -> dict[str, list[Run]]:
             work / "backer",
             namespaces=[REAL_NS],  # the simulated fleet's pods get no workers
             sd_file=sd_file,
-            kubectl=cluster.bin("kubectl"),
             worker_command=faulty_worker.worker_command(),
         ).start()
         operator = OperatorProcess(

@@ -16,6 +16,9 @@ next request as soon as their previous one finished, ``--requests-per-client`` e
 
     python bench/worker_throughput.py            # full run (several minutes on 2 CPU cores)
     python bench/worker_throughput.py --quick    # a smoke run in about a minute
+
+It also draws tokens/s and TTFT by concurrency, one line per contender, into a PNG
+(``--plot``, default ``bench/results/worker_throughput.png``).
 """
 
 from __future__ import annotations
@@ -45,8 +48,13 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "hack"))
+
+import plots  # noqa: E402
+
 BIN = Path(sys.executable).parent
 VLLM_ENV_SCRIPT = ROOT / "hack" / "vllm-cpu-env.sh"
+DEFAULT_PLOT = ROOT / "bench" / "results" / "worker_throughput.png"
 
 
 @dataclass
@@ -255,6 +263,11 @@ def main() -> int:
     parser.add_argument("--skip-vllm", action="store_true")
     parser.add_argument("--quick", action="store_true", help="short outputs, one repeat")
     parser.add_argument(
+        "--plot",
+        default=str(DEFAULT_PLOT),
+        help="PNG of tokens/s and TTFT by concurrency (default: %(default)s; '' for none)",
+    )
+    parser.add_argument(
         "--omp-wait-policy",
         default="PASSIVE",
         help="OMP_WAIT_POLICY for every contender (the worker defaults to PASSIVE)",
@@ -374,7 +387,22 @@ def main() -> int:
     if vllm_url is not None:
         results += vllm_r.values()
     print_table(results, args, params, load_before, hf_note, vllm_note)
+    if args.plot:
+        write_plot(results, args, params)
     return 0
+
+
+def write_plot(results: list[Result], args: argparse.Namespace, params: int) -> None:
+    """The table's tokens/s and TTFT p50/p95 as a PNG at ``args.plot``."""
+    rows = [
+        plots.ThroughputRow(r.name, r.concurrency, r.tps, r.pct(0.5), r.pct(0.95)) for r in results
+    ]
+    title = (
+        f"Worker throughput: {params / 1e6:.0f}M-parameter llama on {args.device}, "
+        f"{args.threads} threads, prompt {args.prompt_len} / output {args.output_len} tokens, "
+        f"median of {args.repeats}"
+    )
+    print(f"plot: {plots.render_throughput(rows, Path(args.plot), title=title)}")
 
 
 def vllm_server(

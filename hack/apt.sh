@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the tests need (Prometheus, openssl), only when missing.
+# Installs the Debian packages the tests need (Prometheus and promtool, openssl), only when
+# missing.
 set -euo pipefail
 missing=()
-command -v prometheus >/dev/null || missing+=(prometheus)
+# promtool (the rule checks and rule unit tests) comes with the prometheus package too.
+{ command -v prometheus && command -v promtool; } >/dev/null || missing+=(prometheus)
 command -v openssl >/dev/null || missing+=(openssl)
 if ((${#missing[@]})); then
   echo "[apt] installing ${missing[*]}" >&2

@@ -5,6 +5,10 @@ Brings the cluster up (or reuses it), installs the CRD, starts the operator, app
 LLMDeployment in ``examples/``, waits until each is Ready (or, for the one that asks for
 more GPUs than exist, Stalled with InsufficientGPU) and prints what a user would look at.
 The operator keeps running in the background; ``make cluster-down`` stops it with the rest.
+
+After the autoscaling burst it draws the burst from Prometheus range queries (offered load,
+queue depth, desired and ready replicas, TTFT p95 over time) into ``.cluster/demo/burst.png``
+(``docs/img/demo-burst.png`` is a copy of one run's).
 """
 
 from __future__ import annotations
@@ -19,7 +23,15 @@ from typing import Any
 
 import yaml
 
-from localcluster import ROOT, LocalCluster, operator_command, pid_alive, tiny_llmdeployment
+import plots
+from localcluster import (
+    ROOT,
+    LocalCluster,
+    free_port,
+    operator_command,
+    pid_alive,
+    tiny_llmdeployment,
+)
 
 sys.path.insert(0, str(ROOT / "tests"))
 from support.loadgen import LoadGenerator
@@ -33,6 +45,12 @@ BURST_NAME = "chat-burst"
 AUTOSCALE_INTERVAL = 2
 STABILIZATION = 20
 EXAMPLES = ROOT / "examples"
+BURST_CLIENTS = 12
+BURST_SECONDS = 45
+#: Prometheus scrapes the operator's own metrics (desired and ready replicas) under this job.
+OPERATOR_JOB = "llmfleet-operator"
+#: The picture of the burst, relative to the cluster's state directory.
+BURST_PLOT = Path("demo") / "burst.png"
 
 
 def say(text: str) -> None:
@@ -76,9 +94,16 @@ def spawn(cluster: LocalCluster, name: str, cmd: list[str]) -> int:
     return proc.pid
 
 
-def start_prometheus(cluster: LocalCluster, sd_file: Path) -> PrometheusServer:
+def start_prometheus(
+    cluster: LocalCluster, sd_file: Path, operator_metrics_port: int
+) -> PrometheusServer:
     stop_previous(cluster, "prometheus")
-    server = PrometheusServer(cluster.dir / "prometheus", sd_file, tie_to_parent=False)
+    server = PrometheusServer(
+        cluster.dir / "prometheus",
+        sd_file,
+        static_jobs={OPERATOR_JOB: [f"127.0.0.1:{operator_metrics_port}"]},
+        tie_to_parent=False,
+    )
     server.start()
     assert server.proc is not None
     (cluster.dir / "prometheus.pid").write_text(str(server.proc.pid))
@@ -86,7 +111,7 @@ def start_prometheus(cluster: LocalCluster, sd_file: Path) -> PrometheusServer:
     return server
 
 
-def start_operator(cluster: LocalCluster, prometheus_url: str) -> int:
+def start_operator(cluster: LocalCluster, prometheus_url: str, metrics_port: int) -> int:
     return spawn(
         cluster,
         "operator",
@@ -94,6 +119,7 @@ def start_operator(cluster: LocalCluster, prometheus_url: str) -> int:
             f"--prometheus-url={prometheus_url}",
             f"--autoscale-interval={AUTOSCALE_INTERVAL}",
             "--rate-window=15s",
+            metrics_port=metrics_port,
         ),
     )
 
@@ -154,8 +180,9 @@ def main() -> int:
     say("installing the LLMDeployment CRD (generated from the API models)")
     cluster.install_crd()
     sd_file = cluster.dir / "podbacker" / "workers.json"
-    prometheus = start_prometheus(cluster, sd_file)
-    pid = start_operator(cluster, prometheus.url)
+    metrics_port = free_port()
+    prometheus = start_prometheus(cluster, sd_file, metrics_port)
+    pid = start_operator(cluster, prometheus.url, metrics_port)
     say(
         f"operator running (pid {pid}), log: {cluster.logs / 'operator.log'}; "
         f"Prometheus {prometheus.url}"
@@ -193,11 +220,12 @@ def main() -> int:
         text = kubectl(cluster, "describe", "llmd", name, "-n", NAMESPACE)
         keep = text[text.find("Status:") :] if "Status:" in text else text
         print("\n".join(keep.splitlines()[:45]))
-    burst_outcome = autoscaling_demo(cluster, sd_file)
+    burst_outcome, picture = autoscaling_demo(cluster, sd_file, prometheus)
     say("summary")
     for name in names:
         print(f"  {name:12} {outcome[name]}")
     print(f"  {BURST_NAME:12} {burst_outcome}")
+    print(f"\nthe burst, drawn from Prometheus: {picture}")
     print(f"\nexport KUBECONFIG={cluster.kubeconfig}   # then: kubectl get llmd -A")
     print("make cluster-down                           # stops the cluster and the operator")
     expected_stalled = {"too-big"}
@@ -250,8 +278,12 @@ def timeline_row(cluster: LocalCluster, t0: float, note: str = "") -> tuple[int,
     return int(desired), int(ready)
 
 
-def autoscaling_demo(cluster: LocalCluster, sd_file: Path) -> str:
-    """A burst of requests against real workers: the fleet grows, then shrinks."""
+def autoscaling_demo(
+    cluster: LocalCluster, sd_file: Path, prometheus: PrometheusServer
+) -> tuple[str, str]:
+    """A burst of requests against real workers: the fleet grows, then shrinks.
+
+    Returns the outcome and the path of the burst's picture (or why there is none)."""
     say(
         f"autoscaling: {BURST_NAMESPACE}/{BURST_NAME}, real worker processes behind its pods, "
         "Prometheus scraping them every second"
@@ -273,16 +305,27 @@ def autoscaling_demo(cluster: LocalCluster, sd_file: Path) -> str:
         time.sleep(1)
     url = endpoint(cluster)
     if not url:
-        return f"no worker came up; see {cluster.logs / 'podbacker.log'}"
-    say(f"a burst: 12 concurrent clients for 45 s through {url}")
+        return f"no worker came up; see {cluster.logs / 'podbacker.log'}", "none (no burst)"
+    # A few idle scrapes of the first worker before the burst: the autoscaler and the
+    # picture then start from what it reports, not from a fleet Prometheus has not seen.
+    up = f'count(up{{namespace="{BURST_NAMESPACE}",llmdeployment="{BURST_NAME}"}} == 1)'
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not prometheus.value(up):
+        time.sleep(0.5)
+    time.sleep(5)
+    say(f"a burst: {BURST_CLIENTS} concurrent clients for {BURST_SECONDS} s through {url}")
     t0 = time.monotonic()
+    wall_start = time.time()
     peak = 1
-    with LoadGenerator(url, model=BURST_NAME, concurrency=12, duration=45, max_tokens=48) as gen:
+    with LoadGenerator(
+        url, model=BURST_NAME, concurrency=BURST_CLIENTS, duration=BURST_SECONDS, max_tokens=48
+    ) as gen:
         while not gen.done:
             desired, _ = timeline_row(cluster, t0)
             peak = max(peak, desired)
             time.sleep(3)
         result = gen.join()
+    wall_burst_end = time.time()
     print(f"  load: {result.summary()}")
     say(f"the burst is over: the fleet shrinks after the {STABILIZATION}s window")
     deadline = time.monotonic() + STABILIZATION + 90
@@ -309,9 +352,50 @@ def autoscaling_demo(cluster: LocalCluster, sd_file: Path) -> str:
     for e in sorted(events["items"], key=lambda e: e.get("lastTimestamp") or ""):
         if e["reason"] in ("ScaledUp", "ScaledDown", "MetricsUnavailable"):
             print(f"  {e['type']:8} {e['reason']:11} {e['message']}")
+    spec: Any = manifest["spec"]
+    target = float(spec["autoscaling"]["targetQueueDepthPerReplica"])
+    picture = draw_burst(cluster, prometheus.url, wall_start, wall_burst_end, target)
     if peak > 1 and desired == 1:
-        return f"grew 1 -> {peak} under the burst, shrank back to 1"
-    return f"did not follow the burst (peak {peak}, now {desired})"
+        return f"grew 1 -> {peak} under the burst, shrank back to 1", picture
+    return f"did not follow the burst (peak {peak}, now {desired})", picture
+
+
+def draw_burst(
+    cluster: LocalCluster, prometheus_url: str, start: float, burst_end: float, target: float
+) -> str:
+    """The burst as a PNG from Prometheus range queries, from 15 s before the burst to now,
+    with the query results beside it (``burst.json``: ``python hack/plots.py`` draws it
+    again); returns the PNG's path, or why there is none (the demo's outcome does not
+    depend on it)."""
+    say("drawing the burst from Prometheus range queries (/api/v1/query_range)")
+    time.sleep(2)  # the last scrape of each worker and of the operator lands
+    lo, hi = start - 15, time.time()
+    path = cluster.dir / BURST_PLOT
+    try:
+        burst = {
+            "start": start,
+            "burst_end": burst_end,
+            "step": plots.BURST_STEP,
+            "clients": BURST_CLIENTS,
+            "target_queue_per_replica": target,
+            "title": (
+                f"make demo: {BURST_NAMESPACE}/{BURST_NAME} under a burst of {BURST_CLIENTS} "
+                f"clients (autoscaler loop {AUTOSCALE_INTERVAL} s, scale-down window "
+                f"{STABILIZATION} s)"
+            ),
+            "results": {
+                key: plots.query_range(prometheus_url, promql, lo, hi, plots.BURST_STEP)
+                for key, promql in plots.burst_queries(BURST_NAMESPACE, BURST_NAME).items()
+            },
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.with_suffix(".json").write_text(json.dumps(burst, indent=1) + "\n")
+        plots.render_burst(burst, path)
+    except (plots.PlotError, OSError, ValueError) as e:
+        print(f"  could not draw the burst: {e}")
+        return f"none ({e})"
+    print(f"  {path}")
+    return str(path)
 
 
 if __name__ == "__main__":

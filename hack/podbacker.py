@@ -41,14 +41,13 @@ run leaves no worker behind. CLI (``make demo``)::
     .venv/bin/python hack/podbacker.py --kubeconfig .cluster/kubeconfig \\
         --namespace llmfleet-demo --model-dir .cluster/tiny-model --state-dir .cluster/podbacker
 
-Standard library and aiohttp only.
+Standard library, aiohttp, and the operator's own API client (same login, same transport).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import json
 import logging
@@ -56,7 +55,6 @@ import os
 import shlex
 import signal
 import socket
-import ssl
 import subprocess
 import sys
 import tempfile
@@ -70,6 +68,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from llmfleet_operator import login
+from llmfleet_operator.k8s import ApiError, Kube
 from localcluster import (
     BACKED_ANNOTATION,
     NEVER_READY_ANNOTATION,
@@ -282,107 +282,41 @@ class _Worker:
 
 # --- the API server ----------------------------------------------------------------------------
 class KubeClient:
-    """Just enough of a Kubernetes client: list and patch calls authenticated from a
-    kubeconfig."""
+    """The operator's own client, logged in from the kubeconfig exactly as the operator (and
+    kubectl) would: the list and patch calls the backer makes."""
 
-    def __init__(self, kubeconfig: Path, state_dir: Path, kubectl: str | None = None) -> None:
-        text = kubeconfig.read_text()
-        try:
-            config = json.loads(text)
-        except ValueError:
-            # A YAML kubeconfig (not one localcluster wrote): let kubectl flatten it to JSON.
-            if kubectl is None:
-                raise BackerError(f"{kubeconfig} is not JSON; pass kubectl= to read it") from None
-            config = json.loads(
-                subprocess.run(
-                    [
-                        kubectl,
-                        f"--kubeconfig={kubeconfig}",
-                        "config",
-                        "view",
-                        "--raw",
-                        "--minify",
-                        "-o",
-                        "json",
-                    ],
-                    check=True,
-                    capture_output=True,
-                    text=True,
-                ).stdout
-            )
-        context_name = config.get("current-context")
-        context = _named(config.get("contexts", []), context_name, "context")
-        cluster = _named(config.get("clusters", []), context.get("cluster"), "cluster")
-        user = _named(config.get("users", []), context.get("user"), "user")
-        self.server = cluster["server"].rstrip("/")
-        base = kubeconfig.parent
+    def __init__(self, kube: Kube) -> None:
+        self.kube = kube
 
-        def path_of(section: dict[str, Any], key: str) -> str | None:
-            if section.get(f"{key}-data"):
-                state_dir.mkdir(parents=True, exist_ok=True)
-                out = state_dir / f"kube-{key}.pem"
-                out.write_bytes(base64.b64decode(section[f"{key}-data"]))
-                out.chmod(0o600)
-                return str(out)
-            if section.get(key):
-                return str(base / section[key])  # relative paths are relative to the file
-            return None
+    @classmethod
+    async def connect(cls, kubeconfig: Path) -> KubeClient:
+        source = login.Source(kubeconfig=str(kubeconfig))
+        return cls(Kube(await login.load(source), relogin=lambda: login.load(source)))
 
-        ctx = ssl.create_default_context(cafile=path_of(cluster, "certificate-authority"))
-        if cluster.get("insecure-skip-tls-verify"):
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        cert = path_of(user, "client-certificate")
-        if cert:
-            ctx.load_cert_chain(cert, path_of(user, "client-key"))
-        self.ssl = ctx
-        self.headers = {"Accept": "application/json"}
-        if user.get("token"):
-            self.headers["Authorization"] = f"Bearer {user['token']}"
-
-    async def list(self, session: aiohttp.ClientSession, path: str) -> list[dict[str, Any]] | None:
+    async def list(self, path: str) -> list[dict[str, Any]] | None:
         """The items of a list call; None when the resource does not exist (404)."""
-        async with session.get(
-            self.server + path,
-            ssl=self.ssl,
-            headers=self.headers,
-            timeout=aiohttp.ClientTimeout(total=10),
-        ) as r:
-            if r.status == 404:
-                return None
-            if r.status != 200:
-                raise BackerError(f"GET {path}: {r.status} {(await r.text())[:300]}")
-            items: list[dict[str, Any]] = (await r.json()).get("items") or []
-            return items
+        page = await self.kube.request("GET", path)
+        return None if page is None else list(page.get("items") or [])
 
     async def patch(
         self,
-        session: aiohttp.ClientSession,
         path: str,
         body: dict[str, Any],
         content_type: str = "application/strategic-merge-patch+json",
     ) -> dict[str, Any] | None:
         """PATCH ``path`` (a pod's ``.../status``, say); the updated object, None on 404."""
-        async with session.patch(
-            self.server + path,
-            data=json.dumps(body),
-            ssl=self.ssl,
-            headers={**self.headers, "Content-Type": content_type},
-            timeout=aiohttp.ClientTimeout(total=10),
-        ) as r:
-            if r.status == 404:
+        try:
+            obj: dict[str, Any] = await self.kube.request(
+                "PATCH", path, body=body, content_type=content_type
+            )
+        except ApiError as e:
+            if e.status == 404:
                 return None
-            if r.status != 200:
-                raise BackerError(f"PATCH {path}: {r.status} {(await r.text())[:300]}")
-            obj: dict[str, Any] = await r.json()
-            return obj
+            raise
+        return obj
 
-
-def _named(entries: list[dict[str, Any]], name: object, what: str) -> dict[str, Any]:
-    for entry in entries:
-        if entry.get("name") == name:
-            return dict(entry.get(what) or {})
-    raise BackerError(f"kubeconfig has no {what} named {name!r}")
+    async def close(self) -> None:
+        await self.kube.close()
 
 
 # --- the backer --------------------------------------------------------------------------------
@@ -410,7 +344,6 @@ class PodBacker:
         poll_interval: float = 0.5,
         probe_interval: float = 0.25,
         sd_file: Path | None = None,
-        kubectl: str | None = None,
     ) -> None:
         self.kubeconfig = Path(kubeconfig)
         self.model_dir = Path(model_dir).resolve()
@@ -426,7 +359,6 @@ class PodBacker:
         self.sd_file = (sd_file or self.state_dir / "file_sd" / "workers.json").resolve()
         self.endpoints_file = self.state_dir / "endpoints.json"
         self.logs_dir = self.state_dir / "workers"
-        self._kubectl = kubectl
         self._lock = threading.Lock()
         self._workers: dict[str, _Worker] = {}  # by pod uid
         self._exited: list[ExitedWorker] = []
@@ -453,7 +385,6 @@ class PodBacker:
             raise BackerError(f"no model in {self.model_dir} (run make-tiny-model)")
         for d in (self.state_dir, self.sd_file.parent, self.logs_dir):
             d.mkdir(parents=True, exist_ok=True)
-        self._kube = KubeClient(self.kubeconfig, self.state_dir, self._kubectl)
         self._synced.clear()
         self._write(self.sd_file, "[]\n")
         self._write(self.endpoints_file, "{}\n")
@@ -574,7 +505,7 @@ class PodBacker:
         self._loop = asyncio.get_running_loop()
         self._stopping = asyncio.Event()
         self._kick = asyncio.Event()
-        kube_session = aiohttp.ClientSession()
+        self._kube = await KubeClient.connect(self.kubeconfig)
         # auto_decompress=False: bodies pass through byte for byte with their encoding.
         self._http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0), auto_decompress=False
@@ -582,25 +513,25 @@ class PodBacker:
         try:
             probe = asyncio.create_task(self._probe_loop())
             try:
-                await self._sync_loop(kube_session)
+                await self._sync_loop()
             finally:
                 probe.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await probe
                 # On failure too: unready the pods, drain workers, close balancers.
-                await self._shutdown(kube_session)
+                await self._shutdown()
         finally:
             await self._http.close()
-            await kube_session.close()
+            await self._kube.close()
 
-    async def _sync_loop(self, session: aiohttp.ClientSession) -> None:
+    async def _sync_loop(self) -> None:
         assert self._stopping is not None
         assert self._kick is not None
         while not self._stopping.is_set():
             pods: list[PodView] | None = None
             try:
-                pods, llmds = await self._list(session)
-            except (aiohttp.ClientError, TimeoutError, BackerError, ValueError) as e:
+                pods, llmds = await self._list()
+            except (aiohttp.ClientError, TimeoutError, ApiError, BackerError, ValueError) as e:
                 if self.last_error != str(e):
                     log.warning("listing pods failed (will retry): %s", e)
                 self.last_error = str(e)
@@ -611,7 +542,7 @@ class PodBacker:
             self._reap()
             if pods is not None:
                 # After reaping, so that a worker that just died unreadies its pod now.
-                await self._sync_readiness(session, pods)
+                await self._sync_readiness(pods)
                 self._rounds += 1
             self._publish()
             # A worker's state change (the probe loop) kicks: readiness follows at once.
@@ -619,17 +550,15 @@ class PodBacker:
                 await asyncio.wait_for(self._kick.wait(), self.poll_interval)
             self._kick.clear()
 
-    async def _list(
-        self, session: aiohttp.ClientSession
-    ) -> tuple[list[PodView], set[tuple[str, str]] | None]:
+    async def _list(self) -> tuple[list[PodView], set[tuple[str, str]] | None]:
         selector = f"?labelSelector={LABEL_DEPLOYMENT}"
         scopes = [f"/namespaces/{ns}" for ns in self.namespaces] or [""]
         pods: list[PodView] = []
         llmds: set[tuple[str, str]] | None = set()
         for scope in scopes:
-            items = await self._kube.list(session, f"/api/v1{scope}/pods{selector}")
+            items = await self._kube.list(f"/api/v1{scope}/pods{selector}")
             pods += [PodView.from_object(p) for p in items or []]
-            objects = await self._kube.list(session, f"{LLMD_API}{scope}/llmdeployments")
+            objects = await self._kube.list(f"{LLMD_API}{scope}/llmdeployments")
             if objects is None:  # the CRD is not installed: go by pods alone
                 llmds = None
             elif llmds is not None:
@@ -666,7 +595,7 @@ class PodBacker:
             await balancer.close()
 
     # --- readiness (loop thread only) ---------------------------------------------------------
-    async def _sync_readiness(self, session: aiohttp.ClientSession, pods: list[PodView]) -> None:
+    async def _sync_readiness(self, pods: list[PodView]) -> None:
         """Set each backed pod's Ready to its worker's: True exactly while it is "ready".
 
         The pods were listed in this round, after the previous round's patches were answered,
@@ -678,11 +607,9 @@ class PodBacker:
             worker = self._workers.get(pod.uid)
             state = worker.state if worker is not None else "none"
             if (state == "ready") != pod.ready:
-                await self._patch_readiness(session, pod, state == "ready", state)
+                await self._patch_readiness(pod, state == "ready", state)
 
-    async def _patch_readiness(
-        self, session: aiohttp.ClientSession, pod: PodView, ready: bool, state: str
-    ) -> None:
+    async def _patch_readiness(self, pod: PodView, ready: bool, state: str) -> None:
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         # Strategic merge: conditions merge by type (the others stay); null removes the
         # reason and message a not-ready condition carried.
@@ -703,8 +630,8 @@ class PodBacker:
             status["containerStatuses"] = [{**c, "ready": ready} for c in pod.container_statuses]
         path = f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}/status"
         try:
-            updated = await self._kube.patch(session, path, {"status": status})
-        except (aiohttp.ClientError, TimeoutError, BackerError, ValueError) as e:
+            updated = await self._kube.patch(path, {"status": status})
+        except (aiohttp.ClientError, TimeoutError, ApiError, BackerError, ValueError) as e:
             # Not recorded: the next round lists the pod unchanged and tries again.
             log.warning("pod %s/%s: setting Ready=%s failed: %s", pod.namespace, pod.name, ready, e)
             return
@@ -716,7 +643,7 @@ class PodBacker:
             self._patches.append(ReadinessPatch(pod.namespace, pod.name, ready, state, time.time()))
         log.info("pod %s/%s: Ready=%s (worker %s)", pod.namespace, pod.name, ready, state)
 
-    async def _unready_all(self, session: aiohttp.ClientSession) -> None:
+    async def _unready_all(self) -> None:
         """On stopping: nothing will serve behind the pods the backer made Ready."""
         ready = [p for p in self._backed.values() if p.ready]
         if not ready:
@@ -724,9 +651,7 @@ class PodBacker:
         # Bounded: when the API server is the reason the loop stops, draining must not wait.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(
-                asyncio.gather(
-                    *(self._patch_readiness(session, p, False, "draining") for p in ready)
-                ),
+                asyncio.gather(*(self._patch_readiness(p, False, "draining") for p in ready)),
                 timeout=5.0,
             )
 
@@ -906,8 +831,8 @@ class PodBacker:
         os.replace(tmp, path)
         self._written[path] = text
 
-    async def _shutdown(self, kube_session: aiohttp.ClientSession) -> None:
-        await self._unready_all(kube_session)
+    async def _shutdown(self) -> None:
+        await self._unready_all()
         for worker in list(self._workers.values()):
             if worker.state != "draining":
                 self._terminate(worker, "the pod backer is stopping")

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the cluster tools (etcd, kube-apiserver, kube-controller-manager, kube-scheduler,
-# kubectl, kwok, helm) from the Go module proxy into a cache outside the repository, keyed
-# by version, and links them into $LLMFLEET_CACHE/bin. A tool whose pinned version is already
-# built is reused, so a warm run takes well under a second.
+# kubectl, kwok, helm; and the tests' kstatus-check) from the Go module proxy into a cache
+# outside the repository, keyed by version, and links them into $LLMFLEET_CACHE/bin. A tool
+# whose pinned version is already built is reused, so a warm run takes well under a second.
 #
 # Usage: hack/tools.sh            build what is missing, print the bin directory
 set -euo pipefail
@@ -37,6 +37,8 @@ build_in_module() {
   local start=$SECONDS
   (
     cd "$mod"
+    # SRC=DIR: a main package of this repository, copied in as package $key/$(basename DIR).
+    if [[ -n "${SRC:-}" ]]; then cp -r "$SRC" "$mod/"; fi
     printf 'module llmfleet.local/tools/%s\n\ngo 1.26\n\nrequire %s\n%s\n' \
       "$key" "${req/@/ }" "$extra" > go.mod
     # The tools.go pattern: a file excluded from every build that imports the main packages,
@@ -81,5 +83,15 @@ helm_out="$CACHE/helm-$HELM_VERSION"
 LDFLAGS="-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" \
   build_in_module "helm-$HELM_VERSION" "$helm_out" "helm.sh/helm/v3@$HELM_VERSION" "" helm.sh/helm/v3/cmd/helm
 link helm "$helm_out"
+
+# --- kstatus-check: what kstatus (Flux's wait/healthChecks) makes of an object ---
+# Our hack/kstatus-check/main.go on sigs.k8s.io/cli-utils; keyed by its source too.
+ks_key="kstatus-check-$CLI_UTILS_VERSION-$(sha256sum "$HERE/kstatus-check/main.go" | cut -c1-12)"
+SRC="$HERE/kstatus-check" build_in_module "$ks_key" "$CACHE/$ks_key" \
+  "sigs.k8s.io/cli-utils@$CLI_UTILS_VERSION" "" "llmfleet.local/tools/$ks_key/kstatus-check"
+link kstatus-check "$CACHE/$ks_key"
+
+# --- prometheus-operator CRDs (files, not binaries): the schemas the chart's monitors meet ---
+bash "$HERE/prometheus-operator-crds.sh" >/dev/null
 
 echo "$BIN"

@@ -3,6 +3,7 @@ automatically, so `-m "not integration and not e2e"` selects exactly the fast un
 
 from __future__ import annotations
 
+import gc
 import os
 import secrets
 from collections.abc import Iterator
@@ -24,6 +25,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         parts = Path(str(item.path)).resolve().relative_to(TESTS).parts
         if parts and parts[0] in ("integration", "e2e"):
             item.add_marker(getattr(pytest.mark, parts[0]))
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage_after_each_test() -> Iterator[None]:
+    """A resource leaked in a reference cycle warns when the collector finds it, which is
+    whenever; collecting here fails the test that leaked it, not a later bystander."""
+    yield
+    gc.collect()
 
 
 # --- the local Kubernetes cluster ------------------------------------------------------------

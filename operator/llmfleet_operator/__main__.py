@@ -10,6 +10,7 @@ import sys
 from llmfleet_operator import __version__
 from llmfleet_operator.settings import (
     OperatorSettings,
+    add_connection_arguments,
     add_leader_election_arguments,
     add_run_arguments,
     from_args,
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Watch LLMDeployments and reconcile them into GPU worker fleets.",
     )
     add_run_arguments(run)
+    add_connection_arguments(run)
     add_leader_election_arguments(run)
     return parser
 

@@ -136,7 +136,7 @@ class AnalysisLoop:
                     )
                 self._last_run[key] = now
                 self._latest[key] = (candidate, result)
-                metrics.CANARY_ANALYSES.labels(verdict=result["verdict"]).inc()
+                metrics.count_canary_analysis(key, result["verdict"])
                 log.info("canary analysis %s/%s: %s %s", *key, result["verdict"], result["message"])
                 self.enqueue(key)
 

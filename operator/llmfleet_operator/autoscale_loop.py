@@ -45,6 +45,9 @@ class ScaleState:
     limited: Condition | None = None
     #: Why free GPUs are unknown for this fleet's pod template (None: known, or not looked).
     capacity_unknown: str | None = None
+    #: The signals of the last evaluation and when it ran (None: no usable answer then).
+    signals: Signals | None = None
+    evaluated_at: float = 0.0
 
 
 class AutoscaleLoop:
@@ -100,6 +103,13 @@ class AutoscaleLoop:
         if st is None:
             return []
         return [c for c in (st.condition, st.limited) if c is not None]
+
+    def last_signals(self, key: Key) -> tuple[Signals, float] | None:
+        """The signals the last evaluation of ``key`` used, and when it ran (for metrics)."""
+        st = self.state.get(key)
+        if st is None or st.signals is None:
+            return None
+        return st.signals, st.evaluated_at
 
     def forget(self, key: Key) -> None:
         """Drop the state of a deleted LLMDeployment."""
@@ -235,6 +245,7 @@ class AutoscaleLoop:
         now: float,
     ) -> None:
         st = self.state.setdefault(key, ScaleState())
+        st.signals, st.evaluated_at = signals, now
         a = spec.autoscaling
         policy = Policy(
             min_replicas=a.min_replicas,
@@ -376,7 +387,7 @@ class AutoscaleLoop:
             "time": moment,
         }
         direction = decision.direction(current)
-        metrics.SCALING_DECISIONS.labels(direction=direction, reason=decision.reason).inc()
+        metrics.count_scaling_decision(key, direction, decision.reason)
         detail = ", ".join(f"{k}={v:g}" for k, v in decision.signals.items())
         message = f"{current} -> {decision.replicas} replicas: {decision.reason} ({detail})"
         if decision.limited_by == Why.GPU_LIMITED:

@@ -208,26 +208,32 @@ class _Stream:
 
     async def _watch(self, version: str) -> str:
         self.watches += 1
+        stream = self.kube.watch(
+            self.path,
+            version,
+            field_selector=self.field_selector,
+            timeout_seconds=self.watch_timeout,
+        )
         try:
-            async for ev in self.kube.watch(
-                self.path,
-                version,
-                field_selector=self.field_selector,
-                timeout_seconds=self.watch_timeout,
-            ):
-                type_, obj = str(ev.get("type", "")), ev.get("object") or {}
-                if type_ == "ERROR":
-                    code = int(obj.get("code", 0) or 0)
-                    if code == 410:
-                        raise _GoneError
-                    raise ApiError(code or 500, "WATCH", self.path, str(obj.get("message", obj)))
-                version = str((obj.get("metadata") or {}).get("resourceVersion", version))
-                if self._warned or self._watch_refused:
-                    self._watch_refused = False
-                    self._healthy()
-                if type_ in ("ADDED", "MODIFIED", "DELETED"):
-                    key, record = self._slim(obj)
-                    self._event(type_, key, None if type_ == "DELETED" else record)
+            # aclosing: leaving the loop by an exception closes the stream's connection now,
+            # not whenever the collector finalises the suspended generator.
+            async with contextlib.aclosing(stream):
+                async for ev in stream:
+                    type_, obj = str(ev.get("type", "")), ev.get("object") or {}
+                    if type_ == "ERROR":
+                        code = int(obj.get("code", 0) or 0)
+                        if code == 410:
+                            raise _GoneError
+                        raise ApiError(
+                            code or 500, "WATCH", self.path, str(obj.get("message", obj))
+                        )
+                    version = str((obj.get("metadata") or {}).get("resourceVersion", version))
+                    if self._warned or self._watch_refused:
+                        self._watch_refused = False
+                        self._healthy()
+                    if type_ in ("ADDED", "MODIFIED", "DELETED"):
+                        key, record = self._slim(obj)
+                        self._event(type_, key, None if type_ == "DELETED" else record)
         except ApiError as e:
             if e.status == 410:
                 raise _GoneError from e
@@ -399,6 +405,20 @@ class FreeGpus:
             cap = free_capacity(self.nodes.values(), self.used, resource, placement)
             self._memo[key] = cap
         return cap
+
+    def totals(self) -> dict[str, tuple[int, int]] | None:
+        """Resource -> (allocatable, free) on Ready, schedulable nodes, for every extended
+        resource a node offers (None while free GPUs are unknown). For the metrics."""
+        if self.unknown() is not None:
+            return None
+        # Copies first: scrapes run on the metrics server's thread while watches write.
+        nodes = list(self.nodes.values())
+        used = {node: dict(per) for node, per in list(self.used.items())}
+        out = {}
+        for resource in sorted({r for node in nodes for r in node.allocatable}):
+            cap = free_capacity(nodes, used, resource)
+            out[resource] = (cap.total, cap.free)
+        return out
 
     def for_spec(self, spec: LLMDeploymentSpec) -> GpuCapacity | CapacityUnknown:
         """Free GPUs for this LLMDeployment's worker pods."""

@@ -11,22 +11,19 @@ point at the ``llmfleet.io/`` prefix so nothing under ``kopf.zalando.org`` ever 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
-import os
-import tempfile
 from typing import Any
 
 import kopf
 
-from llmfleet_operator import metrics
+from llmfleet_operator import login, metrics
 from llmfleet_operator.analysis_loop import AnalysisLoop
 from llmfleet_operator.api import GROUP, LABEL_DEPLOYMENT, PLURAL, VERSION
 from llmfleet_operator.autoscale_loop import AutoscaleLoop
 from llmfleet_operator.cache import Cache, Key
 from llmfleet_operator.free_gpus import FreeGpus
-from llmfleet_operator.k8s import SERVICE_ACCOUNT_TOKEN, Credentials, Kube
+from llmfleet_operator.k8s import Kube
 from llmfleet_operator.leader import LeaderDuties, LeaderElector, default_identity, own_namespace
 from llmfleet_operator.priming import prime
 from llmfleet_operator.reconciler import Reconciler
@@ -39,43 +36,30 @@ OWNED = {LABEL_DEPLOYMENT: kopf.PRESENT}
 CHILD_EVENT_DELAY = 1.0
 
 
-def credentials_from(info: kopf.ConnectionInfo) -> Credentials:
-    """Our client's credentials from what kopf's login found (kubeconfig or in-cluster)."""
-    tmp = tempfile.mkdtemp(prefix="llmfleet-creds-")
+def _source(memo: kopf.Memo) -> login.Source:
+    config: OperatorSettings = memo.config
+    return login.Source(kubeconfig=config.kubeconfig, context=config.context)
 
-    def materialise(data: Any, name: str) -> str | None:
-        if not data:
-            return None
-        raw = data if isinstance(data, bytes) else base64.b64decode(data)
-        path = os.path.join(tmp, name)
-        with open(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600), "wb") as f:
-            f.write(raw)
-        return path
 
-    def path_of(value: Any) -> str | None:
-        return os.fsdecode(value) if value else None
-
-    in_cluster = info.token is not None and SERVICE_ACCOUNT_TOKEN.exists()
-    return Credentials(
-        server=str(info.server),
-        ca_path=path_of(info.ca_path) or materialise(info.ca_data, "ca.crt"),
-        insecure=bool(info.insecure),
-        token=info.token,
-        token_path=str(SERVICE_ACCOUNT_TOKEN) if in_cluster else None,
-        certificate_path=path_of(info.certificate_path)
-        or materialise(info.certificate_data, "tls.crt"),
-        private_key_path=path_of(info.private_key_path)
-        or materialise(info.private_key_data, "tls.key"),
+@kopf.on.login()
+async def authenticate(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
+    """kopf's watches log in from the same configuration as our client: one user for both
+    (kopf calls this again when the credentials expire or are refused)."""
+    try:
+        creds = await login.load(_source(memo))
+    except login.LoginError as e:
+        raise kopf.LoginError(str(e)) from e
+    return kopf.ConnectionInfo(
+        server=creds.server,
+        ca_path=creds.ca_path,
+        insecure=creds.insecure,
+        scheme=creds.scheme,
+        token=creds.token,
+        certificate_path=creds.certificate_path,
+        private_key_path=creds.private_key_path,
+        proxy_url=creds.proxy_url,
+        expiration=creds.expires,
     )
-
-
-def _login(settings: kopf.OperatorSettings) -> kopf.ConnectionInfo:
-    info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
-        settings=settings
-    )
-    if info is None:
-        raise kopf.PermanentError("no in-cluster service account and no kubeconfig found")
-    return info
 
 
 @kopf.on.startup()
@@ -96,7 +80,12 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     # keep a memory of) every pod in the cluster. GPU accounting watches bound pods itself.
     settings.watching.label_selectors["v1", "pods"] = LABEL_DEPLOYMENT
 
-    kube = Kube(credentials_from(_login(settings)))
+    source = _source(memo)
+    try:
+        credentials = await login.load(source)
+    except login.LoginError as e:
+        raise kopf.PermanentError(str(e)) from e
+    kube = Kube(credentials, relogin=lambda: login.load(source))
     cache = Cache()
     # Nodes and device-holding pods, watched cluster-wide (unless the install may not).
     free_gpus = FreeGpus(kube, enabled=config.gpu_capacity_view == "cluster")
@@ -147,6 +136,12 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.autoscaler, memo.analysis = autoscaler, analysis
     duties = LeaderDuties(queue, analysis, autoscaler, cache)
     memo.duties = duties
+    # Per-fleet and GPU gauges, computed at scrape time; the leader's only.
+    metrics.install(
+        metrics.FleetCollector(
+            cache, lambda: duties.leading, autoscaler.last_signals, free_gpus.totals
+        )
+    )
     memo.autoscaler_task = asyncio.create_task(autoscaler.run(), name="llmfleet-autoscaler")
     if config.leader_election:
         autoscaler.active = False  # a standby until the Lease is ours
@@ -205,7 +200,7 @@ async def llmdeployment_event(type: str | None, body: kopf.Body, memo: kopf.Memo
         memo.queue.forget(key)
         memo.autoscaler.forget(key)
         memo.analysis.forget(key)
-        metrics.forget_rollout(key)
+        metrics.forget_fleet(key)
         memo.cache.children.pop(key, None)
         memo.cache.pods.pop(key, None)
         return

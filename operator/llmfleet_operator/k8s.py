@@ -7,22 +7,21 @@ says who owns what, re-applying the same object is a no-op, and fields that othe
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 import uuid
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
 import aiohttp
 
 from llmfleet_operator import metrics
+from llmfleet_operator.login import Credentials
 
 FIELD_MANAGER = "llmfleet-operator"
-SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 
 # (apiVersion, kind) -> plural; only the kinds the operator reads or writes.
 PLURALS: dict[tuple[str, str], str] = {
@@ -52,20 +51,6 @@ class ApiError(Exception):
         super().__init__(f"{method} {path}: {status} {message}")
         self.status = status
         self.message = str(message)
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """How to reach and authenticate to the API server (from a kubeconfig or in-cluster)."""
-
-    server: str
-    ca_path: str | None = None
-    ca_data: bytes | None = None
-    insecure: bool = False
-    token: str | None = None
-    token_path: str | None = None  # re-read on 401: projected tokens rotate
-    certificate_path: str | None = None
-    private_key_path: str | None = None
 
 
 def resource_path(
@@ -99,19 +84,23 @@ def object_path(obj: Mapping[str, Any], subresource: str | None = None) -> str:
 class Kube:
     """A small async client: get, list, server-side apply, delete, events."""
 
-    def __init__(self, credentials: Credentials, field_manager: str = FIELD_MANAGER) -> None:
+    def __init__(
+        self,
+        credentials: Credentials,
+        field_manager: str = FIELD_MANAGER,
+        *,
+        relogin: Callable[[], Awaitable[Credentials]] | None = None,
+    ) -> None:
         self._creds = credentials
-        self._token = credentials.token
+        self._relogin = relogin
+        self._relogin_lock = asyncio.Lock()
         self.field_manager = field_manager
         self._session: aiohttp.ClientSession | None = None
 
     def _ssl(self) -> ssl.SSLContext | bool:
         if self._creds.insecure:
             return False
-        ctx = ssl.create_default_context(
-            cafile=self._creds.ca_path,
-            cadata=self._creds.ca_data.decode() if self._creds.ca_data else None,
-        )
+        ctx = ssl.create_default_context(cafile=self._creds.ca_path)
         if self._creds.certificate_path and self._creds.private_key_path:
             ctx.load_cert_chain(self._creds.certificate_path, self._creds.private_key_path)
         return ctx
@@ -122,6 +111,9 @@ class Kube:
                 base_url=self._creds.server.rstrip("/") + "/",
                 connector=aiohttp.TCPConnector(ssl=self._ssl(), limit=32),
                 timeout=aiohttp.ClientTimeout(total=30),
+                # A kubeconfig's proxy-url is the proxy; the environment's are not consulted
+                # (client-go's rule when proxy-url is set; none set: HTTPS_PROXY applies).
+                trust_env=self._creds.proxy_url is None,
             )
         return self._session
 
@@ -129,6 +121,43 @@ class Kube:
         """Release the connection pool."""
         if self._session is not None:
             await self._session.close()
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        if authorization := self._creds.authorization:
+            headers["Authorization"] = authorization
+        return headers
+
+    def _transport(self) -> dict[str, Any]:
+        """Per-request options that come from the credentials."""
+        options: dict[str, Any] = {}
+        if self._creds.proxy_url:
+            options["proxy"] = self._creds.proxy_url
+        if self._creds.tls_server_name:
+            options["server_hostname"] = self._creds.tls_server_name
+        return options
+
+    async def _login_again(self, refused: Credentials | None = None) -> bool:
+        """Load credentials again (an exec plugin runs); whether they changed.
+
+        ``refused``: the credentials a 401 answered; if another request already replaced
+        them, that counts as a change without loading again. Concurrent callers share one
+        load.
+        """
+        if self._relogin is None:
+            return False
+        async with self._relogin_lock:
+            if refused is not None and self._creds != refused:
+                return True
+            if refused is None and not self._creds.expiring():
+                return False
+            fresh = await self._relogin()
+            changed = fresh != self._creds
+            if not fresh.same_transport(self._creds) and self._session is not None:
+                await self._session.close()  # new TLS identity: new connections
+                self._session = None
+            self._creds = fresh
+            return changed
 
     async def request(
         self,
@@ -141,35 +170,29 @@ class Kube:
     ) -> Any:
         """One API call; returns parsed JSON (None for 404 on GET)."""
         url = path.lstrip("/") + (f"?{urlencode(query)}" if query else "")
+        if self._creds.expiring():
+            await self._login_again()
         for attempt in (1, 2):
-            headers = {"Accept": "application/json"}
-            if self._token:
-                headers["Authorization"] = f"Bearer {self._token}"
+            headers = self._headers()
             data = None
             if body is not None:
                 headers["Content-Type"] = content_type
                 data = json.dumps(body)
+            used = self._creds
             session = await self._sess()
             metrics.API_REQUESTS.labels(method=method).inc()
-            async with session.request(method, url, data=data, headers=headers) as resp:
+            async with session.request(
+                method, url, data=data, headers=headers, **self._transport()
+            ) as resp:
                 text = await resp.text()
-                if resp.status == 401 and attempt == 1 and self._reload_token():
-                    continue
-                if resp.status == 404 and method == "GET":
-                    return None
-                if resp.status >= 400:
-                    raise ApiError(resp.status, method, path, text)
-                return json.loads(text) if text else None
+            if resp.status == 401 and attempt == 1 and await self._login_again(used):
+                continue
+            if resp.status == 404 and method == "GET":
+                return None
+            if resp.status >= 400:
+                raise ApiError(resp.status, method, path, text)
+            return json.loads(text) if text else None
         raise AssertionError("unreachable")  # pragma: no cover
-
-    def _reload_token(self) -> bool:
-        path = self._creds.token_path
-        if not path:
-            return False
-        token = Path(path).read_text().strip()
-        changed = token != self._token
-        self._token = token
-        return changed
 
     async def get(self, path: str) -> dict[str, Any] | None:
         """The object at ``path`` or None when it does not exist."""
@@ -201,7 +224,7 @@ class Kube:
         *,
         field_selector: str | None = None,
         timeout_seconds: int = 300,
-    ) -> AsyncIterator[dict[str, Any]]:
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """The watch events of a collection from ``resource_version`` (bookmarks included),
         one parsed JSON line at a time, until the server ends the watch (``timeout_seconds``).
 
@@ -220,22 +243,28 @@ class Kube:
         # No total timeout: the stream lives for minutes; silence beyond the server's own
         # timeout (plus a margin) means a dead connection.
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=timeout_seconds + 30)
+        if self._creds.expiring():
+            await self._login_again()
         for attempt in (1, 2):
-            headers = {"Accept": "application/json"}
-            if self._token:
-                headers["Authorization"] = f"Bearer {self._token}"
+            used = self._creds
             session = await self._sess()
             metrics.API_REQUESTS.labels(method="WATCH").inc()
-            async with session.get(url, headers=headers, timeout=timeout) as resp:
-                if resp.status == 401 and attempt == 1 and self._reload_token():
-                    continue
-                if resp.status >= 400:
-                    raise ApiError(resp.status, "WATCH", path, await resp.text())
-                # A Node with many images or a Pod with many containers exceeds the default.
-                while line := await resp.content.readline(max_line_length=WATCH_MAX_LINE):
-                    if line.strip():
-                        yield json.loads(line)
-                return
+            async with session.get(
+                url, headers=self._headers(), timeout=timeout, **self._transport()
+            ) as resp:
+                if resp.status == 401 and attempt == 1:
+                    await resp.release()
+                else:
+                    if resp.status >= 400:
+                        raise ApiError(resp.status, "WATCH", path, await resp.text())
+                    # A Node with many images or a Pod with many containers exceeds the
+                    # default line length.
+                    while line := await resp.content.readline(max_line_length=WATCH_MAX_LINE):
+                        if line.strip():
+                            yield json.loads(line)
+                    return
+            if not await self._login_again(used):
+                raise ApiError(401, "WATCH", path, "Unauthorized")
 
     async def apply(
         self,

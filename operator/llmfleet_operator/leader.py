@@ -223,10 +223,13 @@ class LeaderDuties:
         self.autoscaler = autoscaler
         self.cache = cache
         self._tasks: list[asyncio.Task[None]] = []
+        #: True during a term: only then does this replica export per-fleet metrics.
+        self.leading = False
 
     async def start(self) -> None:
         """Begin a term: everything the cache knows gets a reconcile."""
         self.autoscaler.active = True
+        self.leading = True
         for key in self.cache.llmds:
             self.queue.add(key)
         self._tasks = [
@@ -237,6 +240,7 @@ class LeaderDuties:
     async def stop(self) -> None:
         """End a term: no write leaves this replica after this returns."""
         self.autoscaler.active = False
+        self.leading = False
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()

@@ -285,9 +285,9 @@ class Reconciler:
         )
         for reason, message, type_ in decision.events:
             await self.kube.event(body, reason, message, type_)
+        metrics.start_fleet_counters(key)
         if decision.rolled_back is not None:
-            metrics.ROLLBACKS.labels(reason=decision.rolled_back).inc()
-        metrics.set_rollout_phase(key, str(decision.status.get("phase", rollout.STABLE)))
+            metrics.count_rollback(key, decision.rolled_back)
         if decision.requeue_after is not None:
             # A deadline, a pause or a GPU recheck is due then; events wake us before.
             wait = max(1.0, decision.requeue_after)

@@ -39,6 +39,9 @@ class OperatorSettings:
     leader_election_id: str = "llmfleet-operator"
     #: This replica's name in the Lease (the pod name in-cluster).
     identity: str = ""
+    #: The kubeconfig (empty: $KUBECONFIG, in-cluster, ~/.kube/config) and its context.
+    kubeconfig: str = ""
+    context: str = ""
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -140,6 +143,22 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the API server is and who we are to it, as kubectl's flags say it."""
+    parser.add_argument(
+        "--kubeconfig",
+        default="",
+        help="kubeconfig file(s) (default: $KUBECONFIG; in a pod, its service account; "
+        "else ~/.kube/config); exec credential plugins, token files and proxies work as in "
+        "kubectl",
+    )
+    parser.add_argument(
+        "--context",
+        default=_env("KUBE_CONTEXT", ""),
+        help="kubeconfig context (default: its current-context; env LLMFLEET_KUBE_CONTEXT)",
+    )
+
+
 def add_leader_election_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags for running several replicas, one of them active."""
     parser.add_argument(
@@ -191,4 +210,6 @@ def from_args(args: argparse.Namespace) -> OperatorSettings:
         leader_election_namespace=args.leader_election_namespace,
         leader_election_id=args.leader_election_id,
         identity=args.identity,
+        kubeconfig=args.kubeconfig,
+        context=args.context,
     )

@@ -15,6 +15,8 @@ import time
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
+from llmfleet_operator import metrics
+
 K = TypeVar("K", bound=Hashable)
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,8 @@ class WorkQueue(Generic[K]):
         self._dirty: set[K] = set()  # re-added while active: run again when done
         self._failures: dict[K, int] = {}
         self._timers: dict[K, asyncio.TimerHandle] = {}
+        #: When each queued key became due (monotonic): its wait is the latency metric.
+        self._due_since: dict[K, float] = {}
         self.processed = 0
 
     def __len__(self) -> int:
@@ -55,6 +59,7 @@ class WorkQueue(Generic[K]):
             return
         if key not in self._queued:
             self._queued.add(key)
+            self._due_since[key] = time.monotonic()
             self._ready.put_nowait(key)
 
     def add_after(self, key: K, delay: float) -> None:
@@ -104,6 +109,9 @@ class WorkQueue(Generic[K]):
             self._queued.discard(key)
             self._active.add(key)
             started = time.monotonic()
+            due = self._due_since.pop(key, None)
+            if due is not None:
+                metrics.QUEUE_LATENCY.observe(started - due)
             try:
                 await self._handler(key)
             except asyncio.CancelledError:

@@ -93,7 +93,6 @@ def pod_backer_factory(
             tmp_path / "podbacker",
             namespaces=[namespace],
             sd_file=sd_file,
-            kubectl=cluster.bin("kubectl"),
             **options,
         )
         started.append(backer.start())

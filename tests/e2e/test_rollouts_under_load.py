@@ -187,7 +187,8 @@ def test_healthy_canary_is_promoted_under_load_and_fails_no_request(
     }
     assert {"RolloutStarted", "CanaryStep", "Promoting", "Promoted"} <= reasons
     analyses = rollout_operator.metrics()
-    assert analyses['llmfleet_operator_canary_analyses_total{verdict="Passed"}'] >= 1
+    chat = f'llmdeployment="chat",namespace="{kube.namespace}"'
+    assert analyses[f'llmfleet_operator_canary_analyses_total{{{chat},verdict="Passed"}}'] >= 1
 
 
 def watch_rollback(

@@ -28,9 +28,10 @@ from typing import Any, TypeVar
 
 import pytest
 
+from llmfleet_operator import login
 from llmfleet_operator.capacity import CapacityUnknown, GpuCapacity, Placement, gpu_capacity
 from llmfleet_operator.free_gpus import POD_FIELD_SELECTOR, VIEW_OFF, FreeGpus
-from llmfleet_operator.k8s import Credentials, Kube
+from llmfleet_operator.k8s import Kube
 from localcluster import KWOK_NODE_ANNOTATION, LocalCluster, free_port
 from support.kube import Kubectl
 from support.processes import OperatorProcess, scrape
@@ -42,18 +43,6 @@ POOL = "llmfleet.io/test-pool"
 T = TypeVar("T")
 
 
-def credentials(kubeconfig: Path) -> Credentials:
-    """Our client's credentials from a local cluster's kubeconfig (client certificates)."""
-    config = json.loads(kubeconfig.read_text())
-    cluster, user = config["clusters"][0]["cluster"], config["users"][0]["user"]
-    return Credentials(
-        server=cluster["server"],
-        ca_path=cluster["certificate-authority"],
-        certificate_path=user["client-certificate"],
-        private_key_path=user["client-key"],
-    )
-
-
 class ThreadedView:
     """A ``FreeGpus`` running on its own event loop thread; reads go through that loop."""
 
@@ -61,7 +50,9 @@ class ThreadedView:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.kube = Kube(credentials(kubeconfig))
+        source = login.Source(kubeconfig=str(kubeconfig))
+        credentials = asyncio.run_coroutine_threadsafe(login.load(source), self.loop)
+        self.kube = Kube(credentials.result(timeout=30))
         self.view = FreeGpus(self.kube, watch_timeout=watch_timeout)
         self.call(self.view.start)
 

@@ -286,10 +286,9 @@ def test_progress_deadline_rolls_a_never_ready_candidate_back(
         timeout=60,
     )
     metrics = operator.metrics()
-    assert metrics['llmfleet_operator_rollbacks_total{reason="RolledBack"}'] >= 1
-    phase = (
-        f'llmfleet_operator_rollout_phase{{llmdeployment="deadline",namespace="{kube.namespace}"'
-    )
+    fleet = f'llmdeployment="deadline",namespace="{kube.namespace}"'
+    assert metrics[f'llmfleet_operator_rollbacks_total{{{fleet},reason="RolledBack"}}'] >= 1
+    phase = f"llmfleet_operator_rollout_phase{{{fleet}"
     assert metrics[f'{phase},phase="RolledBack"}}'] == 1
     assert metrics[f'{phase},phase="Progressing"}}'] == 0
     events = kube.get(

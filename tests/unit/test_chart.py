@@ -492,7 +492,7 @@ def test_service_monitor_scrapes_the_operator(helm: Helm) -> None:
     )
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
     assert monitor["spec"]["endpoints"] == [
-        {"port": "metrics", "path": "/metrics", "interval": "30s"}
+        {"port": "metrics", "path": "/metrics", "interval": "30s", "honorLabels": True}
     ]
     assert not find(docs, "PodMonitor")
 
