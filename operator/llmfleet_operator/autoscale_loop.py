@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import aiohttp
+import httpx
 from pydantic import ValidationError
 
 from llmfleet_operator import metrics, promql
@@ -28,7 +28,8 @@ from llmfleet_operator.capacity import CapacityUnknown, GpuCapacity
 from llmfleet_operator.conditions import Condition, rfc3339
 from llmfleet_operator.fleet import FleetObservation, observe_fleet
 from llmfleet_operator.k8s import Kube
-from llmfleet_operator.prometheus import PrometheusError, pick_url, query_all
+from llmfleet_operator.prometheus import PrometheusError, client, pick_url, query_all
+from llmfleet_operator.resources import max_num_seqs
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +119,8 @@ class AutoscaleLoop:
     # --- the loop ------------------------------------------------------------------------------
     async def run(self) -> None:
         """Evaluate every ``interval`` seconds until cancelled."""
-        timeout = aiohttp.ClientTimeout(total=max(2.0, min(10.0, self.interval / 2)))
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        timeout = max(2.0, min(10.0, self.interval / 2))
+        async with client(timeout) as session:
             while True:
                 started = time.monotonic()
                 try:
@@ -147,13 +148,13 @@ class AutoscaleLoop:
         return out
 
     async def _fetch(
-        self, session: aiohttp.ClientSession, url: str, engine: str
+        self, session: httpx.AsyncClient, url: str, engine: str
     ) -> dict[str, dict[tuple[str, ...], promql.Sample]] | PrometheusError:
         qs = promql.queries(engine, self.rate_window)
         self.queries_sent += len(qs)
         return await query_all(session, url, qs)
 
-    async def tick(self, session: aiohttp.ClientSession) -> None:
+    async def tick(self, session: httpx.AsyncClient) -> None:
         """One evaluation of the whole fleet."""
         fleet = self._builtin()
         groups: dict[tuple[str, str], list[Key]] = {}
@@ -179,15 +180,21 @@ class AutoscaleLoop:
                 if isinstance(answers, PrometheusError):
                     problem = f"Prometheus at {url} unavailable: {answers}"
                 else:
-                    signals = self._signals(answers, key, now)
+                    signals = self._signals(answers, key, now, max_num_seqs(spec))
                     if signals is None:
                         problem = f"no worker metrics for this LLMDeployment in {url}"
                 await self._evaluate(key, body, spec, signals, problem, url, now)
 
     @staticmethod
     def _signals(
-        answers: Mapping[str, Mapping[tuple[str, ...], promql.Sample]], key: Key, now: float
+        answers: Mapping[str, Mapping[tuple[str, ...], promql.Sample]],
+        key: Key,
+        now: float,
+        per_worker: int | None = None,
     ) -> Signals | None:
+        """The signals of one LLMDeployment; ``per_worker`` is one worker's batch size as the
+        spec sets it (vLLM exports none): the capacity when the workers report none."""
+
         def value(name: str) -> float | None:
             sample = answers.get(name, {}).get(key)
             return sample.value if sample is not None else None
@@ -199,14 +206,17 @@ class AutoscaleLoop:
         # The samples' own age by Prometheus's clock (the operator's may differ), as of now
         # by ours. A sample stamped after the query (an exporter's clock ahead) is fresh.
         age = max(0.0, sampled.evaluated_at - sampled.value)
-        reporting = value("reporting")
+        reporting = int(value("reporting") or 0)
+        capacity = value("capacity")
+        if capacity is None and per_worker is not None and reporting > 0:
+            capacity = float(per_worker * reporting)
         return Signals(
             at=now - age,
             waiting=waiting,
             running=running,
-            capacity=value("capacity"),
+            capacity=capacity,
             ttft_p95=value("ttft_p95"),
-            reporting=int(reporting) if reporting is not None else 0,
+            reporting=reporting,
         )
 
     def _fleet_of(

@@ -76,7 +76,8 @@ class Signals:
     at: float
     waiting: float
     running: float
-    #: Sum over workers of the most sequences each runs at once (None: not exported).
+    #: Sum over workers of the most sequences each runs at once (None: unknown: neither
+    #: exported by the workers nor set by the spec).
     capacity: float | None = None
     ttft_p95: float | None = None
     #: Workers that reported in the last scrape.
@@ -146,20 +147,19 @@ def needs(policy: Policy, fleet: Fleet, s: Signals) -> dict[str, float]:
     """How many replicas each signal says the load needs (fractional)."""
     base = max(fleet.ready, 1)
     out: dict[str, float] = {}
-    per_worker = (s.capacity / max(s.reporting, 1)) if s.capacity else None
-    if per_worker and per_worker > 0:
-        # Every request in flight is either in a batch or waiting. One replica should hold a
-        # full batch plus ``targetQueueDepthPerReplica`` waiting, so the fleet needs
-        # in-flight / (batch + target) replicas. This counts no replica that is still
-        # starting, so a queue that persists while new pods load does not over-scale.
-        in_flight = s.waiting + s.running
-        need = in_flight / (per_worker + policy.target_queue_per_replica)
-        out[Why.QUEUE if s.waiting > 0 else Why.RUNNING] = need
-    else:
-        # Engines that do not export their batch capacity: HPA's formula on the average queue
-        # per replica, and the target standing in for a worker's concurrency.
-        out[Why.QUEUE] = s.waiting / policy.target_queue_per_replica
-        out[Why.RUNNING] = s.running / policy.target_queue_per_replica
+    reporting = max(s.reporting, 1)
+    # Batch size unknown (neither exported nor known from the spec): the batches observed
+    # now. A lower bound of the capacity (exact while a queue waits: then the batches are
+    # full), so the proposal is never below what the true capacity gives. Running requests
+    # are not queue: they never stand in for waiting ones.
+    per_worker = (s.capacity or s.running) / reporting
+    # Every request in flight is either in a batch or waiting. One replica should hold a
+    # full batch plus ``targetQueueDepthPerReplica`` waiting, so the fleet needs
+    # in-flight / (batch + target) replicas. This counts no replica that is still
+    # starting, so a queue that persists while new pods load does not over-scale.
+    in_flight = s.waiting + s.running
+    need = in_flight / (per_worker + policy.target_queue_per_replica)
+    out[Why.QUEUE if s.waiting > 0 else Why.RUNNING] = need
     if policy.ttft_p95_seconds and s.ttft_p95 is not None and s.ttft_p95 > 0:
         ratio = s.ttft_p95 / policy.ttft_p95_seconds
         # Latency below target says nothing about how few replicas would do: only scale up.

@@ -94,7 +94,11 @@ class _ServerDefaults(GenerateJsonSchema):
 
     def get_default_value(self, schema: core_schema.WithDefaultSchema) -> Any:
         factory = schema.get("default_factory")
-        if factory is not None and not schema.get("default_factory_takes_data"):
+        if isinstance(factory, type) and issubclass(factory, BaseModel):
+            # The fields' own defaults, before validators resolve any (worker.image follows
+            # worker.engine: the operator fills it in, the server must not).
+            default = factory.model_construct()
+        elif factory is not None and not schema.get("default_factory_takes_data"):
             default = cast(Callable[[], Any], factory)()
         else:
             default = super().get_default_value(schema)

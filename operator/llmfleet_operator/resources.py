@@ -22,6 +22,7 @@ from llmfleet_operator.api import (
     LABEL_TRACK,
     STABLE_TRACK,
     AutoscalingMode,
+    Engine,
     LLMDeploymentSpec,
     ServiceType,
 )
@@ -30,7 +31,9 @@ LABEL_COMPONENT: Final = "app.kubernetes.io/component"
 WORKER_PORT_NAME: Final = "http"
 MODEL_MOUNT: Final = "/models"
 HF_HOME: Final = "/var/cache/huggingface"
-WORKER_UID: Final = 65532  # the worker image's USER (Dockerfile.worker)
+#: The worker image's USER (Dockerfile.worker). vLLM's image runs as root unless told
+#: otherwise; it runs as any UID with a writable HOME (an emptyDir), so its pods get this too.
+WORKER_UID: Final = 65532
 #: Seconds the worker gets to finish in-flight requests after SIGTERM.
 DRAIN_SECONDS: Final = 120
 #: preStop pause so that endpoints stop routing to the pod before it stops admitting.
@@ -39,6 +42,14 @@ PRESTOP_SECONDS: Final = 5
 STARTUP_PERIOD: Final = 10
 STARTUP_FAILURES: Final = 180
 GPU_TOLERATION_EFFECT: Final = "NoSchedule"
+#: engine vllm: the server the pod runs (the vllm/vllm-openai image's own entrypoint).
+VLLM_COMMAND: Final = ("vllm", "serve")
+#: engine vllm: --max-num-seqs when worker.maxNumSeqs is unset (vLLM's own default depends
+#: on the device it finds, so the operator always says it: the autoscaler counts on it).
+VLLM_DEFAULT_MAX_NUM_SEQS: Final = 256
+#: engine vllm: HOME (vLLM's config and compile caches, ~/.cache and ~/.config), an emptyDir
+#: because the root filesystem is read-only.
+VLLM_HOME: Final = "/home/vllm"
 #: On the stable Deployment: the last revision that was fully Ready, and the spec that built
 #: it, so that a rollback can rebuild its pods after the spec has moved on.
 ANNOTATION_STABLE_REVISION: Final = "llmfleet.io/stable-revision"
@@ -77,15 +88,21 @@ def owner_reference(owner: Owner) -> dict[str, Any]:
     }
 
 
+_LATER_WORKER_FIELDS: Final = ("max_num_seqs",)
+
+
 def revision_of(spec: LLMDeploymentSpec) -> str:
     """A short hash of everything that changes the worker pods; a new one rolls out.
 
     Replica counts, autoscaling and rollout settings are not part of it: changing them must
     not restart pods.
     """
+    # Fields added after v0.1, while unset, are left out: an upgraded operator must not
+    # restart every worker of a spec that does not use them.
+    later = {name for name in _LATER_WORKER_FIELDS if getattr(spec.worker, name) is None}
     relevant = {
         "model": spec.model.model_dump(mode="json", by_alias=True),
-        "worker": spec.worker.model_dump(mode="json", by_alias=True),
+        "worker": spec.worker.model_dump(mode="json", by_alias=True, exclude=later),
         "auth": spec.auth.model_dump(mode="json", by_alias=True),
         "port": spec.service.port,
     }
@@ -165,10 +182,67 @@ def worker_env(owner: Owner, spec: LLMDeploymentSpec, model_arg: str) -> list[di
     if spec.model.max_model_len is not None:
         # Only when the user chose one: otherwise the worker takes the model's own length.
         env.append({"name": "LLMFLEET_MAX_MODEL_LEN", "value": str(spec.model.max_model_len)})
+    if spec.worker.max_num_seqs is not None:
+        env.append({"name": "LLMFLEET_MAX_NUM_SEQS", "value": str(spec.worker.max_num_seqs)})
     if spec.model.hf_token_secret_ref is not None:
         env.append(_secret_env("HF_TOKEN", spec.model.hf_token_secret_ref))
     if spec.auth.api_key_secret_ref is not None:
         env.append(_secret_env("LLMFLEET_API_KEY", spec.auth.api_key_secret_ref))
+    for var in spec.worker.env:
+        env.append(var.model_dump(mode="json", by_alias=True, exclude_none=True))
+    return env
+
+
+def max_num_seqs(spec: LLMDeploymentSpec) -> int | None:
+    """The --max-num-seqs a worker runs with, when the operator knows it without asking the
+    worker: the autoscaler's capacity of one worker. None for engine llmfleet with
+    maxNumSeqs unset (the worker exports what it runs with)."""
+    if spec.worker.engine is Engine.VLLM:
+        return spec.worker.max_num_seqs or VLLM_DEFAULT_MAX_NUM_SEQS
+    return spec.worker.max_num_seqs
+
+
+def vllm_args(owner: Owner, spec: LLMDeploymentSpec) -> list[str]:
+    """``vllm serve`` flags for the spec, then ``worker.args`` (which may not repeat them)."""
+    m = spec.model
+    uri = m.uri
+    if uri.startswith("hf://"):
+        model = uri.removeprefix("hf://")
+    else:
+        model, _, _ = model_location(spec)
+    args = [
+        "--model", model,
+        "--served-model-name", served_model_name(owner, spec),
+        "--host", "0.0.0.0",  # noqa: S104 - the pod's own interface
+        "--port", str(spec.service.port),
+        "--dtype", str(m.dtype),  # auto | bfloat16 | float16 | float32: vLLM's names too
+        "--tensor-parallel-size", str(max(spec.worker.resources.gpus, 1)),
+        "--max-num-seqs", str(max_num_seqs(spec)),
+    ]  # fmt: skip
+    if uri.startswith("hf://") and m.revision:
+        # A Hugging Face revision (branch, tag or commit); for pvc:// and file:// the
+        # revision is our label only. vLLM takes the tokenizer's from it too.
+        args += ["--revision", m.revision]
+    if m.max_model_len is not None:
+        args += ["--max-model-len", str(m.max_model_len)]
+    # quantization none: no flag, so vLLM serves a pre-quantized checkpoint by its config's
+    # method; int8 has no vLLM equivalent and is refused at admission (api.VLLM_INT8_MESSAGE).
+    return [*args, *spec.worker.args]
+
+
+def vllm_env(spec: LLMDeploymentSpec) -> list[dict[str, Any]]:
+    """vLLM's environment: writable caches, no usage reporting, secrets by reference."""
+    env: list[dict[str, Any]] = [
+        {"name": "HOME", "value": VLLM_HOME},
+        {"name": "HF_HOME", "value": HF_HOME},
+        {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
+        {"name": "DO_NOT_TRACK", "value": "1"},
+    ]
+    if spec.model.hf_token_secret_ref is not None:
+        env.append(_secret_env("HF_TOKEN", spec.model.hf_token_secret_ref))
+    if spec.auth.api_key_secret_ref is not None:
+        # vLLM checks it on /v1/*; /health and /metrics stay open to probes and Prometheus.
+        env.append(_secret_env("VLLM_API_KEY", spec.auth.api_key_secret_ref))
     for var in spec.worker.env:
         env.append(var.model_dump(mode="json", by_alias=True, exclude_none=True))
     return env
@@ -193,11 +267,16 @@ def pod_template(
     limits: dict[str, str] = {"memory": str(w.resources.memory)}
     if w.resources.gpus > 0:
         limits[w.resources.gpu_resource_name] = gpus
+    vllm = w.engine is Engine.VLLM
     container: dict[str, Any] = {
         "name": "worker",
         "image": w.image,
-        "args": ["serve", *w.args],
-        "env": worker_env(owner, spec, model_arg),
+        **(
+            {"command": list(VLLM_COMMAND), "args": vllm_args(owner, spec)}
+            if vllm
+            else {"args": ["serve", *w.args]}
+        ),
+        "env": vllm_env(spec) if vllm else worker_env(owner, spec, model_arg),
         "ports": [
             {"name": WORKER_PORT_NAME, "containerPort": spec.service.port, "protocol": "TCP"}
         ],
@@ -209,7 +288,8 @@ def pod_template(
         # A worker that refuses to start (a model it cannot load, a maxModelLen the model does
         # not allow) says why in its last log lines: they become the termination message.
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "readinessProbe": _probe("/ready", 5, 2),
+        # vLLM has no readiness endpoint of its own: /health answers once the engine is up.
+        "readinessProbe": _probe("/health" if vllm else "/ready", 5, 2),
         "livenessProbe": _probe("/health", 10, 3),
         # Endpoints stop routing first; then SIGTERM makes the worker drain in-flight requests.
         "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SECONDS}}},
@@ -224,6 +304,7 @@ def pod_template(
             {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - an emptyDir, not the host's
             {"name": "hf-cache", "mountPath": HF_HOME},
             {"name": "dshm", "mountPath": "/dev/shm"},  # noqa: S108 - a memory emptyDir for torch
+            *([{"name": "home", "mountPath": VLLM_HOME}] if vllm else []),
         ],
     }
     if w.image_pull_policy is not None:
@@ -252,6 +333,7 @@ def pod_template(
             {"name": "tmp", "emptyDir": {}},
             {"name": "hf-cache", "emptyDir": {}},
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "8Gi"}},
+            *([{"name": "home", "emptyDir": {}}] if vllm else []),
         ],
         "tolerations": tolerations,
         "terminationGracePeriodSeconds": DRAIN_SECONDS + PRESTOP_SECONDS + 15,

@@ -135,7 +135,10 @@ def test_every_panel_query_returns_series(
         # A scaling decision: the autoscaler takes the fleet to the new lower bound.
         apply_llmd("chat", **spec(min_replicas=2))
         wait_for("two workers serving", lambda: serving(pod_backer, kube) == 2, timeout=120)
-        stable = str(status(kube)["currentRevision"])
+        # The backer's view can run ahead of the operator's status write.
+        stable = str(
+            wait_for("a current revision", lambda: status(kube).get("currentRevision"), timeout=60)
+        )
         # A new model revision: the canary stops (paused) at its 50 % step.
         apply_llmd("chat", **spec(min_replicas=2, revision="v2"))
 

@@ -272,7 +272,7 @@ def test_good_manifest_gets_the_model_defaults(kube: Kubectl) -> None:
         "cpu": "4",
         "memory": "32Gi",
     }
-    assert stored["worker"]["image"] == api.DEFAULT_WORKER_IMAGE
+    assert "image" not in stored["worker"]  # the operator resolves it from worker.engine
     assert "maxModelLen" not in stored["model"]  # unset: the worker uses the model's length
     assert stored["rollout"] == {
         "strategy": "RollingUpdate",

@@ -23,13 +23,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from llmfleet_operator import promql
 from llmfleet_operator.autoscale_loop import AutoscaleLoop
 from llmfleet_operator.cache import Cache
-from llmfleet_operator.prometheus import query_all
+from llmfleet_operator.prometheus import client, query_all
 from support.events import EventRecorder
 from support.prometheus import PrometheusServer, prometheus_available
 from support.wait import wait_for
@@ -210,7 +209,7 @@ def _llmd(name: str) -> dict[str, Any]:
 
 def _tick(loop: AutoscaleLoop) -> None:
     async def once() -> None:
-        async with aiohttp.ClientSession() as session:
+        async with client(10.0) as session:
             await loop.tick(session)
 
     asyncio.run(once())
@@ -218,7 +217,7 @@ def _tick(loop: AutoscaleLoop) -> None:
 
 def _answers(url: str, qs: dict[str, str], by: tuple[str, ...]) -> Any:
     async def once() -> Any:
-        async with aiohttp.ClientSession() as session:
+        async with client(10.0) as session:
             return await query_all(session, url, qs, by)
 
     answers = asyncio.run(once())

@@ -11,20 +11,10 @@ import pytest
 
 from localcluster import LocalCluster
 from support.kube import Kubectl, gpu_blocker
+from support.manifests import llmd
 from support.wait import wait_for
 
 pytestmark = pytest.mark.usefixtures("operator", "models_pvc")
-
-
-def llmd(name: str, **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": {"uri": "pvc://models/tiny"}}
-    body.update(spec)
-    return {
-        "apiVersion": "llmfleet.io/v1alpha1",
-        "kind": "LLMDeployment",
-        "metadata": {"name": name},
-        "spec": body,
-    }
 
 
 def conditions(obj: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -27,6 +27,7 @@ from llmfleet_operator import api, crdgen
 from localcluster import NEVER_READY_ANNOTATION
 from support.gitops import EXPECTED, argocd_health, check_state, clean, kstatus, write_state
 from support.kube import Kubectl
+from support.manifests import manual
 from support.processes import OperatorProcess
 from support.wait import wait_for
 
@@ -35,26 +36,6 @@ pytestmark = pytest.mark.usefixtures("operator", "models_pvc")
 RECORD = os.environ.get("LLMFLEET_RECORD_STATES") == "1"
 CRD_FILE = Path(__file__).resolve().parents[2] / "crds" / crdgen.FILE_NAME
 GPUS_PER_NODE_POD = 8  # a pod that takes a whole simulated node
-
-
-def llmd(name: str, replicas: int, version: str = "v1", **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "model": {"uri": "pvc://models/tiny", "revision": version},
-        "worker": {"resources": {"gpus": 1, "cpu": "1", "memory": "1Gi"}},
-        "replicas": replicas,
-        "autoscaling": {"mode": "Manual"},
-    }
-    for key, value in spec.items():
-        if isinstance(value, dict) and isinstance(body.get(key), dict):
-            body[key] = {**body[key], **value}
-        else:
-            body[key] = value
-    return {
-        "apiVersion": api.API_VERSION,
-        "kind": api.KIND,
-        "metadata": {"name": name},
-        "spec": body,
-    }
 
 
 def cond(obj: dict[str, Any], type_: str) -> dict[str, Any]:
@@ -166,7 +147,7 @@ def check_transition(
 
 
 def test_ready(kube: Kubectl) -> None:
-    kube.apply(llmd("chat", 2))
+    kube.apply(manual("chat", 2))
     record("ready", ready(kube, "chat"))
 
 
@@ -176,10 +157,10 @@ ROLLING_ARGO, ROLLING_FLUX = {"Progressing"}, {"InProgress"}
 
 
 def test_rolling(kube: Kubectl) -> None:
-    kube.apply(llmd("chat", 2))
+    kube.apply(manual("chat", 2))
     ready(kube, "chat")
     with watching(kube, "chat") as seen:
-        kube.apply(llmd("chat", 2, version="v2", worker=NEVER_READY))
+        kube.apply(manual("chat", 2, version="v2", worker=NEVER_READY))
         obj = wait_for(
             "a RollingUpdate in progress",
             settled(
@@ -197,7 +178,7 @@ def test_rolling(kube: Kubectl) -> None:
 
 
 def canary_spec(version: str, **rollout: Any) -> dict[str, Any]:
-    return llmd(
+    return manual(
         "chat",
         4,
         version=version,
@@ -242,10 +223,10 @@ def test_canary_then_paused(kube: Kubectl) -> None:
 
 def test_rolled_back(kube: Kubectl) -> None:
     deadline = {"progressDeadlineSeconds": 10}
-    kube.apply(llmd("chat", 1, rollout=deadline))
+    kube.apply(manual("chat", 1, rollout=deadline))
     ready(kube, "chat")
     with watching(kube, "chat") as seen:
-        kube.apply(llmd("chat", 1, version="v2", rollout=deadline, worker=NEVER_READY))
+        kube.apply(manual("chat", 1, version="v2", rollout=deadline, worker=NEVER_READY))
         obj = wait_for(
             "Stalled/RolledBack",
             settled(kube, "chat", lambda o: cond(o, "Stalled").get("reason") == "RolledBack"),
@@ -257,10 +238,10 @@ def test_rolled_back(kube: Kubectl) -> None:
 
 
 def test_suspended(kube: Kubectl) -> None:
-    kube.apply(llmd("chat", 2))
+    kube.apply(manual("chat", 2))
     ready(kube, "chat")
     with watching(kube, "chat") as seen:
-        kube.apply(llmd("chat", 2, suspend=True))
+        kube.apply(manual("chat", 2, suspend=True))
         obj = wait_for(
             "suspended and scaled to zero",
             settled(
@@ -279,11 +260,11 @@ def test_suspended(kube: Kubectl) -> None:
 
 
 def test_unobserved_generation_and_no_status(kube: Kubectl, operator: OperatorProcess) -> None:
-    kube.apply(llmd("chat", 1))
+    kube.apply(manual("chat", 1))
     ready(kube, "chat")
     with operator_frozen(operator):
-        kube.apply(llmd("chat", 2))
-        kube.apply(llmd("fresh", 1))
+        kube.apply(manual("chat", 2))
+        kube.apply(manual("fresh", 1))
         before = kube.get("llmd", "chat")
         fresh = kube.get("llmd", "fresh")
     assert before["metadata"]["generation"] == 2
@@ -305,7 +286,7 @@ def test_invalid_spec(kubectl: Kubectl, kube: Kubectl, crd_installed: str) -> No
         "/properties/uri/x-kubernetes-validations"
     )
     older = json.dumps([{"op": "remove", "path": rule}])
-    bad = llmd("chat", 1)
+    bad = manual("chat", 1)
     bad["spec"]["model"]["uri"] = "s3://bucket/tiny"
     kubectl("patch", "crd", crd_installed, "--type=json", "-p", older)
     try:
@@ -341,7 +322,7 @@ def test_insufficient_gpu(kubectl: Kubectl, kube: Kubectl) -> None:
         if int(n["status"].get("allocatable", {}).get("nvidia.com/gpu", 0)) >= GPUS_PER_NODE_POD
     )
     gpus = {"resources": {"gpus": GPUS_PER_NODE_POD, "cpu": "1", "memory": "1Gi"}}
-    kube.apply(llmd("chat", nodes + 1, worker=gpus))
+    kube.apply(manual("chat", nodes + 1, worker=gpus))
     obj = wait_for(
         "Stalled/InsufficientGPU",
         settled(kube, "chat", lambda o: cond(o, "Stalled").get("reason") == "InsufficientGPU"),

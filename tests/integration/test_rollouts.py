@@ -18,6 +18,7 @@ import pytest
 from llmfleet_operator import api
 from localcluster import NEVER_READY_ANNOTATION
 from support.kube import Kubectl, gpu_blocker
+from support.manifests import manual
 from support.processes import OperatorProcess
 from support.wait import wait_for
 
@@ -27,23 +28,8 @@ GPUS_PER_POD = 8
 
 
 def llmd(name: str, replicas: int, version: str = "v1", **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "model": {"uri": "pvc://models/tiny", "revision": version},
-        "worker": {"resources": {"gpus": GPUS_PER_POD, "cpu": "1", "memory": "1Gi"}},
-        "replicas": replicas,
-        "autoscaling": {"mode": "Manual"},
-    }
-    for key, value in spec.items():
-        if isinstance(value, dict) and isinstance(body.get(key), dict):
-            body[key] = {**body[key], **value}
-        else:
-            body[key] = value
-    return {
-        "apiVersion": api.API_VERSION,
-        "kind": api.KIND,
-        "metadata": {"name": name},
-        "spec": body,
-    }
+    """A fleet whose every pod takes a whole node: each surge or replacement is visible."""
+    return manual(name, replicas, version, gpus=GPUS_PER_POD, **spec)
 
 
 def status(kube: Kubectl, name: str) -> dict[str, Any]:

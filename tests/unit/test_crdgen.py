@@ -192,6 +192,9 @@ def test_schema_defaults_equal_model_defaults(schema: dict[str, Any], spec: dict
     from_model = api.LLMDeploymentSpec.model_validate(spec).model_dump(
         mode="json", exclude_none=True
     )
+    if "image" not in spec.get("worker", {}):
+        # The one default the server leaves alone: the image follows the engine.
+        from_schema.setdefault("worker", {}).setdefault("image", api.DEFAULT_WORKER_IMAGE)
     assert without_empty(from_schema) == without_empty(from_model)
     # The server-defaulted object parses back to the same model.
     parsed = api.LLMDeploymentSpec.model_validate(from_schema)
@@ -244,6 +247,8 @@ def test_cel_rules_sit_where_their_messages_say(schema: dict[str, Any]) -> None:
         api.PAUSED_NEEDS_CANARY_MESSAGE,
         api.CANARY_NEEDS_STRATEGY_MESSAGE,
         api.CANARY_NEEDS_LLMFLEET_MESSAGE,
+        api.VLLM_INT8_MESSAGE,
+        api.VLLM_OWNED_FLAG_MESSAGE,
         api.LOAD_BALANCER_NEEDS_KEY_MESSAGE,
         api.CREDENTIAL_ENV_MESSAGE,
         api.PEER_MESSAGE,
@@ -269,10 +274,18 @@ def test_cel_rules_sit_where_their_messages_say(schema: dict[str, Any]) -> None:
     assert api.MODEL_URI_PATTERN in rules[api.MODEL_URI_MESSAGE][1]["rule"]
     assert rules[api.MODEL_NAME_MESSAGE][0] == ".spec.model.name"
     assert rules[api.OBJECT_NAME_MESSAGE][0] == ""
+    assert rules[api.VLLM_INT8_MESSAGE][1]["fieldPath"] == ".model.quantization"
+    assert rules[api.VLLM_OWNED_FLAG_MESSAGE][1]["fieldPath"] == ".worker.args"
+    assert api.VLLM_OWNED_FLAG_PATTERN in rules[api.VLLM_OWNED_FLAG_MESSAGE][1]["rule"]
     # CEL cost estimation needs a bound on every string a rule scans.
     model = schema["properties"]["spec"]["properties"]["model"]["properties"]
     assert model["uri"]["maxLength"] == 1024
     assert model["name"]["maxLength"] == 63
+    worker = schema["properties"]["spec"]["properties"]["worker"]["properties"]
+    assert worker["args"]["maxItems"] == 64
+    assert worker["args"]["items"]["maxLength"] == 4096
+    # The image's default depends on the engine: the operator resolves it, not the server.
+    assert "default" not in worker["image"]
 
 
 # --- the generator on models other than the API's --------------------------------------------

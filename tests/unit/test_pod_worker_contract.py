@@ -23,6 +23,7 @@ def test_every_llmfleet_env_var_in_the_pod_is_a_worker_setting() -> None:
                 "quantization": "int8",
                 "maxModelLen": 4096,
             },
+            "worker": {"maxNumSeqs": 8},
             "auth": {"apiKeySecretRef": {"name": "k", "key": "v"}},
         }
     )
@@ -43,5 +44,6 @@ def test_every_llmfleet_env_var_in_the_pod_is_a_worker_setting() -> None:
     assert settings.dtype == "bfloat16"
     assert settings.quantization == "int8"
     assert settings.max_model_len == 4096
+    assert settings.max_num_seqs == 8
     assert settings.port == int(container["ports"][0]["containerPort"])
     assert container["args"][0] == "serve"

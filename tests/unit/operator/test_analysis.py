@@ -6,13 +6,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
 
 from llmfleet_operator.analysis import RevisionMetrics, judge, window_seconds
 from llmfleet_operator.analysis_loop import AnalysisLoop
 from llmfleet_operator.api import CanaryAnalysis
 from llmfleet_operator.cache import Cache
+from llmfleet_operator.prometheus import client
 from support.stand_in_prometheus import StandIn, stand_in_prometheus
 
 LIMITS = CanaryAnalysis(max_error_ratio=0.05, max_ttft_ratio=1.5, min_requests=20)
@@ -110,7 +110,7 @@ async def test_one_set_of_queries_judges_every_due_canary(prometheus: StandIn) -
     now = [1000.0]
     enqueued: list[tuple[str, str]] = []
     loop = AnalysisLoop(cache, enqueued.append, url, min_window_seconds=30, clock=lambda: now[0])
-    async with aiohttp.ClientSession() as session:
+    async with client(10.0) as session:
         await loop.tick(session)
         assert len(seen) == 3  # requests, errors, TTFT: for every canary at once
         assert all("[30s]" in q for q in seen)
@@ -139,7 +139,7 @@ async def test_without_a_prometheus_url_every_check_is_inconclusive() -> None:
     cache = Cache()
     cache.observe_llmd("ADDED", canary_llmd("a"))
     loop = AnalysisLoop(cache, lambda key: None, "")
-    async with aiohttp.ClientSession() as session:
+    async with client(10.0) as session:
         await loop.tick(session)
     result = loop.latest(("ns", "a"), "new")
     assert result is not None

@@ -10,12 +10,12 @@ import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import aiohttp
 import pytest
 
 from llmfleet_operator import promql
 from llmfleet_operator.autoscale_loop import AutoscaleLoop, ScaleState
 from llmfleet_operator.cache import Cache
+from llmfleet_operator.prometheus import client
 from support.events import EventRecorder
 from support.stand_in_prometheus import StandIn, by_query, stand_in_prometheus
 
@@ -81,7 +81,7 @@ async def test_one_constant_set_of_queries_scales_every_builtin_fleet(
     enqueued: list[tuple[str, str]] = []
     kube = EventRecorder()
     loop = AutoscaleLoop(cache, enqueued.append, kube, url, clock=lambda: 1000.0)  # type: ignore[arg-type]
-    async with aiohttp.ClientSession() as session:
+    async with client(10.0) as session:
         await loop.tick(session)
     # waiting, running, reporting, ttft, capacity, sampled_at: for all fleets at once
     assert len(seen) == 6
@@ -115,7 +115,7 @@ async def test_prometheus_down_holds_and_reports(prometheus: StandIn) -> None:
     kube = EventRecorder()
     loop = AutoscaleLoop(cache, lambda key: None, kube, url, clock=lambda: 1000.0)  # type: ignore[arg-type]
     prometheus.up = False
-    async with aiohttp.ClientSession() as session:
+    async with client(10.0) as session:
         await loop.tick(session)
         await loop.tick(session)
     assert loop.wants(("ns", "a")) == 3
@@ -124,7 +124,7 @@ async def test_prometheus_down_holds_and_reports(prometheus: StandIn) -> None:
     assert "HTTP 503" in cond.message
     assert [e[0] for e in kube.events] == ["MetricsUnavailable"]  # once, on the flip
     prometheus.up = True
-    async with aiohttp.ClientSession() as session:
+    async with client(10.0) as session:
         await loop.tick(session)
     cond = next(c for c in loop.conditions(("ns", "a")) if c.type == "ScalingActive")
     assert cond.status == "True"
@@ -140,7 +140,7 @@ async def test_stale_samples_hold_with_their_age(
     # The queue asks for 4 replicas, but the oldest worker's newest sample is 200 s old by
     # Prometheus's clock (the loop's own clock would call it fresh).
     monkeypatch.setitem(VALUES, "sampled_at", PROM_NOW - 200)
-    async with aiohttp.ClientSession() as session:
+    async with client(10.0) as session:
         await loop.tick(session)
     assert loop.wants(("ns", "a")) == 2
     [cond] = loop.conditions(("ns", "a"))
@@ -152,7 +152,7 @@ async def test_stale_samples_hold_with_their_age(
     assert kube.events == [("MetricsUnavailable", cond.message, "Warning")]
 
     monkeypatch.setitem(VALUES, "sampled_at", PROM_NOW - 10)
-    async with aiohttp.ClientSession() as session:
+    async with client(10.0) as session:
         await loop.tick(session)
     assert loop.wants(("ns", "a")) == 4
     cond = next(c for c in loop.conditions(("ns", "a")) if c.type == "ScalingActive")

@@ -285,3 +285,35 @@ def test_noisy_loads_of_many_sizes_never_flap() -> None:
         sim = Sim(policy(), replicas=2)
         curve = sim.run(3600, lambda t, r=rng, b=base: b * r.uniform(0.7, 1.3))
         assert count_flaps(curve, INTERVAL, 600) == 0, (seed, curve)
+
+
+def policy_of(target: float = 4.0) -> Policy:
+    return Policy(min_replicas=1, max_replicas=16, target_queue_per_replica=target)
+
+
+def test_running_requests_without_known_capacity_are_not_queue() -> None:
+    # One vLLM-style worker batching 40 requests, nothing waiting, capacity not reported:
+    # the fleet serves its load. (The old fallback divided running by the queue target and
+    # asked for 10 replicas.)
+    s = Signals(at=0, waiting=0, running=40, reporting=1)
+    d = decide(policy_of(), Fleet(current=1, ready=1), s, History(), now=0)
+    assert d.replicas == 1
+    assert d.proposals == {Why.RUNNING: 1}
+
+
+def test_a_queue_without_known_capacity_scales_on_the_observed_batch() -> None:
+    # Batches are full while requests wait: 2 workers x 40 running, 40 waiting, target 4:
+    # (80 + 40) / (40 + 4) = 2.7 -> 3 replicas, as with a reported capacity of 40 each.
+    s = Signals(at=0, waiting=40, running=80, reporting=2)
+    d = decide(policy_of(), Fleet(current=2, ready=2), s, History(), now=0)
+    known = Signals(at=0, waiting=40, running=80, capacity=80.0, reporting=2)
+    assert d.replicas == 3
+    assert d.reason == Why.QUEUE
+    assert decide(policy_of(), Fleet(current=2, ready=2), known, History(), now=0).replicas == 3
+
+
+def test_only_waiting_requests_fall_back_to_the_queue_target() -> None:
+    s = Signals(at=0, waiting=12, running=0, reporting=1)
+    d = decide(policy_of(), Fleet(current=1, ready=1), s, History(), now=0)
+    assert d.proposals == {Why.QUEUE: 3}
+    assert d.replicas == 2  # at most doubling per decision

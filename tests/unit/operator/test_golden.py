@@ -22,6 +22,26 @@ STABLE = LLMDeploymentSpec.model_validate(
         "rollout": {"strategy": "Canary"},
     }
 )
+#: engine vllm: every field the vLLM pod maps (docs/operator.md, "engine: vllm").
+VLLM = LLMDeploymentSpec.model_validate(
+    {
+        "model": {
+            "name": "llama-3.1-8b-instruct",
+            "uri": "hf://meta-llama/Llama-3.1-8B-Instruct",
+            "revision": "0e9e39f249a16976918f6564b8830bc894c89659",
+            "dtype": "bfloat16",
+            "maxModelLen": 8192,
+            "hfTokenSecretRef": {"name": "hf", "key": "token"},
+        },
+        "worker": {
+            "engine": "vllm",
+            "maxNumSeqs": 64,
+            "args": ["--enable-prefix-caching", "--gpu-memory-utilization=0.9"],
+            "resources": {"gpus": 2},
+        },
+        "auth": {"apiKeySecretRef": {"name": "api", "key": "key"}},
+    }
+)
 CANDIDATE = STABLE.model_copy(update={"model": STABLE.model.model_copy(update={"revision": "v2"})})
 
 
@@ -41,6 +61,8 @@ def children() -> dict[str, list[dict[str, Any]]]:
             stable=(old, spec_json(STABLE)),
             canary=(1, new),
         ),
+        # engine vllm: vLLM's OpenAI server, /health probes, no LLMFLEET_* env.
+        "vllm": desired_children(OWNER, VLLM, 1, revision_of(VLLM)),
         # A full pool: the stable rolls in place (one pod at a time).
         "in-place": desired_children(
             OWNER, CANDIDATE, 3, new, surge=False, stable=(old, spec_json(STABLE))
@@ -48,7 +70,7 @@ def children() -> dict[str, list[dict[str, Any]]]:
     }
 
 
-@pytest.mark.parametrize("case", ["steady", "canary", "in-place"])
+@pytest.mark.parametrize("case", ["steady", "canary", "in-place", "vllm"])
 def test_golden_manifests(case: str) -> None:
     objects = children()[case]
     text = yaml.safe_dump_all(objects, sort_keys=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -18,6 +17,7 @@ from llmfleet_operator import promql
 from llmfleet_operator.autoscale_loop import AutoscaleLoop
 from llmfleet_operator.cache import Cache
 from llmfleet_operator.lease import LeaseRecord, may_take, released_spec, taken_spec
+from llmfleet_operator.prometheus import client
 from support.events import EventRecorder
 from support.stand_in_prometheus import StandIn, by_query, stand_in_prometheus
 
@@ -136,7 +136,7 @@ async def test_a_standby_fills_its_window_in_the_shadow_and_acts_on_it_after_tak
     kube = EventRecorder()
     standby = _loop(cache, prometheus.url, enqueued, kube)
     standby.active = False
-    async with aiohttp.ClientSession() as session:
+    async with client(10.0) as session:
         for _ in range(5):  # 70 s of a quiet fleet, watched from the standby
             await standby.tick(session)
             CLOCK.now += 17.5

@@ -6,11 +6,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-import aiohttp
 import pytest
 from aiohttp import web
 
-from llmfleet_operator.prometheus import PrometheusError, pick_url, query_all, query_prometheus
+from llmfleet_operator.prometheus import (
+    PrometheusError,
+    client,
+    pick_url,
+    query_all,
+    query_prometheus,
+)
 
 SECRET_PAGE = "internal admin console: db password hunter2"
 
@@ -41,13 +46,13 @@ async def server() -> AsyncIterator[str]:
 
 
 async def test_redirects_are_not_followed(server: str) -> None:
-    async with aiohttp.ClientSession() as session:
+    async with client(10.0) as session:
         with pytest.raises(PrometheusError, match=r"HTTP 302 \(redirects are not followed\)"):
             await query_prometheus(session, f"{server}/redirect", "up")
 
 
 async def test_an_error_page_is_not_copied_into_the_error(server: str) -> None:
-    async with aiohttp.ClientSession() as session:
+    async with client(10.0) as session:
         with pytest.raises(PrometheusError) as err:
             await query_prometheus(session, f"{server}/broken", "up")
     assert str(err.value) == "HTTP 500"
@@ -55,10 +60,16 @@ async def test_an_error_page_is_not_copied_into_the_error(server: str) -> None:
 
 
 async def test_a_slow_prometheus_is_cut_off(server: str) -> None:
-    async with aiohttp.ClientSession() as session:
+    async with client(10.0) as session:
         answer = await query_all(session, f"{server}/slow", {"up": "up"}, limit_seconds=0.2)
     assert isinstance(answer, PrometheusError)
     assert str(answer) == "no answer in 0.2s"
+
+
+async def test_the_client_times_out_a_silent_server_by_itself(server: str) -> None:
+    async with client(0.2) as session:
+        with pytest.raises(PrometheusError, match="ReadTimeout"):
+            await query_prometheus(session, f"{server}/slow", "up")
 
 
 def test_only_allowed_urls_are_queried() -> None:
