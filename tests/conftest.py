@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from llmfleet_operator import api, crdgen
+from llmfleet_operator import api
 from localcluster import LocalCluster, Topology, model_volume
-from support.kube import Kubectl
+from support.kube import Kubectl, apply_crd
 from support.processes import OperatorProcess
 from support.wait import wait_for
 
@@ -37,7 +37,6 @@ def _collect_garbage_after_each_test() -> Iterator[None]:
 
 # --- the local Kubernetes cluster ------------------------------------------------------------
 ROOT = TESTS.parent
-CRD_FILE = ROOT / "crds" / crdgen.FILE_NAME
 
 
 @pytest.fixture(scope="session")
@@ -99,14 +98,7 @@ def crd_installed(kubectl: Kubectl) -> str:
     with LLMFLEET_REUSE_CLUSTER=1), and --force-conflicts takes over fields another manager
     (a Helm install) may own. The CRD stays: the session's cluster goes away anyway.
     """
-    kubectl(
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "--field-manager=llmfleet-tests",
-        "-f",
-        str(CRD_FILE),
-    )
+    apply_crd(kubectl)
     kubectl("wait", "--for=condition=Established", f"crd/{api.CRD_NAME}", "--timeout=60s")
     # Established is the server's view; kubectl's discovery must also know the short name.
     wait_for(

@@ -184,13 +184,7 @@ def worker_env(owner: Owner, spec: LLMDeploymentSpec, model_arg: str) -> list[di
         env.append({"name": "LLMFLEET_MAX_MODEL_LEN", "value": str(spec.model.max_model_len)})
     if spec.worker.max_num_seqs is not None:
         env.append({"name": "LLMFLEET_MAX_NUM_SEQS", "value": str(spec.worker.max_num_seqs)})
-    if spec.model.hf_token_secret_ref is not None:
-        env.append(_secret_env("HF_TOKEN", spec.model.hf_token_secret_ref))
-    if spec.auth.api_key_secret_ref is not None:
-        env.append(_secret_env("LLMFLEET_API_KEY", spec.auth.api_key_secret_ref))
-    for var in spec.worker.env:
-        env.append(var.model_dump(mode="json", by_alias=True, exclude_none=True))
-    return env
+    return env + _secrets_and_user_env(spec, api_key_env="LLMFLEET_API_KEY")
 
 
 def max_num_seqs(spec: LLMDeploymentSpec) -> int | None:
@@ -238,11 +232,18 @@ def vllm_env(spec: LLMDeploymentSpec) -> list[dict[str, Any]]:
         {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
         {"name": "DO_NOT_TRACK", "value": "1"},
     ]
+    # vLLM checks the key on /v1/*; /health and /metrics stay open to probes and Prometheus.
+    return env + _secrets_and_user_env(spec, api_key_env="VLLM_API_KEY")
+
+
+def _secrets_and_user_env(spec: LLMDeploymentSpec, api_key_env: str) -> list[dict[str, Any]]:
+    """What every engine's container gets last: the Hugging Face token and the API key by
+    Secret reference (under the name the engine reads), then ``worker.env``."""
+    env: list[dict[str, Any]] = []
     if spec.model.hf_token_secret_ref is not None:
         env.append(_secret_env("HF_TOKEN", spec.model.hf_token_secret_ref))
     if spec.auth.api_key_secret_ref is not None:
-        # vLLM checks it on /v1/*; /health and /metrics stay open to probes and Prometheus.
-        env.append(_secret_env("VLLM_API_KEY", spec.auth.api_key_secret_ref))
+        env.append(_secret_env(api_key_env, spec.auth.api_key_secret_ref))
     for var in spec.worker.env:
         env.append(var.model_dump(mode="json", by_alias=True, exclude_none=True))
     return env

@@ -18,15 +18,14 @@ import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from llmfleet_operator import api, crdgen
+from llmfleet_operator import api
 from localcluster import NEVER_READY_ANNOTATION
 from support.gitops import EXPECTED, argocd_health, check_state, clean, kstatus, write_state
-from support.kube import Kubectl
+from support.kube import Kubectl, apply_crd
 from support.manifests import manual
 from support.processes import OperatorProcess
 from support.wait import wait_for
@@ -34,7 +33,6 @@ from support.wait import wait_for
 pytestmark = pytest.mark.usefixtures("operator", "models_pvc")
 
 RECORD = os.environ.get("LLMFLEET_RECORD_STATES") == "1"
-CRD_FILE = Path(__file__).resolve().parents[2] / "crds" / crdgen.FILE_NAME
 GPUS_PER_NODE_POD = 8  # a pod that takes a whole simulated node
 
 
@@ -301,14 +299,7 @@ def test_invalid_spec(kubectl: Kubectl, kube: Kubectl, crd_installed: str) -> No
             settled(kube, "chat", lambda o: cond(o, "Stalled").get("reason") == "InvalidSpec"),
         )
     finally:
-        kubectl(
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "--field-manager=llmfleet-tests",
-            "-f",
-            str(CRD_FILE),
-        )
+        apply_crd(kubectl)
     assert "spec.model.uri" in cond(obj, "Stalled")["message"]
     record("invalid-spec", obj)
     kube("delete", "llmd", "chat", "--wait=true")

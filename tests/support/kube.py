@@ -8,6 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from llmfleet_operator import crdgen
+
+#: The committed LLMDeployment CRD.
+CRD_FILE = Path(__file__).resolve().parents[2] / "crds" / crdgen.FILE_NAME
+
 
 class KubectlError(AssertionError):
     """kubectl exited non-zero; carries its stderr."""
@@ -95,3 +100,16 @@ def gpu_blocker(replicas: int, gpus_per_pod: int, name: str = "blocker") -> dict
             },
         },
     }
+
+
+def apply_crd(kubectl: Kubectl) -> None:
+    """Server-side apply the committed CRD (idempotent; takes over fields another manager,
+    a Helm install, may own)."""
+    kubectl(
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager=llmfleet-tests",
+        "-f",
+        str(CRD_FILE),
+    )
