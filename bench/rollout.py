@@ -14,7 +14,7 @@ balancer. Measured from the spec change (a new ``spec.model.revision``):
   reached and until promoted (Stable, currentRevision the candidate, NAME-canary gone);
   requests failed (expected 0);
 - failing canary (the candidate's workers fail half their requests, ``SIM_FAIL_RATIO=0.5``
-  through the test worker ``tests/support/faulty_worker.py``): from the candidate's first
+  through the test worker ``llmfleet_dev.faulty_worker``): from the candidate's first
   failed request (and from its first worker Ready) until rolled back (phase RolledBack,
   Stalled/CanaryAnalysisFailed); the requests that failed; the fewest Ready stable pods
   during the canary (the stable shrinks to N - 1 for a 50 % step, never below).
@@ -52,16 +52,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "hack"))
-sys.path.insert(0, str(ROOT / "tests"))
+from llmfleet_dev import faulty_worker
+from llmfleet_dev.loadgen import LoadGenerator, LoadResult
+from llmfleet_dev.localcluster import LocalCluster, Topology, tiny_llmdeployment
+from llmfleet_dev.podbacker import PodBacker, ensure_tiny_model
+from llmfleet_dev.processes import OperatorProcess
+from llmfleet_dev.prometheus import PrometheusServer
 
-from localcluster import LocalCluster, Topology, tiny_llmdeployment  # noqa: E402
-from podbacker import PodBacker, ensure_tiny_model  # noqa: E402
-from support import faulty_worker  # noqa: E402
-from support.loadgen import LoadGenerator, LoadResult  # noqa: E402
-from support.processes import OperatorProcess  # noqa: E402
-from support.prometheus import PrometheusServer  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 NAME = "chat"
 REAL_NS, SIM_NS = "bench-rollout", "bench-rollout-sim"

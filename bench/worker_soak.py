@@ -62,7 +62,6 @@ import random
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -74,12 +73,11 @@ from typing import Any
 
 import httpx
 
+from llmfleet_dev.net import free_port
+from llmfleet_dev.processes import parse_exposition
 from llmfleet_worker import metrics as worker_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "hack"))
-sys.path.insert(0, str(ROOT / "tests"))
-from support.processes import parse_exposition  # noqa: E402  # after the path
 
 BIN = Path(sys.executable).parent
 MODEL_NAME = "soak"
@@ -132,13 +130,6 @@ class SetupError(Exception):
 
 
 # ---- the worker process --------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _cmdline(pid: int) -> list[str]:
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()

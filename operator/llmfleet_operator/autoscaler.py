@@ -20,9 +20,7 @@ to LLM serving and made explainable:
 
 from __future__ import annotations
 
-import itertools
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -248,19 +246,3 @@ def stale_detail(age: float) -> str:
         f"the oldest worker's newest sample is at least {shown:.0f}s old "
         f"(more than {MAX_SIGNAL_AGE:.0f}s)"
     )
-
-
-def count_flaps(replicas: Sequence[int], interval: float = 1.0, window: float = math.inf) -> int:
-    """Flaps in a replica curve sampled every ``interval`` seconds: direction reversals that
-    come less than ``window`` seconds after the previous change (up then soon down, or down
-    then soon up). A scale-down long after a burst ended is not a flap."""
-    flaps, last_dir, last_at = 0, 0, -math.inf
-    for i, (a, b) in enumerate(itertools.pairwise(replicas)):
-        step = (b > a) - (b < a)
-        if not step:
-            continue
-        now = (i + 1) * interval
-        if last_dir and step != last_dir and now - last_at < window:
-            flaps += 1
-        last_dir, last_at = step, now
-    return flaps

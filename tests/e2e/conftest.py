@@ -1,5 +1,5 @@
 """Closed-loop fixtures: a tiny model, real worker processes behind the simulated pods (the
-pod backer, ``hack/podbacker.py``) and a real Prometheus scraping them.
+pod backer, ``llmfleet_dev.podbacker``) and a real Prometheus scraping them.
 
 Prometheus is shared by the session (it starts in about a second, but its TSDB and port
 staying put is what lets a test stop and restart it); the pod backer is per test and
@@ -9,7 +9,7 @@ service discovery file.
 
 Every LLMDeployment that ``apply_llmd`` applies is backed (``sim.llmfleet.io/backed``): its
 pods are Ready only while their real workers' ``/ready`` is, as on a real cluster. The
-workers are the faulty test worker (``tests/support/faulty_worker.py``), which is the real
+workers are the faulty test worker (``llmfleet_dev.faulty_worker``), which is the real
 worker unless the LLMDeployment's ``worker.env`` sets a fault, e.g.
 ``apply_llmd("canary", worker={"env": [{"name": "SIM_FAIL_RATIO", "value": "0.5"}]})``.
 """
@@ -23,11 +23,11 @@ from typing import Any
 
 import pytest
 
-from localcluster import BACKED_ANNOTATION, LocalCluster
-from podbacker import PodBacker, ensure_tiny_model
-from support.faulty_worker import worker_command
-from support.kube import Kubectl
-from support.prometheus import PrometheusServer, prometheus_available
+from llmfleet_dev.faulty_worker import worker_command
+from llmfleet_dev.kube import Kubectl
+from llmfleet_dev.localcluster import BACKED_ANNOTATION, LocalCluster
+from llmfleet_dev.podbacker import PodBacker, ensure_tiny_model
+from llmfleet_dev.prometheus import PrometheusServer, prometheus_available
 
 #: What a worker is started with: a small running batch, so that a few concurrent clients
 #: on a 2-core machine already build a queue that the autoscaler can see.

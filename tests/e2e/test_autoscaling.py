@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from localcluster import LocalCluster
-from podbacker import PodBacker
-from support.kube import Kubectl, gpu_blocker
-from support.loadgen import LoadGenerator
-from support.processes import OperatorProcess, operator_reading
-from support.prometheus import PrometheusServer
-from support.wait import wait_for
+from llmfleet_dev.kube import Kubectl, gpu_blocker
+from llmfleet_dev.loadgen import LoadGenerator
+from llmfleet_dev.localcluster import LocalCluster
+from llmfleet_dev.podbacker import PodBacker
+from llmfleet_dev.processes import OperatorProcess, operator_reading
+from llmfleet_dev.prometheus import PrometheusServer
+from llmfleet_dev.wait import wait_for
 
 #: Fast loop and short windows; the production defaults are 15 s and 300 s.
 INTERVAL = 1.0

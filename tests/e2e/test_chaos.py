@@ -19,13 +19,13 @@ from typing import Any
 
 import pytest
 
-from localcluster import LocalCluster
-from podbacker import PodBacker
-from support.kube import Kubectl
-from support.loadgen import LoadGenerator
-from support.processes import OperatorProcess
-from support.prometheus import PrometheusServer
-from support.wait import wait_for
+from llmfleet_dev.kube import Kubectl
+from llmfleet_dev.loadgen import LoadGenerator
+from llmfleet_dev.localcluster import LocalCluster
+from llmfleet_dev.podbacker import PodBacker
+from llmfleet_dev.processes import OperatorProcess
+from llmfleet_dev.prometheus import PrometheusServer
+from llmfleet_dev.wait import wait_for
 
 INTERVAL = 1.0
 LEASE = "llmfleet-chaos"

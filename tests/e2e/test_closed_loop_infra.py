@@ -23,14 +23,14 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from localcluster import pid_alive
-from podbacker import PodBacker, WorkerInfo
-from support.faulty_worker import FAIL_RATIO_ENV, READY_DELAY_ENV, TTFT_DELAY_ENV
-from support.kube import Kubectl
-from support.loadgen import LoadGenerator, run_load
-from support.processes import OperatorProcess
-from support.prometheus import PrometheusServer
-from support.wait import GiveUpError, wait_for
+from llmfleet_dev.faulty_worker import FAIL_RATIO_ENV, READY_DELAY_ENV, TTFT_DELAY_ENV
+from llmfleet_dev.kube import Kubectl
+from llmfleet_dev.loadgen import LoadGenerator, run_load
+from llmfleet_dev.localcluster import pid_alive
+from llmfleet_dev.podbacker import PodBacker, WorkerInfo
+from llmfleet_dev.processes import OperatorProcess
+from llmfleet_dev.prometheus import PrometheusServer
+from llmfleet_dev.wait import GiveUpError, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 

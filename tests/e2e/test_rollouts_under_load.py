@@ -3,7 +3,7 @@ balancer: a rolling update and a healthy canary fail no request; a candidate tha
 requests, or is slow to the first token, is rolled back by the analysis; without Prometheus
 the canary holds its step.
 
-Faults are injected by the test worker (tests/support/faulty_worker.py) through the
+Faults are injected by the test worker (dev/llmfleet_dev/faulty_worker.py) through the
 candidate's pod env, so the candidate is a new revision exactly as a user's would be.
 """
 
@@ -16,13 +16,13 @@ from typing import Any
 
 import pytest
 
-from localcluster import LocalCluster
-from podbacker import PodBacker
-from support.kube import Kubectl
-from support.loadgen import LoadGenerator, LoadResult
-from support.processes import OperatorProcess, operator_reading
-from support.prometheus import PrometheusServer
-from support.wait import wait_for
+from llmfleet_dev.kube import Kubectl
+from llmfleet_dev.loadgen import LoadGenerator, LoadResult
+from llmfleet_dev.localcluster import LocalCluster
+from llmfleet_dev.podbacker import PodBacker
+from llmfleet_dev.processes import OperatorProcess, operator_reading
+from llmfleet_dev.prometheus import PrometheusServer
+from llmfleet_dev.wait import wait_for
 
 #: Seconds between two analyses; Prometheus scrapes every second.
 INTERVAL = 2

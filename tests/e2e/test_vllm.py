@@ -20,16 +20,16 @@ from typing import Any
 import pytest
 import yaml
 
+from llmfleet_dev.kube import Kubectl
+from llmfleet_dev.loadgen import LoadGenerator
+from llmfleet_dev.localcluster import LocalCluster
+from llmfleet_dev.podbacker import PodBacker, default_vllm_python
+from llmfleet_dev.processes import OperatorProcess, operator_reading
+from llmfleet_dev.prometheus import PrometheusServer
+from llmfleet_dev.wait import wait_for
 from llmfleet_operator import api
 from llmfleet_operator.api import LLMDeploymentSpec
 from llmfleet_operator.resources import Owner, worker_deployment
-from localcluster import LocalCluster
-from podbacker import PodBacker, default_vllm_python
-from support.kube import Kubectl
-from support.loadgen import LoadGenerator
-from support.processes import OperatorProcess, operator_reading
-from support.prometheus import PrometheusServer
-from support.wait import wait_for
 
 VLLM_PYTHON = default_vllm_python()
 MAX_NUM_SEQS = 2

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from localcluster import AlreadyRunningError, LocalCluster, Topology, pid_alive
+from llmfleet_dev.localcluster import AlreadyRunningError, LocalCluster, Topology, pid_alive
 
 
 def listening(port: int) -> bool:

@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from localcluster import NEVER_READY_ANNOTATION, LocalCluster
-from support.kube import Kubectl
-from support.wait import wait_for
+from llmfleet_dev.kube import Kubectl
+from llmfleet_dev.localcluster import NEVER_READY_ANNOTATION, LocalCluster
+from llmfleet_dev.wait import wait_for
 
 PAUSE = "registry.k8s.io/pause:3.10"
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}

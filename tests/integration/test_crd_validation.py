@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
+from llmfleet_dev.kube import Kubectl
 from llmfleet_operator import api
-from support.kube import Kubectl
 
 pytestmark = pytest.mark.usefixtures("crd_installed")
 

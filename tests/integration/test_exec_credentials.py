@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from support.kube import Kubectl
-from support.processes import OperatorProcess
-from support.wait import wait_for
+from llmfleet_dev.kube import Kubectl
+from llmfleet_dev.processes import OperatorProcess
+from llmfleet_dev.wait import wait_for
 
 # Prints an ExecCredential with the token in argv[1] that expires in argv[3] seconds, and
 # counts its runs in the file argv[2].

@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
+from llmfleet_dev.helm import CHART, Helm
+from llmfleet_dev.kube import Kubectl
+from llmfleet_dev.localcluster import LocalCluster
+from llmfleet_dev.processes import OperatorProcess
+from llmfleet_dev.wait import wait_for
 from llmfleet_operator import api
-from localcluster import LocalCluster
-from support.helm import CHART, Helm
-from support.kube import Kubectl
-from support.processes import OperatorProcess
-from support.wait import wait_for
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "chat-small.yaml"
 

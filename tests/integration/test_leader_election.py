@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from localcluster import LocalCluster, Topology
-from support.kube import Kubectl
-from support.processes import OperatorProcess
-from support.wait import wait_for
+from llmfleet_dev.kube import Kubectl
+from llmfleet_dev.localcluster import LocalCluster, Topology
+from llmfleet_dev.processes import OperatorProcess
+from llmfleet_dev.wait import wait_for
 
 LEASE = "llmfleet-test-leader"
 WRITES = {"create", "update", "patch", "delete", "deletecollection"}

@@ -25,13 +25,13 @@ from typing import Any
 
 import pytest
 
+from llmfleet_dev.events import EventRecorder
+from llmfleet_dev.prometheus import PrometheusServer, prometheus_available
+from llmfleet_dev.wait import wait_for
 from llmfleet_operator import promql
 from llmfleet_operator.autoscale_loop import AutoscaleLoop
 from llmfleet_operator.cache import Cache
 from llmfleet_operator.prometheus import client, query_all
-from support.events import EventRecorder
-from support.prometheus import PrometheusServer, prometheus_available
-from support.wait import wait_for
 
 NS = "team"
 STALE_SECONDS = 200.0  # older than MAX_SIGNAL_AGE, younger than the 5m lookback delta

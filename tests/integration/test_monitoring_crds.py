@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 import yaml
 
-from localcluster import LocalCluster
-from support.helm import CHART, Helm
-from support.kube import Kubectl
-from support.wait import wait_for
+from llmfleet_dev.helm import CHART, Helm
+from llmfleet_dev.kube import Kubectl
+from llmfleet_dev.localcluster import LocalCluster
+from llmfleet_dev.wait import wait_for
 
 SCRIPT = CHART.parents[1] / "hack" / "prometheus-operator-crds.sh"
 KINDS = ("PrometheusRule", "ServiceMonitor", "PodMonitor")

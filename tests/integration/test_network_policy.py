@@ -19,10 +19,10 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from localcluster import LocalCluster
-from support.kube import Kubectl
-from support.processes import OperatorProcess
-from support.wait import wait_for
+from llmfleet_dev.kube import Kubectl
+from llmfleet_dev.localcluster import LocalCluster
+from llmfleet_dev.processes import OperatorProcess
+from llmfleet_dev.wait import wait_for
 
 MONITORING = "np-monitoring"
 MANAGER = "llmfleet-operator"

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from localcluster import LocalCluster
-from support.kube import Kubectl, gpu_blocker
-from support.manifests import llmd
-from support.wait import wait_for
+from llmfleet_dev.kube import Kubectl, gpu_blocker
+from llmfleet_dev.localcluster import LocalCluster
+from llmfleet_dev.manifests import llmd
+from llmfleet_dev.wait import wait_for
 
 pytestmark = pytest.mark.usefixtures("operator", "models_pvc")
 

@@ -22,13 +22,13 @@ from typing import Any
 
 import pytest
 
+from llmfleet_dev.gitops import EXPECTED, argocd_health, check_state, clean, kstatus, write_state
+from llmfleet_dev.kube import FIELD_MANAGER, Kubectl
+from llmfleet_dev.localcluster import NEVER_READY_ANNOTATION, apply_crd
+from llmfleet_dev.manifests import manual
+from llmfleet_dev.processes import OperatorProcess
+from llmfleet_dev.wait import wait_for
 from llmfleet_operator import api
-from localcluster import NEVER_READY_ANNOTATION
-from support.gitops import EXPECTED, argocd_health, check_state, clean, kstatus, write_state
-from support.kube import Kubectl, apply_crd
-from support.manifests import manual
-from support.processes import OperatorProcess
-from support.wait import wait_for
 
 pytestmark = pytest.mark.usefixtures("operator", "models_pvc")
 
@@ -299,7 +299,7 @@ def test_invalid_spec(kubectl: Kubectl, kube: Kubectl, crd_installed: str) -> No
             settled(kube, "chat", lambda o: cond(o, "Stalled").get("reason") == "InvalidSpec"),
         )
     finally:
-        apply_crd(kubectl)
+        apply_crd(kubectl, field_manager=FIELD_MANAGER)
     assert "spec.model.uri" in cond(obj, "Stalled")["message"]
     record("invalid-spec", obj)
     kube("delete", "llmd", "chat", "--wait=true")

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
+from llmfleet_dev.kube import Kubectl
+from llmfleet_dev.localcluster import LocalCluster
+from llmfleet_dev.processes import OperatorProcess
+from llmfleet_dev.wait import wait_for
 from llmfleet_operator import api
-from localcluster import LocalCluster
-from support.kube import Kubectl
-from support.processes import OperatorProcess
-from support.wait import wait_for
 
 pytestmark = pytest.mark.usefixtures("crd_installed", "models_pvc")
 

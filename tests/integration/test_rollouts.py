@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
+from llmfleet_dev.kube import Kubectl, gpu_blocker
+from llmfleet_dev.localcluster import NEVER_READY_ANNOTATION
+from llmfleet_dev.manifests import manual
+from llmfleet_dev.processes import OperatorProcess
+from llmfleet_dev.wait import wait_for
 from llmfleet_operator import api
-from localcluster import NEVER_READY_ANNOTATION
-from support.kube import Kubectl, gpu_blocker
-from support.manifests import manual
-from support.processes import OperatorProcess
-from support.wait import wait_for
 
 pytestmark = pytest.mark.usefixtures("operator", "models_pvc")
 

@@ -20,9 +20,9 @@ import pytest
 import yaml
 from prometheus_client import generate_latest
 
+from llmfleet_dev.helm import CHART, Helm, HelmError, Manifest, find, one
+from llmfleet_dev.localcluster import ensure_tools
 from llmfleet_worker import metrics as worker_metrics
-from localcluster import ensure_tools
-from support.helm import CHART, Helm, HelmError, Manifest, find, one
 
 ROOT = CHART.parents[1]
 ALERT_TESTS = Path(__file__).resolve().parent / "alerts"

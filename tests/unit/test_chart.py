@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
+from llmfleet_dev.helm import CHART, Helm, HelmError, Manifest, find, one
+from llmfleet_dev.localcluster import ensure_tools
 from llmfleet_operator import __version__, api, crdgen, resources
-from localcluster import ensure_tools
-from support.helm import CHART, Helm, HelmError, Manifest, find, one
 
 RELEASE, NAMESPACE = "llmfleet", "llmfleet-system"
 FULLNAME = "llmfleet"  # the release name contains the chart name, so it is used as is

@@ -8,9 +8,9 @@ import json
 
 import pytest
 
+from llmfleet_dev.helm import CHART, Helm, HelmError, Manifest, find
+from llmfleet_dev.localcluster import ensure_tools
 from llmfleet_operator import dashboards
-from localcluster import ensure_tools
-from support.helm import CHART, Helm, HelmError, Manifest, find
 
 NAMESPACE = "llmfleet-system"
 ON = {"monitoring.dashboards.enabled": True}

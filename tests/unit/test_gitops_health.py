@@ -16,9 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from llmfleet_operator import api
-from localcluster import ensure_tools
-from support.gitops import (
+from llmfleet_dev.gitops import (
     AGREES,
     ARGOCD_CM_KEY,
     EXPECTED,
@@ -29,7 +27,9 @@ from support.gitops import (
     kstatus,
     load_state,
 )
-from support.helm import CHART, Helm
+from llmfleet_dev.helm import CHART, Helm
+from llmfleet_dev.localcluster import ensure_tools
+from llmfleet_operator import api
 
 ROOT = Path(__file__).resolve().parents[2]
 GITOPS_DOC = ROOT / "docs" / "gitops.md"

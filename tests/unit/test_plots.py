@@ -1,4 +1,4 @@
-"""hack/plots.py: range-query results -> series, and every figure renders to a PNG."""
+"""llmfleet_dev.plots: range-query results -> series, and every figure renders to a PNG."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from typing import Any, ClassVar
 
 import pytest
 
-import plots
-from plots import (
+from llmfleet_dev import plots
+from llmfleet_dev.plots import (
     OperatorScale,
     Panel,
     Reaction,
@@ -242,7 +242,7 @@ def test_is_png(tmp_path: Path) -> None:
 
 
 def test_render_burst_from_the_saved_json(tmp_path: Path) -> None:
-    """What `make demo` saves as burst.json draws again (python hack/plots.py IN OUT)."""
+    """What `make demo` saves as burst.json draws again (python -m llmfleet_dev.plots IN OUT)."""
     results = {
         key: matrix(({}, [(t, str(float(t % 5))) for t in range(-15, 80)]))
         for key in burst_queries("ns", "chat")

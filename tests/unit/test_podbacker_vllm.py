@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from llmfleet_dev.podbacker import PodView, vllm_serve_args
 from llmfleet_operator.api import LLMDeploymentSpec
 from llmfleet_operator.resources import Owner, revision_of, worker_deployment
-from podbacker import PodView, vllm_serve_args
 
 
 def pod_of(spec: dict[str, object]) -> dict[str, object]:

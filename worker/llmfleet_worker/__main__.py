@@ -153,7 +153,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     # Heavy imports only for serving: --help and make-tiny-model stay fast.
     from llmfleet_worker.app import build_app
-    from llmfleet_worker.engine.textengine import build_engine
+    from llmfleet_worker.engine.tokenizing import build_engine
     from llmfleet_worker.metrics import Metrics
 
     try:

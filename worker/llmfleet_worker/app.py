@@ -1,8 +1,8 @@
 """The ASGI application: routes, OpenAI-shaped errors, body limit and API key checks.
 
 ``build_app(engine, settings)`` takes any engine that satisfies
-:class:`~llmfleet_worker.serving.TextEngine`, so tests inject a fake where torch is not the
-point. The app does not start or stop the engine; whoever built the engine does.
+:class:`~llmfleet_worker.engine.protocol.EngineClient`, so tests inject a fake where torch is
+not the point. The app does not start or stop the engine; whoever built the engine does.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from llmfleet_worker import __version__
 from llmfleet_worker.api.protocol import error_json
 from llmfleet_worker.api.routes import router
+from llmfleet_worker.engine.protocol import EngineClient
 from llmfleet_worker.metrics import Metrics
-from llmfleet_worker.serving import Serving, TextEngine
+from llmfleet_worker.serving import Serving
 from llmfleet_worker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -148,7 +149,7 @@ def _answer_validation_errors_with_400(app: FastAPI) -> None:
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override
 
 
-def build_app(engine: TextEngine, settings: Settings, metrics: Metrics | None = None) -> FastAPI:
+def build_app(engine: EngineClient, settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     """The worker's FastAPI app around ``engine``."""
     metrics = metrics or Metrics()
     metrics.bind(engine)

@@ -8,9 +8,12 @@ itself adds no high-cardinality labels.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:  # the metric names load without the engine (the operator's tests read them)
+    from llmfleet_worker.engine.protocol import EngineClient
 
 PREFIX = "llmfleet_worker_"
 
@@ -59,19 +62,6 @@ OUTCOMES = ("success", "error", "rejected", "invalid", "cancelled", "aborted")
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 ITL_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
-
-
-class EngineState(Protocol):
-    """What the gauges read at scrape time (the real engine and test fakes provide it)."""
-
-    @property
-    def num_waiting(self) -> int: ...
-
-    @property
-    def num_running(self) -> int: ...
-
-    @property
-    def ready(self) -> bool: ...
 
 
 class Metrics:
@@ -148,17 +138,16 @@ class Metrics:
             registry=r,
         )
 
-    def bind(self, engine: EngineState) -> None:
+    def bind(self, engine: EngineClient) -> None:
         """Make the state gauges read ``engine`` at scrape time."""
         self.waiting.set_function(lambda: engine.num_waiting)
         self.running.set_function(lambda: engine.num_running)
         self.ready.set_function(lambda: 1.0 if engine.ready else 0.0)
-        stats = getattr(engine, "stats", None)
-        if stats is not None:
-            self.batch_size.set_function(lambda: stats.batch_size)
-            self.token_budget.set_function(lambda: stats.token_budget_utilization)
-            self.kv_cache.set_function(lambda: stats.kv_cache_utilization)
-            self.load_seconds.set(stats.load_seconds)
-            self.kv_cache_bytes.set(getattr(stats, "kv_cache_bytes", 0))
-            self.kv_cache_budget_bytes.set(getattr(stats, "kv_cache_budget_bytes", 0))
-            self.max_num_seqs.set(getattr(stats, "max_num_seqs", 0))
+        stats = engine.stats
+        self.batch_size.set_function(lambda: stats.batch_size)
+        self.token_budget.set_function(lambda: stats.token_budget_utilization)
+        self.kv_cache.set_function(lambda: stats.kv_cache_utilization)
+        self.load_seconds.set(stats.load_seconds)
+        self.kv_cache_bytes.set(stats.kv_cache_bytes)
+        self.kv_cache_budget_bytes.set(stats.kv_cache_budget_bytes)
+        self.max_num_seqs.set(stats.max_num_seqs)

@@ -1,21 +1,23 @@
-"""Protocol <-> engine: prompts to token ids, engine outputs to OpenAI responses and SSE.
+"""Protocol <-> engine: prompts to token ids, engine outputs to OpenAI responses and SSE events.
 
-Routes stay thin; everything that knows both the OpenAI protocol and the engine lives here,
-including error mapping and the per-request metrics.
+Everything that knows both the OpenAI protocol and the engine lives here, including the
+per-request metrics; nothing here knows HTTP. A request's result is a protocol object (a
+:class:`PendingResult` while the engine generates it) or an async iterator of the stream's
+server-sent events (the OpenAI protocol's stream format, ``data: [DONE]`` included); a request
+refused or not finished is a :class:`ServingError`. :mod:`llmfleet_worker.api` turns these
+into HTTP responses and status codes, and watches for clients that go away.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import enum
+import functools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import Any, Protocol
-
-from fastapi import Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from llmfleet_worker.api.protocol import (
     AssistantMessage,
@@ -35,6 +37,7 @@ from llmfleet_worker.api.protocol import (
     now,
 )
 from llmfleet_worker.engine.core import DrainingError, Output, QueueFullError, RequestHandle
+from llmfleet_worker.engine.protocol import EngineClient
 from llmfleet_worker.engine.scheduler import SamplingParams
 from llmfleet_worker.metrics import Metrics
 from llmfleet_worker.settings import Settings
@@ -45,59 +48,98 @@ log = logging.getLogger(__name__)
 _INLINE_TOKENIZE_CHARS = 20_000
 
 
-class TextEngine(Protocol):
-    """What serving needs: the core engine plus a tokenizer."""
+class ErrorKind(enum.Enum):
+    """Why a request was refused or not finished (the router answers each with its status)."""
 
-    max_model_len: int
-    vocab_size: int
-    max_chars_per_token: int
-
-    @property
-    def ready(self) -> bool: ...
-
-    @property
-    def healthy(self) -> bool: ...
-
-    @property
-    def num_waiting(self) -> int: ...
-
-    @property
-    def num_running(self) -> int: ...
-
-    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]: ...
-
-    def chat_prompt(self, messages: list[dict[str, str]]) -> str: ...
-
-    def submit(self, prompt_ids: list[int], params: SamplingParams) -> RequestHandle: ...
+    INVALID = enum.auto()  # it cannot be served as asked
+    NOT_FOUND = enum.auto()  # it names a model this worker does not serve
+    OVERLOADED = enum.auto()  # the waiting queue is full: retry later
+    UNAVAILABLE = enum.auto()  # the worker is draining or shut down: retry on another replica
+    FAILED = enum.auto()  # this request, its engine step or the engine failed
+    CANCELLED = enum.auto()  # the client went away before it finished
 
 
-class APIError(Exception):
-    """An error answered in OpenAI's shape."""
+# OpenAI's error ``type`` of each kind, and the requests_total outcome it is counted under.
+_ERROR_TYPES = {
+    ErrorKind.INVALID: "invalid_request_error",
+    ErrorKind.NOT_FOUND: "invalid_request_error",
+    ErrorKind.OVERLOADED: "rate_limit_error",
+    ErrorKind.UNAVAILABLE: "service_unavailable",
+    ErrorKind.FAILED: "server_error",
+    ErrorKind.CANCELLED: "server_error",
+}
+_OUTCOMES = {
+    ErrorKind.INVALID: "invalid",
+    ErrorKind.NOT_FOUND: "invalid",
+    ErrorKind.OVERLOADED: "rejected",
+    ErrorKind.UNAVAILABLE: "rejected",
+    ErrorKind.FAILED: "error",
+    ErrorKind.CANCELLED: "cancelled",
+}
+
+
+class ServingError(Exception):
+    """A request refused or not finished, in OpenAI's error terms (its body is
+    :meth:`body`); ``retry_after`` is the seconds a client should wait before retrying."""
 
     def __init__(
         self,
-        status: int,
+        kind: ErrorKind,
         message: str,
-        type_: str = "invalid_request_error",
         *,
         param: str | None = None,
         code: str | None = None,
-        headers: dict[str, str] | None = None,
-        outcome: str = "invalid",
+        retry_after: int | None = None,
     ) -> None:
         super().__init__(message)
-        self.status, self.message, self.type = status, message, type_
-        self.param, self.code, self.headers, self.outcome = param, code, headers, outcome
+        self.kind, self.message, self.param, self.code = kind, message, param, code
+        self.retry_after = retry_after
 
-    def response(self) -> JSONResponse:
-        body = error_json(self.message, self.type, param=self.param, code=self.code)
-        return JSONResponse(body, status_code=self.status, headers=self.headers)
+    @property
+    def type(self) -> str:
+        """OpenAI's error ``type``."""
+        return _ERROR_TYPES[self.kind]
+
+    @property
+    def outcome(self) -> str:
+        """The ``outcome`` label a request refused with this error is counted under."""
+        return _OUTCOMES[self.kind]
+
+    def body(self) -> dict[str, Any]:
+        """OpenAI's error envelope: ``{"error": {"message", "type", "param", "code"}}``."""
+        return error_json(self.message, self.type, param=self.param, code=self.code)
+
+
+CompletionResult = CompletionResponse | ChatCompletionResponse
+
+
+class PendingResult:
+    """A non-streamed answer that the engine is generating.
+
+    Await :meth:`result` for it (it raises :class:`ServingError` for a request that did not
+    finish); call :meth:`cancel` once nobody waits for it any more: the engine frees the
+    request's slot, and :meth:`result` then ends with the ``cancelled`` outcome counted.
+    """
+
+    def __init__(
+        self, handle: RequestHandle, collect: Callable[[], Awaitable[CompletionResult]]
+    ) -> None:
+        self._handle = handle
+        self._collect = collect
+
+    async def result(self) -> CompletionResult:
+        """The response once the request finished."""
+        return await self._collect()
+
+    def cancel(self) -> None:
+        """Abort the request in the engine (idempotent)."""
+        self._handle.cancel()
 
 
 class Serving:
-    """OpenAI endpoints over a :class:`TextEngine`."""
+    """OpenAI endpoints over an :class:`~llmfleet_worker.engine.protocol.EngineClient`."""
 
-    def __init__(self, engine: TextEngine, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, engine: EngineClient, settings: Settings, metrics: Metrics) -> None:
         self.engine = engine
         self.settings = settings
         self.metrics = metrics
@@ -105,9 +147,12 @@ class Serving:
 
     # ---- endpoints ------------------------------------------------------------------
     def models(self) -> ModelList:
+        """The one model this worker serves."""
         return ModelList(data=[ModelCard(id=self.settings.model_name, created=self.created)])
 
-    async def completion(self, req: CompletionRequest, request: Request) -> Response:
+    async def completion(self, req: CompletionRequest) -> PendingResult | AsyncIterator[str]:
+        """Admit a ``/v1/completions`` request: its stream's events, or its pending answer.
+        Raises :class:`ServingError` for a request refused (counted here)."""
         arrival = time.monotonic()
         try:
             self._check_model(req.model)
@@ -118,21 +163,25 @@ class Serving:
                 ids = prompt
                 vocab = self.engine.vocab_size
                 if any(t < 0 or t >= vocab for t in ids):
-                    raise APIError(
-                        400,
+                    raise ServingError(
+                        ErrorKind.INVALID,
                         f"prompt token ids must be in [0, {vocab}) for this model",
                         param="prompt",
                     )
             handle = self._submit(ids, req, default_max=None)
-        except APIError as err:
-            return self._fail(err)
+        except ServingError as err:
+            self._refused(err)
+            raise
         rid = new_id("cmpl")
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return _sse(self._completion_events(handle, rid, req.model, arrival, include_usage))
-        return await self._complete(handle, request, arrival, rid, req.model, chat=False)
+            return self._completion_events(handle, rid, req.model, arrival, include_usage)
+        collect = functools.partial(self._complete, handle, arrival, rid, req.model, chat=False)
+        return PendingResult(handle, collect)
 
-    async def chat(self, req: ChatCompletionRequest, request: Request) -> Response:
+    async def chat(self, req: ChatCompletionRequest) -> PendingResult | AsyncIterator[str]:
+        """Admit a ``/v1/chat/completions`` request: its stream's events, or its pending
+        answer. Raises :class:`ServingError` for a request refused (counted here)."""
         arrival = time.monotonic()
         try:
             self._check_model(req.model)
@@ -140,34 +189,36 @@ class Serving:
             try:
                 text = self.engine.chat_prompt(messages)
             except ValueError as exc:
-                raise APIError(
-                    400, f"cannot apply the chat template: {exc}", param="messages"
+                raise ServingError(
+                    ErrorKind.INVALID, f"cannot apply the chat template: {exc}", param="messages"
                 ) from exc
             ids = await self._encode(text, add_special_tokens=False, param="messages")
             handle = self._submit(ids, req, default_max=self.engine.max_model_len - len(ids))
-        except APIError as err:
-            return self._fail(err)
+        except ServingError as err:
+            self._refused(err)
+            raise
         rid = new_id("chatcmpl")
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return _sse(self._chat_events(handle, rid, req.model, arrival, include_usage))
-        return await self._complete(handle, request, arrival, rid, req.model, chat=True)
+            return self._chat_events(handle, rid, req.model, arrival, include_usage)
+        collect = functools.partial(self._complete, handle, arrival, rid, req.model, chat=True)
+        return PendingResult(handle, collect)
 
     # ---- admission ------------------------------------------------------------------
     def _check_model(self, model: str) -> None:
         if model != self.settings.model_name:
-            raise APIError(
-                404,
+            raise ServingError(
+                ErrorKind.NOT_FOUND,
                 f"The model '{model}' does not exist; this worker serves "
                 f"'{self.settings.model_name}'.",
                 param="model",
                 code="model_not_found",
             )
 
-    def _too_long(self, n: int | None) -> APIError:
+    def _too_long(self, n: int | None) -> ServingError:
         got = f" However, your prompt has {n} tokens." if n is not None else ""
-        return APIError(
-            400,
+        return ServingError(
+            ErrorKind.INVALID,
             f"This model's maximum context length is {self.engine.max_model_len} tokens.{got}",
             param="prompt",
             code="context_length_exceeded",
@@ -183,8 +234,8 @@ class Serving:
         except UnicodeEncodeError as exc:
             # JSON can carry lone surrogates ("\ud800"); they are not text, and tokenizers
             # raise on them.
-            raise APIError(
-                400, f"{param} is not valid Unicode text: {exc.reason}", param=param
+            raise ServingError(
+                ErrorKind.INVALID, f"{param} is not valid Unicode text: {exc.reason}", param=param
             ) from exc
         if len(text) > _INLINE_TOKENIZE_CHARS:
             ids = await asyncio.to_thread(
@@ -193,7 +244,7 @@ class Serving:
         else:
             ids = self.engine.encode(text, add_special_tokens=add_special_tokens)
         if not ids:
-            raise APIError(400, "the prompt is empty", param="prompt")
+            raise ServingError(ErrorKind.INVALID, "the prompt is empty", param="prompt")
         if len(ids) >= self.engine.max_model_len:
             raise self._too_long(len(ids))
         return ids
@@ -210,8 +261,8 @@ class Serving:
             raise self._too_long(len(ids))
         max_tokens = req.max_tokens if req.max_tokens is not None else (default_max or 16)
         if max_tokens > room:
-            raise APIError(
-                400,
+            raise ServingError(
+                ErrorKind.INVALID,
                 f"This model's maximum context length is {self.engine.max_model_len} tokens; "
                 f"the prompt has {len(ids)} tokens and max_tokens asks for {max_tokens}.",
                 param="max_tokens",
@@ -220,26 +271,23 @@ class Serving:
         try:
             handle = self.engine.submit(ids, sampling_params(req, max_tokens))
         except QueueFullError as exc:
-            raise APIError(
-                429,
+            raise ServingError(
+                ErrorKind.OVERLOADED,
                 f"The worker is at capacity ({exc}); retry later.",
-                "rate_limit_error",
                 code="queue_full",
-                headers={"Retry-After": str(self.settings.retry_after)},
-                outcome="rejected",
+                retry_after=self.settings.retry_after,
             ) from exc
         except DrainingError as exc:
             raise _draining() from exc
         except ValueError as exc:
-            raise APIError(400, str(exc), param="prompt") from exc
+            raise ServingError(ErrorKind.INVALID, str(exc), param="prompt") from exc
         except RuntimeError as exc:
-            raise APIError(500, "the engine has failed", "server_error", outcome="error") from exc
+            raise ServingError(ErrorKind.FAILED, "the engine has failed") from exc
         self.metrics.prompt_tokens.inc(len(ids))
         return handle
 
-    def _fail(self, err: APIError) -> JSONResponse:
+    def _refused(self, err: ServingError) -> None:
         self.metrics.requests.labels(outcome=err.outcome).inc()
-        return err.response()
 
     # ---- results ------------------------------------------------------------------
     def _observe(
@@ -267,51 +315,32 @@ class Serving:
     async def _complete(
         self,
         handle: RequestHandle,
-        request: Request,
         arrival: float,
         rid: str,
         model: str,
         *,
         chat: bool,
-    ) -> Response:
+    ) -> CompletionResult:
+        """The answer once ``handle`` finished (cancelled ones too: see PendingResult)."""
         pieces: list[str] = []
         count = 0
         state: list[float] = []
-
-        async def collect() -> None:
-            nonlocal count
-            async for batch in handle.batches():
-                self._observe(handle, batch, arrival, state)
-                for out in batch:
-                    pieces.append(out.text)
-                    count += out.num_tokens
-
-        collector = asyncio.ensure_future(collect())
-        watcher = asyncio.ensure_future(_wait_disconnect(request))
-        try:
-            await asyncio.wait({collector, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            watcher.cancel()
-            if not collector.done():  # the client went away: free the slot
-                handle.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await collector
-        collector.result()
+        async for batch in handle.batches():
+            self._observe(handle, batch, arrival, state)
+            for out in batch:
+                pieces.append(out.text)
+                count += out.num_tokens
         reason = handle.finish_reason
         outcome = self._outcome(reason)
         self.metrics.requests.labels(outcome=outcome).inc()
         if reason in ("abort", "error"):
-            return _cut_short(reason).response()
+            raise _cut_short(reason)
         if outcome != "success":
-            return APIError(
-                499 if outcome == "cancelled" else 500,
-                f"request {outcome}",
-                "server_error",
-                outcome=outcome,
-            ).response()
+            kind = ErrorKind.CANCELLED if outcome == "cancelled" else ErrorKind.FAILED
+            raise ServingError(kind, f"request {outcome}")
         usage = _usage(handle, count)
         text = "".join(pieces)
-        body: ChatCompletionResponse | CompletionResponse
+        body: CompletionResult
         if chat:
             body = ChatCompletionResponse(
                 id=rid,
@@ -328,7 +357,7 @@ class Serving:
                 choices=[CompletionChoice(text=text, finish_reason=reason)],
                 usage=usage,
             )
-        return JSONResponse(body.model_dump())
+        return body
 
     async def _events(
         self, handle: RequestHandle, arrival: float
@@ -438,28 +467,21 @@ def _usage(handle: RequestHandle, completion_tokens: int) -> Usage:
     )
 
 
-class _ServingError(APIError):
-    def body(self) -> dict[str, Any]:
-        return error_json(self.message, self.type, code=self.code)
-
-
 def _draining(
     message: str = "The worker is shutting down; retry on another replica.",
-) -> _ServingError:
-    return _ServingError(503, message, "service_unavailable", code="draining", outcome="rejected")
+) -> ServingError:
+    return ServingError(ErrorKind.UNAVAILABLE, message, code="draining")
 
 
-def _cut_short(reason: str) -> _ServingError:
+def _cut_short(reason: str) -> ServingError:
     """The error for a request the worker could not finish (drain deadline, or a failure of
     this request, of its engine step or of the engine)."""
     if reason == "abort":
         return _draining("The worker shut down before the request finished; retry it.")
-    return _ServingError(
-        500,
+    return ServingError(
+        ErrorKind.FAILED,
         "The worker failed while generating this request; retry it.",
-        "server_error",
         code="engine_error",
-        outcome="error",
     )
 
 
@@ -469,19 +491,3 @@ def _json(obj: Any) -> str:
 
 def _data(obj: dict[str, Any]) -> str:
     return f"data: {_json(obj)}\n\n"
-
-
-def _sse(events: AsyncIterator[str]) -> StreamingResponse:
-    return StreamingResponse(
-        events,
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
-
-
-async def _wait_disconnect(request: Request) -> None:
-    """Return when the client disconnects (the body has been read already)."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            return

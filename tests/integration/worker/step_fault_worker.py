@@ -1,5 +1,5 @@
 """``llmfleet-worker`` with a fault injected into the model runner's step, for fault-isolation
-tests (request-level faults through pod env are tests/support/faulty_worker.py).
+tests (request-level faults through pod env are dev/llmfleet_dev/faulty_worker.py).
 
 Run as ``python step_fault_worker.py KIND serve ...``: every step that holds a sequence with seed
 ``TRIGGER_SEED`` raises the exception named by KIND from the runner, as a real device would;

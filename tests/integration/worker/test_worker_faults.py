@@ -21,7 +21,7 @@ from llmfleet_worker.engine.core import Output, RequestHandle  # noqa: E402
 from llmfleet_worker.engine.failures import SampleFailure  # noqa: E402
 from llmfleet_worker.engine.runner import Sampler  # noqa: E402
 from llmfleet_worker.engine.scheduler import SamplingParams, Sequence  # noqa: E402
-from llmfleet_worker.engine.textengine import build_engine  # noqa: E402
+from llmfleet_worker.engine.tokenizing import build_engine  # noqa: E402
 from llmfleet_worker.settings import Settings  # noqa: E402
 
 FAULTY = (sys.executable, str(Path(__file__).with_name("step_fault_worker.py")))

@@ -18,7 +18,7 @@ pytest.importorskip("torch")
 from llmfleet_worker.api.protocol import CompletionRequest
 from llmfleet_worker.engine.core import Output
 from llmfleet_worker.engine.scheduler import SamplingParams
-from llmfleet_worker.engine.textengine import TextEngine, build_engine
+from llmfleet_worker.engine.tokenizing import TokenizingEngine, build_engine
 from llmfleet_worker.serving import sampling_params
 from llmfleet_worker.settings import Settings
 
@@ -55,14 +55,14 @@ PARAMS = st.fixed_dictionaries(
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_model: Path) -> Iterator[TextEngine]:
+def engine(tiny_model: Path) -> Iterator[TokenizingEngine]:
     eng = build_engine(Settings(model=str(tiny_model), max_model_len=64, threads=1))
     eng.start()
     yield eng
     eng.shutdown()
 
 
-def run(engine: TextEngine, ids: list[int], params: SamplingParams) -> list[Output]:
+def run(engine: TokenizingEngine, ids: list[int], params: SamplingParams) -> list[Output]:
     async def collect() -> list[Output]:
         out: list[Output] = []
         async for batch in engine.submit(ids, params).batches():
@@ -79,7 +79,9 @@ def run(engine: TextEngine, ids: list[int], params: SamplingParams) -> list[Outp
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
-def test_any_accepted_parameter_set_completes(engine: TextEngine, body: dict[str, Any]) -> None:
+def test_any_accepted_parameter_set_completes(
+    engine: TokenizingEngine, body: dict[str, Any]
+) -> None:
     try:
         req = CompletionRequest.model_validate({"model": "tiny", "prompt": "hi", **body})
     except ValidationError as exc:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,16 +13,12 @@ from pathlib import Path
 
 import httpx
 
+from llmfleet_dev.net import free_port
+from llmfleet_dev.wait import WaitTimeoutError, wait_for
+
 WORKER = str(Path(sys.executable).parent / "llmfleet-worker")
 API_KEY = "integration-test-key"
 START_TIMEOUT = 180.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -56,11 +51,10 @@ class WorkerProcess:
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float = 30.0) -> None:
         """Poll ``predicate`` (a condition on the worker's state) until true or fail."""
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"condition not met in {timeout}s\n{self.log()[-3000:]}")
-            time.sleep(0.05)
+        try:
+            wait_for("a condition", predicate, timeout, 0.05, give_up=(Exception,))
+        except WaitTimeoutError:
+            raise AssertionError(f"condition not met in {timeout}s\n{self.log()[-3000:]}") from None
 
     def stop(self) -> int:
         if self.proc.poll() is None:

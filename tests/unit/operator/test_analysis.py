@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
+from llmfleet_dev.stand_in_prometheus import StandIn, stand_in_prometheus
 from llmfleet_operator.analysis import RevisionMetrics, judge, window_seconds
 from llmfleet_operator.analysis_loop import AnalysisLoop
 from llmfleet_operator.api import CanaryAnalysis
 from llmfleet_operator.cache import Cache
 from llmfleet_operator.prometheus import client
-from support.stand_in_prometheus import StandIn, stand_in_prometheus
 
 LIMITS = CanaryAnalysis(max_error_ratio=0.05, max_ttft_ratio=1.5, min_requests=20)
 T = "2026-12-01T12:00:00.000Z"

@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 
+from llmfleet_dev.events import EventRecorder
+from llmfleet_dev.stand_in_prometheus import StandIn, by_query, stand_in_prometheus
 from llmfleet_operator import promql
 from llmfleet_operator.autoscale_loop import AutoscaleLoop, ScaleState
 from llmfleet_operator.cache import Cache
 from llmfleet_operator.prometheus import client
-from support.events import EventRecorder
-from support.stand_in_prometheus import StandIn, by_query, stand_in_prometheus
 
 
 def llmd(name: str, mode: str = "Builtin", desired: int | None = 2) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from llmfleet_dev.flaps import count_flaps
 from llmfleet_operator.autoscaler import (
     MAX_SIGNAL_AGE,
     Decision,
@@ -21,7 +22,6 @@ from llmfleet_operator.autoscaler import (
     Policy,
     Signals,
     Why,
-    count_flaps,
     decide,
 )
 

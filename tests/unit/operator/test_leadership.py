@@ -13,13 +13,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from llmfleet_dev.events import EventRecorder
+from llmfleet_dev.stand_in_prometheus import StandIn, by_query, stand_in_prometheus
 from llmfleet_operator import promql
 from llmfleet_operator.autoscale_loop import AutoscaleLoop
 from llmfleet_operator.cache import Cache
 from llmfleet_operator.lease import LeaseRecord, may_take, released_spec, taken_spec
 from llmfleet_operator.prometheus import client
-from support.events import EventRecorder
-from support.stand_in_prometheus import StandIn, by_query, stand_in_prometheus
 
 LEASE = 10.0
 

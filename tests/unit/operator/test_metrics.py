@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from llmfleet_dev.events import EventRecorder
+from llmfleet_dev.processes import parse_exposition
 from llmfleet_operator import metrics
 from llmfleet_operator.api import LLMDeploymentSpec, parse_spec
 from llmfleet_operator.autoscale_loop import AutoscaleLoop
@@ -20,8 +22,6 @@ from llmfleet_operator.free_gpus import FreeGpus
 from llmfleet_operator.leader import LeaderDuties
 from llmfleet_operator.rollout import PHASES
 from llmfleet_operator.workqueue import WorkQueue
-from support.events import EventRecorder
-from support.processes import parse_exposition
 
 KEY = ("team-a", "chat")
 GPU = "nvidia.com/gpu"

@@ -445,6 +445,24 @@ async def test_a_fatal_engine_error_fails_liveness_and_requests() -> None:
         eng.shutdown()
 
 
+def completions_scope(headers: list[tuple[bytes, bytes]] | None = None) -> dict[str, Any]:
+    """The ASGI scope of a JSON ``POST /v1/completions``, for driving the app by hand."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/completions",
+        "raw_path": b"/v1/completions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json"), *(headers or [])],
+        "client": ("127.0.0.1", 1),
+        "server": ("worker", 80),
+    }
+
+
 async def test_every_api_request_ends_in_one_outcome_even_before_its_body_is_read(
     engine: FakeEngine,
 ) -> None:
@@ -459,20 +477,7 @@ async def test_every_api_request_ends_in_one_outcome_even_before_its_body_is_rea
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/completions",
-        "raw_path": b"/v1/completions",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"content-type", b"application/json"), (b"content-length", b"40")],
-        "client": ("127.0.0.1", 1),
-        "server": ("worker", 80),
-    }
+    scope = completions_scope([(b"content-length", b"40")])
     await app(scope, gone, send)
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://worker"
@@ -482,3 +487,38 @@ async def test_every_api_request_ends_in_one_outcome_even_before_its_body_is_rea
         text = (await client.get("/metrics")).text
     assert 'llmfleet_worker_requests_total{outcome="cancelled"} 1.0' in text
     assert 'llmfleet_worker_requests_total{outcome="invalid"} 1.0' in text
+
+
+async def test_a_client_gone_before_its_answer_cancels_the_request_in_the_engine() -> None:
+    runner = FakeRunner(step_seconds=0.01)
+    eng = FakeEngine(runner, max_model_len=64)
+    eng.start()
+    metrics = Metrics()
+    app = build_app(eng, Settings(model="/models/x", served_model_name=MODEL), metrics)
+    body = json.dumps({"model": MODEL, "prompt": "a", "max_tokens": 50}).encode()
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        if messages:
+            return messages.pop()
+        # The client goes away once the request is generating (50 steps take 0.5 s).
+        assert await asyncio.to_thread(runner.entered.wait, 10)
+        return {"type": "http.disconnect"}
+
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = completions_scope()
+    try:
+        await app(scope, receive, send)
+        assert sent[0]["status"] == 499
+        assert [seq.finish_reason for seq in runner.released] == ["cancelled"]
+        assert len(runner.released[0].output_ids) < 50
+        assert eng.num_running == 0
+    finally:
+        eng.shutdown()
+    counted = metrics.registry.get_sample_value
+    assert counted(metric_names.REQUESTS_TOTAL, {"outcome": "cancelled"}) == 1
+    assert counted(metric_names.REQUESTS_TOTAL, {"outcome": "error"}) == 0

@@ -82,7 +82,7 @@ def test_invalid_settings_are_value_errors(argv: list[str]) -> None:
 
 def test_max_model_len_defaults_to_the_models_and_is_never_capped_silently() -> None:
     from llmfleet_worker.engine.source import ModelLoadError
-    from llmfleet_worker.engine.textengine import DEFAULT_MAX_MODEL_LEN, resolve_max_model_len
+    from llmfleet_worker.engine.tokenizing import DEFAULT_MAX_MODEL_LEN, resolve_max_model_len
 
     assert resolve_max_model_len(None, 1024) == 1024  # GPT-2: no crash loop on a default
     assert resolve_max_model_len(None, 131072) == 131072  # not capped at 2048

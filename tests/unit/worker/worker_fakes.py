@@ -11,6 +11,7 @@ import time
 
 from llmfleet_worker.engine.core import Engine
 from llmfleet_worker.engine.failures import SampleFailure
+from llmfleet_worker.engine.protocol import EngineClient, IncrementalDecoder, ModelRunner
 from llmfleet_worker.engine.scheduler import Sequence, StepPlan
 
 EOS = 0
@@ -22,7 +23,7 @@ def token_for(char: str) -> int:
     return ALPHABET.index(char) + 1
 
 
-class FakeRunner:
+class FakeRunner(ModelRunner):
     """Emits ``script`` (cycled) per sequence, or the next letter after the last token.
 
     ``gate`` (when cleared) holds every step, which keeps requests in the queue. Faults to
@@ -67,12 +68,12 @@ class FakeRunner:
         self.released.append(seq)
 
 
-class CharDecoder:
+class CharDecoder(IncrementalDecoder):
     def step(self, token_id: int) -> str:
         return "" if token_id == EOS else ALPHABET[(token_id - 1) % len(ALPHABET)]
 
 
-class FakeEngine(Engine):
+class FakeEngine(Engine, EngineClient):
     """The real engine loop over :class:`FakeRunner` with a character tokenizer."""
 
     vocab_size = len(ALPHABET) + 1

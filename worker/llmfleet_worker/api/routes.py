@@ -1,4 +1,5 @@
-"""HTTP routes: parse, delegate to :class:`~llmfleet_worker.serving.Serving`, return."""
+"""HTTP routes: parse, delegate to :class:`~llmfleet_worker.serving.Serving`, and turn what it
+returns (or raises) into a response with :mod:`~llmfleet_worker.api.responses`."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from llmfleet_worker.api.protocol import (
     ErrorResponse,
     ModelList,
 )
-from llmfleet_worker.serving import Serving
+from llmfleet_worker.api.responses import error_response, respond
+from llmfleet_worker.serving import Serving, ServingError
 
 router = APIRouter()
 
@@ -43,12 +45,20 @@ async def list_models(request: Request) -> ModelList:
 
 @router.post("/v1/completions", responses=_GENERATION_ERRORS)
 async def completions(body: CompletionRequest, request: Request) -> Response:
-    return await _serving(request).completion(body, request)
+    try:
+        result = await _serving(request).completion(body)
+    except ServingError as err:
+        return error_response(err)
+    return await respond(request, result)
 
 
 @router.post("/v1/chat/completions", responses=_GENERATION_ERRORS)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-    return await _serving(request).chat(body, request)
+    try:
+        result = await _serving(request).chat(body)
+    except ServingError as err:
+        return error_response(err)
+    return await respond(request, result)
 
 
 @router.get("/health")

@@ -1,7 +1,9 @@
 """The engine loop: scheduler + runner on a thread of their own, outputs to asyncio.
 
-Pure Python (no torch import): the runner and the detokenizer are passed in, so the loop,
-the stop-string logic and the thread hand-off are tested with fakes.
+Pure Python (no torch import): the runner and the detokenizer are passed in (their contracts,
+:class:`~llmfleet_worker.engine.protocol.ModelRunner` and
+:class:`~llmfleet_worker.engine.protocol.IncrementalDecoder`), so the loop, the stop-string
+logic and the thread hand-off are tested with fakes.
 
 Failures are contained as narrowly as they allow (see :mod:`~llmfleet_worker.engine.failures`):
 a sequence the runner could not sample ends alone, a step that raised ends the requests in
@@ -21,11 +23,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from collections.abc import Sequence as SequenceOf
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from llmfleet_worker.engine.failures import FailureScope, SampleFailure, classify_step_error
+from llmfleet_worker.engine.protocol import IncrementalDecoder, ModelRunner
 from llmfleet_worker.engine.scheduler import (
     QueueFullError,
     SamplingParams,
@@ -42,18 +43,6 @@ __all__ = ["DrainingError", "Engine", "Output", "QueueFullError", "RequestHandle
 
 class DrainingError(Exception):
     """The worker is shutting down and takes no new requests."""
-
-
-class StepRunner(Protocol):
-    def step(self, plan: StepPlan) -> SequenceOf[int | SampleFailure]:
-        """One token, or the reason it could not be sampled, per chunk with ``sample`` set."""
-
-    def release(self, seq: Sequence) -> None: ...
-
-
-class IncrementalDecoder(Protocol):
-    def step(self, token_id: int) -> str:
-        """Text that ``token_id`` completes (may be empty mid-character)."""
 
 
 @dataclass(frozen=True)
@@ -139,7 +128,7 @@ class Engine:
     def __init__(
         self,
         *,
-        runner: StepRunner,
+        runner: ModelRunner,
         make_decoder: Callable[[], IncrementalDecoder],
         eos_token_ids: frozenset[int],
         max_num_seqs: int,

@@ -1,6 +1,7 @@
 """The model runner: owns the torch model, the KV cache and sampling.
 
-Two implementations of one contract (``step(plan) -> one token per sampling chunk``):
+Two implementations of one contract, :class:`~llmfleet_worker.engine.protocol.ModelRunner`
+(``step(plan) -> one token per sampling chunk``):
 
 * :class:`FastRunner` for decoder architectures whose layer maths we mirror (Llama, Mistral,
   Qwen2 and GPT-2). It reuses the checkpoint's weights (fusing q/k/v and gate/up into single
@@ -17,7 +18,8 @@ from __future__ import annotations
 import inspect
 import logging
 import math
-from typing import Any, Protocol, TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F  # noqa: N812  # torch's own conventional alias
@@ -33,23 +35,13 @@ from llmfleet_worker.engine.loader import (
     quantize_int8,
 )
 from llmfleet_worker.engine.placement import Placement, PlacementError, place_layers
-from llmfleet_worker.engine.scheduler import Sequence, StepPlan
+from llmfleet_worker.engine.protocol import ModelRunner
+from llmfleet_worker.engine.scheduler import ScheduledChunk, Sequence, StepPlan
 
 log = logging.getLogger(__name__)
 
 FAST_LLAMA_TYPES = frozenset({"llama", "mistral", "qwen2"})
 _M = TypeVar("_M", bound=nn.Module)
-
-
-class Runner(Protocol):
-    """What the engine loop needs from a model runner."""
-
-    def step(self, plan: StepPlan) -> list[int | SampleFailure]:
-        """Run ``plan``; return one sampled token (or why that sequence could not be
-        sampled) per chunk with ``sample`` set, in order. Raises when the whole step failed."""
-
-    def release(self, seq: Sequence) -> None:
-        """Forget per-sequence state (sampling generator, private caches)."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -402,7 +394,7 @@ def fast_path_supported(hf_model: Any, max_model_len: int) -> str | None:
     return None
 
 
-class FastRunner:
+class FastRunner(ModelRunner):
     """Continuous-batching runner over a slot KV cache (see the module docstring).
 
     The cache is allocated whole here, from the plan :func:`plan_kv_cache` makes of the
@@ -500,11 +492,36 @@ class FastRunner:
     # ---- the step ------------------------------------------------------------------
     @torch.inference_mode()
     def step(self, plan: StepPlan) -> list[int | SampleFailure]:
+        """One flattened forward over every token of ``plan`` (see the module docstring),
+        then a token for each chunk that samples."""
+        self._move_rows(plan)
+        if not plan.chunks:
+            return []
+        batch = self._prepare(plan)
+        m = self.model
+        x = m.embed(batch.inputs.on(self.input_device).ids)
+        if m.pos_embed is not None:
+            x = x + m.pos_embed(batch.inputs.on(self.input_device).pos)
+        blk: _Block
+        for li, blk in enumerate(m.blocks):  # type: ignore[assignment]  # ModuleList is untyped
+            dev = m.block_devices[li]
+            if x.device != dev:  # the next GPU's layers: hand the hidden states over
+                x = x.to(dev)
+            qkv = blk.qkv.forward(blk.norm1.forward(x))
+            attn = self._attention(li, qkv, batch.inputs.on(dev), batch)
+            x = x + blk.o.forward(attn.reshape(batch.tokens, m.num_heads * m.head_dim))
+            x = x + self._mlp(blk, x)
+        return self._sample_tokens(x, batch)
+
+    def _move_rows(self, plan: StepPlan) -> None:
+        """Copy the cache rows the scheduler compacted, before anything reads them."""
         for src, dst in plan.moves:
             for cache in (*self._k, *self._v):
                 cache[:, dst].copy_(cache[:, src])
-        if not plan.chunks:
-            return []
+
+    def _prepare(self, plan: StepPlan) -> _StepBatch:
+        """Flatten the plan's chunks (decodes first) into one row of tokens, and lay out the
+        decodes over the cache rows they attend to."""
         longest = max(c.start + c.length for c in plan.chunks)
         if longest > self.max_model_len:
             raise RuntimeError(f"a chunk reaches position {longest} > {self.max_model_len}")
@@ -519,101 +536,165 @@ class FastRunner:
                 sample_at.append(len(ids) - 1)
                 sample_seqs.append(chunk.seq)
         n_dec = plan.num_decodes
-        decodes = plan.chunks[:n_dec]
         prefills = plan.chunks[n_dec:]
-        m = self.model
-        rows_l: list[int] = []
+        rows: list[int] = []
         lens: list[int] = []
         dec_len = 0
         dec_dense = False
         if n_dec:
-            rows_l = [_slot(c.seq) for c in decodes]
+            decodes = plan.chunks[:n_dec]
+            rows = [_slot(c.seq) for c in decodes]
             lens = [0] * plan.num_rows
-            for row, c in zip(rows_l, decodes, strict=True):
+            for row, c in zip(rows, decodes, strict=True):
                 lens[row] = c.start + 1
             dec_len = max(lens)
-            dec_dense = rows_l == list(range(plan.num_rows))
-        inputs = _StepInputs(self, ids, positions, rows_l, lens, dec_len)
-        x = m.embed(inputs.on(self.input_device).ids)
-        if m.pos_embed is not None:
-            x = x + m.pos_embed(inputs.on(self.input_device).pos)
+            dec_dense = rows == list(range(plan.num_rows))
+        return _StepBatch(
+            tokens=len(ids),
+            num_decodes=n_dec,
+            num_rows=plan.num_rows,
+            prefills=prefills,
+            dec_len=dec_len,
+            dec_dense=dec_dense,
+            decode_only=bool(n_dec) and dec_dense and not prefills,
+            sample_at=sample_at,
+            sample_seqs=sample_seqs,
+            inputs=_StepInputs(self, ids, positions, rows, lens, dec_len),
+        )
+
+    def _attention(
+        self, li: int, qkv: torch.Tensor, on: _OnDevice, batch: _StepBatch
+    ) -> torch.Tensor:
+        """Layer ``li``'s attention output, ``[tokens, heads, head_dim]``: the step's keys and
+        values go into the cache, then the decodes attend together and each prefill alone."""
+        q, k, v = self._rotary_qkv(qkv, on, batch.tokens)
+        if batch.decode_only:  # the common steady state: SDPA's output is the result
+            return self._decode_attention(li, q, k, v, on, batch)
+        attn = q.new_empty(batch.tokens, self.model.num_heads, self.model.head_dim)
+        n_dec = batch.num_decodes
+        if n_dec:
+            out = self._decode_attention(li, q, k, v, on, batch)
+            attn[:n_dec] = out[:, :, 0] if batch.dec_dense else out[on.dec_rows, :, 0]
+        self._prefill_attention(li, q, k, v, attn, batch)
+        return attn
+
+    def _rotary_qkv(
+        self, qkv: torch.Tensor, on: _OnDevice, tokens: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The fused projection split into per-head q, k and v, q and k rotated (RoPE)."""
+        m = self.model
         hq, hk, hd = m.num_heads, m.num_kv_heads, m.head_dim
-        decode_only = bool(n_dec) and dec_dense and not prefills
-        gqa = hq != hk
-        tokens = len(ids)
-        blk: _Block
-        for li, blk in enumerate(m.blocks):  # type: ignore[assignment]  # ModuleList is untyped
-            dev = m.block_devices[li]
-            if x.device != dev:  # the next GPU's layers: hand the hidden states over
-                x = x.to(dev)
-            on = inputs.on(dev)
-            h = blk.norm1.forward(x)
-            qkv = blk.qkv.forward(h)
-            qk = qkv[:, : (hq + hk) * hd].view(tokens, hq + hk, hd)
-            if on.cos is not None and on.sin is not None:  # rotate q and k together
-                # rotate_half(x) * sin == swap(x's halves) * (sin with its first half negated)
-                swapped = qk.view(tokens, hq + hk, 2, hd // 2).flip(-2).view(tokens, hq + hk, hd)
-                qk = qk * on.cos + swapped * on.sin
-            q, k = qk[:, :hq], qk[:, hq:]
-            v = qkv[:, (hq + hk) * hd :].view(tokens, hk, hd)
-            kc, vc = self.k_layers[li], self.v_layers[li]
-            attn = torch.empty(0) if decode_only else q.new_empty(tokens, hq, hd)
-            if n_dec:
-                assert on.dec_rows is not None
-                assert on.dec_pos is not None
-                kc[on.dec_rows, :, on.dec_pos] = k[:n_dec]
-                vc[on.dec_rows, :, on.dec_pos] = v[:n_dec]
-                if dec_dense:
-                    qd = q[:n_dec].unsqueeze(2)
-                else:
-                    qd = q.new_zeros(plan.num_rows, hq, 1, hd)
-                    qd[on.dec_rows] = q[:n_dec].unsqueeze(2)
+        qk = qkv[:, : (hq + hk) * hd].view(tokens, hq + hk, hd)
+        if on.cos is not None and on.sin is not None:  # rotate q and k together
+            # rotate_half(x) * sin == swap(x's halves) * (sin with its first half negated)
+            swapped = qk.view(tokens, hq + hk, 2, hd // 2).flip(-2).view(tokens, hq + hk, hd)
+            qk = qk * on.cos + swapped * on.sin
+        v = qkv[:, (hq + hk) * hd :].view(tokens, hk, hd)
+        return qk[:, :hq], qk[:, hq:], v
+
+    def _decode_attention(
+        self,
+        li: int,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        on: _OnDevice,
+        batch: _StepBatch,
+    ) -> torch.Tensor:
+        """All decodes in one SDPA over the cache rows ``[0, num_rows)``, masked to each
+        row's length; ``[num_rows, heads, 1, head_dim]`` (rows without a decode: padding)."""
+        m = self.model
+        n_dec = batch.num_decodes
+        kc, vc = self.k_layers[li], self.v_layers[li]
+        assert on.dec_rows is not None
+        assert on.dec_pos is not None
+        kc[on.dec_rows, :, on.dec_pos] = k[:n_dec]
+        vc[on.dec_rows, :, on.dec_pos] = v[:n_dec]
+        if batch.dec_dense:
+            qd = q[:n_dec].unsqueeze(2)
+        else:
+            qd = q.new_zeros(batch.num_rows, m.num_heads, 1, m.head_dim)
+            qd[on.dec_rows] = q[:n_dec].unsqueeze(2)
+        out: torch.Tensor = F.scaled_dot_product_attention(
+            qd,
+            kc[: batch.num_rows, :, : batch.dec_len],
+            vc[: batch.num_rows, :, : batch.dec_len],
+            attn_mask=on.dec_mask,
+            scale=m.scale,
+            enable_gqa=m.num_heads != m.num_kv_heads,
+        )
+        return out
+
+    def _prefill_attention(
+        self,
+        li: int,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        attn: torch.Tensor,
+        batch: _StepBatch,
+    ) -> None:
+        """Each prefill chunk into ``attn``, over its own cache row: causal from position 0,
+        else with a mask that lets the chunk see everything before it."""
+        m = self.model
+        gqa = m.num_heads != m.num_kv_heads
+        kc, vc = self.k_layers[li], self.v_layers[li]
+        offset = batch.num_decodes
+        for c in batch.prefills:
+            row, s, n = _slot(c.seq), c.start, c.length
+            kc[row, :, s : s + n] = k[offset : offset + n].transpose(0, 1)
+            vc[row, :, s : s + n] = v[offset : offset + n].transpose(0, 1)
+            qp = q[offset : offset + n].transpose(0, 1).unsqueeze(0)
+            kp = kc[row : row + 1, :, : s + n]
+            vp = vc[row : row + 1, :, : s + n]
+            if s == 0:
                 out = F.scaled_dot_product_attention(
-                    qd,
-                    kc[: plan.num_rows, :, :dec_len],
-                    vc[: plan.num_rows, :, :dec_len],
-                    attn_mask=on.dec_mask,
-                    scale=m.scale,
-                    enable_gqa=gqa,
+                    qp, kp, vp, is_causal=True, scale=m.scale, enable_gqa=gqa
                 )
-                if decode_only:  # the common steady state: SDPA's output is the result
-                    attn = out
-                else:
-                    attn[:n_dec] = out[:, :, 0] if dec_dense else out[on.dec_rows, :, 0]
-            offset = n_dec
-            for c in prefills:
-                row, s, n = _slot(c.seq), c.start, c.length
-                kc[row, :, s : s + n] = k[offset : offset + n].transpose(0, 1)
-                vc[row, :, s : s + n] = v[offset : offset + n].transpose(0, 1)
-                qp = q[offset : offset + n].transpose(0, 1).unsqueeze(0)
-                kp = kc[row : row + 1, :, : s + n]
-                vp = vc[row : row + 1, :, : s + n]
-                if s == 0:
-                    out = F.scaled_dot_product_attention(
-                        qp, kp, vp, is_causal=True, scale=m.scale, enable_gqa=gqa
-                    )
-                else:
-                    mask = torch.ones(n, s + n, dtype=torch.bool, device=dev).tril(s)
-                    out = F.scaled_dot_product_attention(
-                        qp, kp, vp, attn_mask=mask, scale=m.scale, enable_gqa=gqa
-                    )
-                attn[offset : offset + n] = out[0].transpose(0, 1)
-                offset += n
-            x = x + blk.o.forward(attn.reshape(tokens, hq * hd))
-            h = blk.norm2.forward(x)
-            up = blk.up.forward(h)
-            if m.kind == "llama":
-                gate, val = up.chunk(2, dim=-1)
-                act = F.silu(gate) * val
             else:
-                act = F.gelu(up, approximate="tanh")
-            x = x + blk.down.forward(act)
-        if not sample_at:
+                mask = torch.ones(n, s + n, dtype=torch.bool, device=q.device).tril(s)
+                out = F.scaled_dot_product_attention(
+                    qp, kp, vp, attn_mask=mask, scale=m.scale, enable_gqa=gqa
+                )
+            attn[offset : offset + n] = out[0].transpose(0, 1)
+            offset += n
+
+    def _mlp(self, blk: _Block, x: torch.Tensor) -> torch.Tensor:
+        """The layer's feed-forward output (before the residual): SwiGLU, or GPT-2's GELU."""
+        up = blk.up.forward(blk.norm2.forward(x))
+        if self.model.kind == "llama":
+            gate, val = up.chunk(2, dim=-1)
+            act = F.silu(gate) * val
+        else:
+            act = F.gelu(up, approximate="tanh")
+        out: torch.Tensor = blk.down.forward(act)
+        return out
+
+    def _sample_tokens(self, x: torch.Tensor, batch: _StepBatch) -> list[int | SampleFailure]:
+        """The head over each sampling chunk's last hidden state, and a token from each."""
+        if not batch.sample_at:
             return []
+        m = self.model
         x = x.to(self.device)
-        last = x[torch.tensor(sample_at, device=self.device)]
+        last = x[torch.tensor(batch.sample_at, device=self.device)]
         logits = m.lm_head(m.final_norm(last))
-        return self.sampler.sample(logits, sample_seqs)
+        return self.sampler.sample(logits, batch.sample_seqs)
+
+
+@dataclass(slots=True)
+class _StepBatch:
+    """One step as :meth:`FastRunner.step` runs it: ``tokens`` flattened, decodes first."""
+
+    tokens: int
+    num_decodes: int
+    num_rows: int  # cache rows 0..num_rows-1 are occupied
+    prefills: list[ScheduledChunk]
+    dec_len: int  # the longest decode's length: the cache columns the decodes attend to
+    dec_dense: bool  # decode i sits in cache row i, for every row
+    decode_only: bool  # decodes in every occupied row and no prefill
+    sample_at: list[int]  # flat index of the token to sample after, per sampling chunk
+    sample_seqs: list[Sequence]
+    inputs: _StepInputs
 
 
 class _OnDevice:
@@ -675,7 +756,7 @@ def _slot(seq: Sequence) -> int:
 # ---------------------------------------------------------------------------------------
 # The generic path
 # ---------------------------------------------------------------------------------------
-class HFRunner:
+class HFRunner(ModelRunner):
     """Any transformers causal LM, one sequence at a time with its own ``DynamicCache``.
 
     Its caches grow with each sequence (transformers allocates them), so the start-up plan

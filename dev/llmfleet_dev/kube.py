@@ -8,10 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llmfleet_operator import crdgen
-
-#: The committed LLMDeployment CRD.
-CRD_FILE = Path(__file__).resolve().parents[2] / "crds" / crdgen.FILE_NAME
+#: The field manager of what the tests apply server-side (the CRD: ``apply_crd``).
+FIELD_MANAGER = "llmfleet-tests"
 
 
 class KubectlError(AssertionError):
@@ -100,16 +98,3 @@ def gpu_blocker(replicas: int, gpus_per_pod: int, name: str = "blocker") -> dict
             },
         },
     }
-
-
-def apply_crd(kubectl: Kubectl) -> None:
-    """Server-side apply the committed CRD (idempotent; takes over fields another manager,
-    a Helm install, may own)."""
-    kubectl(
-        "apply",
-        "--server-side",
-        "--force-conflicts",
-        "--field-manager=llmfleet-tests",
-        "-f",
-        str(CRD_FILE),
-    )

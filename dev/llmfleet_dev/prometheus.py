@@ -1,6 +1,6 @@
 """A real Prometheus server (Debian's package) on loopback, for e2e tests and benchmarks.
 
-It scrapes the worker processes that the pod backer (``hack/podbacker.py``) lists in its
+It scrapes the worker processes that the pod backer (``llmfleet_dev.podbacker``) lists in its
 file-based service discovery file, every second, and optionally static targets (the
 operator's own metrics). ``stop()`` and ``start()`` again reuse the same port and the same
 TSDB, so a test can take Prometheus away mid-run and bring it back at the same address.
@@ -19,8 +19,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from localcluster import _die_with_parent, free_port
-from support.wait import wait_for
+from llmfleet_dev.localcluster import _die_with_parent
+from llmfleet_dev.net import free_port
+from llmfleet_dev.wait import wait_for
 
 BINARY = "/usr/bin/prometheus"
 WORKERS_JOB = "llmfleet-workers"

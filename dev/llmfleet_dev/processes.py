@@ -10,8 +10,9 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from localcluster import free_port, operator_command
-from support.wait import GiveUpError, wait_for
+from llmfleet_dev.localcluster import operator_command
+from llmfleet_dev.net import free_port
+from llmfleet_dev.wait import GiveUpError, wait_for
 
 
 def scrape(url: str) -> dict[str, float]:

@@ -3,7 +3,7 @@
 Same command line as ``python -m llmfleet_worker``; :func:`worker_command` is how to start it
 (the e2e pod backer does by default, so an LLMDeployment's ``worker.env`` reaches it)::
 
-    python -P tests/support/faulty_worker.py serve --model DIR --port 8000 ...
+    python -P -m llmfleet_dev.faulty_worker serve --model DIR --port 8000 ...
 
 Faults (each off unless its variable is set; with none set the worker is not wrapped at all):
 
@@ -40,16 +40,17 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
+
+# The engine's contract alone, which FaultyEngine implements; it imports nothing else.
+from llmfleet_worker.engine.protocol import EngineClient
 
 if TYPE_CHECKING:  # the worker's modules load only in the worker process, not in pytest's
     from fastapi import FastAPI
 
-    from llmfleet_worker.engine.core import Output, RequestHandle
+    from llmfleet_worker.engine.core import EngineStats, Output, RequestHandle
     from llmfleet_worker.engine.scheduler import SamplingParams
     from llmfleet_worker.metrics import Metrics
-    from llmfleet_worker.serving import TextEngine
     from llmfleet_worker.settings import Settings
 
 FAIL_RATIO_ENV = "SIM_FAIL_RATIO"
@@ -58,17 +59,17 @@ READY_DELAY_ENV = "SIM_READY_DELAY_SECONDS"
 #: Every variable this module reads (all of them plain pod env, which the pod backer passes).
 FAULT_ENV = (FAIL_RATIO_ENV, TTFT_DELAY_ENV, READY_DELAY_ENV)
 
-SCRIPT = Path(__file__).resolve()
+MODULE = "llmfleet_dev.faulty_worker"
 
 
 def worker_command(python: str = sys.executable) -> tuple[str, ...]:
     """The command that starts this worker (``serve ...`` follows, as for llmfleet-worker).
 
-    A script path rather than ``-m support.faulty_worker``: the process then needs no
-    PYTHONPATH into tests/. ``-P`` keeps the script's own directory off ``sys.path``, so
-    tests/support's modules cannot shadow anything the worker imports.
+    ``-m`` with the development venv's Python, whose editable install puts llmfleet_dev on
+    ``sys.path``: the process needs no PYTHONPATH. ``-P`` keeps the working directory off
+    ``sys.path``, so nothing there can shadow anything the worker imports.
     """
-    return (python, "-P", str(SCRIPT))
+    return (python, "-P", "-m", MODULE)
 
 
 @dataclass(frozen=True)
@@ -126,11 +127,11 @@ class FailureSchedule:
         return False
 
 
-class FaultyEngine:
-    """A :class:`~llmfleet_worker.serving.TextEngine` that fails, delays and warms up slowly
-    as :class:`Faults` say, and is the wrapped engine in everything else."""
+class FaultyEngine(EngineClient):
+    """An :class:`~llmfleet_worker.engine.protocol.EngineClient` that fails, delays and warms
+    up slowly as :class:`Faults` say, and is the wrapped engine in everything else."""
 
-    def __init__(self, engine: TextEngine, faults: Faults) -> None:
+    def __init__(self, engine: EngineClient, faults: Faults) -> None:
         self._engine = engine
         self._faults = faults
         self._schedule = FailureSchedule(faults.fail_ratio)
@@ -139,6 +140,8 @@ class FaultyEngine:
         self.max_model_len = engine.max_model_len
         self.vocab_size = engine.vocab_size
         self.max_chars_per_token = engine.max_chars_per_token
+        # The engine's own step statistics (updated in place), which the gauges read.
+        self.stats: EngineStats = engine.stats
 
     @property
     def ready(self) -> bool:
@@ -155,11 +158,6 @@ class FaultyEngine:
     @property
     def num_running(self) -> int:
         return self._engine.num_running
-
-    @property
-    def stats(self) -> Any:
-        """The engine's step statistics, which the metrics' gauges read at scrape time."""
-        return getattr(self._engine, "stats", None)
 
     def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
         return self._engine.encode(text, add_special_tokens=add_special_tokens)
@@ -220,7 +218,7 @@ def install(faults: Faults) -> None:
     real = app.build_app
 
     def build_app(
-        engine: TextEngine, settings: Settings, metrics: Metrics | None = None
+        engine: EngineClient, settings: Settings, metrics: Metrics | None = None
     ) -> FastAPI:
         return real(FaultyEngine(engine, faults), settings, metrics)
 

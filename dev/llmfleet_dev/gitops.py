@@ -20,7 +20,7 @@ from typing import Any
 
 from lupa import lua51
 
-from localcluster import ensure_tools
+from llmfleet_dev.localcluster import ensure_tools
 
 ROOT = Path(__file__).resolve().parents[2]
 HEALTH_LUA = ROOT / "charts" / "llmfleet" / "files" / "argocd-health.lua"

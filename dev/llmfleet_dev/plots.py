@@ -12,8 +12,8 @@ Two halves:
 Figures are built on :class:`matplotlib.figure.Figure` with an Agg canvas, never through
 ``pyplot``: no display, no global backend state, safe beside threads.
 
-``hack/`` is on the import path of the tests and of ``hack/demo.py``; ``bench/`` scripts put
-it there themselves (``sys.path.insert(0, ROOT / "hack")``).
+Part of :mod:`llmfleet_dev`: the tests, ``hack/demo.py`` and ``bench/`` import it as
+``llmfleet_dev.plots`` (the development venv's editable install puts ``dev/`` on the path).
 """
 
 from __future__ import annotations
@@ -592,7 +592,7 @@ def is_png(path: Path | str) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python hack/plots.py BURST.json OUT.png``: draw a saved burst again."""
+    """``python -m llmfleet_dev.plots BURST.json OUT.png``: draw a saved burst again."""
     import argparse
 
     parser = argparse.ArgumentParser(description=main.__doc__)

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """A real, local Kubernetes control plane with simulated GPU nodes.
 
 Starts etcd, kube-apiserver (RBAC, ServiceAccount tokens, PodSecurity admission),
@@ -7,15 +6,17 @@ and registers kwok nodes that advertise ``nvidia.com/gpu`` capacity. The schedul
 places pods and really leaves them Pending when GPUs run out; kwok marks scheduled pods
 Running and Ready, except pods annotated ``sim.llmfleet.io/never-ready: "true"`` (Running,
 never Ready) and ``sim.llmfleet.io/backed: "true"`` (Running, not Ready until the pod backer,
-``hack/podbacker.py``, sees the real worker behind the pod answer ``/ready``).
+``llmfleet_dev.podbacker``, sees the real worker behind the pod answer ``/ready``).
 
 Standard library only (plus the ``openssl`` command for certificates), so it runs before any
 virtual environment exists. Used by ``make cluster-up``/``cluster-down`` and by the pytest
 fixtures in ``tests/``.
 
-    python3 hack/localcluster.py up [--dir .cluster] [--gpu-nodes 4] [--gpus-per-node 8]
-    python3 hack/localcluster.py down [--dir .cluster]
-    python3 hack/localcluster.py status [--dir .cluster]
+    PYTHONPATH=dev python3 -m llmfleet_dev.localcluster up [--dir .cluster] [--gpu-nodes 4] ...
+    PYTHONPATH=dev python3 -m llmfleet_dev.localcluster down [--dir .cluster]
+    PYTHONPATH=dev python3 -m llmfleet_dev.localcluster status [--dir .cluster]
+
+(``PYTHONPATH=dev`` only outside the virtual environment, whose editable install has it.)
 """
 
 from __future__ import annotations
@@ -36,8 +37,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-HACK = Path(__file__).resolve().parent
-ROOT = HACK.parent
+from llmfleet_dev.net import free_port
+from llmfleet_dev.wait import WaitTimeoutError, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+HACK = ROOT / "hack"
 
 GPU_RESOURCE = "nvidia.com/gpu"
 NEVER_READY_ANNOTATION = "sim.llmfleet.io/never-ready"
@@ -220,13 +224,6 @@ class State:
     extras: dict[str, int] = field(default_factory=dict)
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -242,16 +239,29 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def wait_for(what: str, check: Callable[[], bool], timeout: float, on_fail: str = "") -> None:
-    """Poll ``check`` until it is true; raise with ``what`` (and ``on_fail``) on timeout."""
-    deadline = time.monotonic() + timeout
-    delay = 0.05
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.5)
-    raise ClusterError(f"timed out after {timeout:.0f}s waiting for {what}. {on_fail}".strip())
+def apply_crd(
+    kubectl: Callable[..., object], *, field_manager: str | None = None, wait: bool = False
+) -> None:
+    """Server-side apply the committed LLMDeployment CRD with ``kubectl`` (a callable taking
+    kubectl's arguments: :meth:`LocalCluster.kubectl`, ``llmfleet_dev.kube.Kubectl``).
+    Idempotent; takes over fields another manager, a Helm install, may own. ``wait``: until
+    the CRD is Established (served)."""
+    manager = [f"--field-manager={field_manager}"] if field_manager else []
+    kubectl("apply", "--server-side", "--force-conflicts", *manager, "-f", str(CRD_FILE))
+    if wait:
+        kubectl("wait", "--for=condition=Established", "crd/llmdeployments.llmfleet.io")
+
+
+def _wait(what: str, check: Callable[[], bool], timeout: float, on_fail: str = "") -> None:
+    """:func:`~llmfleet_dev.wait.wait_for` ``check`` (backing off from 0.05 to 0.5s). An
+    exception from ``check`` ends the wait at once; a timeout raises ClusterError (``on_fail``
+    appended)."""
+    try:
+        wait_for(what, check, timeout, 0.05, backoff=1.5, max_interval=0.5, give_up=(Exception,))
+    except WaitTimeoutError:
+        raise ClusterError(
+            f"timed out after {timeout:.0f}s waiting for {what}. {on_fail}".strip()
+        ) from None
 
 
 class LocalCluster:
@@ -393,8 +403,7 @@ class LocalCluster:
 
     def install_crd(self) -> None:
         """Apply the generated LLMDeployment CRD and wait until it is served."""
-        self.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
-        self.kubectl("wait", "--for=condition=Established", "crd/llmdeployments.llmfleet.io")
+        apply_crd(self.kubectl, wait=True)
 
     def prepare_namespace(self, namespace: str) -> None:
         """Create ``namespace`` (if missing) with a bound ``models`` volume in it."""
@@ -736,7 +745,7 @@ class LocalCluster:
                 return _port_open(port)
             return self._https_ok(port, "/healthz", client_cert=False)
 
-        wait_for(f"{component} to become healthy", healthy, timeout, self._log_tail(component))
+        _wait(f"{component} to become healthy", healthy, timeout, self._log_tail(component))
 
     # --- nodes -------------------------------------------------------------------------------
     def kubectl(
@@ -782,7 +791,7 @@ class LocalCluster:
             )
             return sa and out.count("True") == want
 
-        wait_for(
+        _wait(
             f"{want} nodes Ready and the default ServiceAccount",
             ready,
             timeout,

@@ -1,4 +1,10 @@
-"""The real engine: a loaded model, its tokenizer, a runner and the batching loop."""
+"""The real engine: a loaded model, its tokenizer, a runner and the batching loop.
+
+:class:`TokenizingEngine` is the token engine (:class:`~llmfleet_worker.engine.core.Engine`)
+with the model's tokenizer around it: prompts are encoded here and every request's tokens
+are detokenized incrementally, which makes it the
+:class:`~llmfleet_worker.engine.protocol.EngineClient` the serving layer runs on.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ from typing import Any
 
 from llmfleet_worker.engine.core import Engine
 from llmfleet_worker.engine.loader import LoadedModel, MemoryConfig, load_model, set_threads
+from llmfleet_worker.engine.protocol import EngineClient
 from llmfleet_worker.engine.runner import build_runner
 from llmfleet_worker.engine.source import ModelLoadError
 from llmfleet_worker.settings import Settings
@@ -33,7 +40,7 @@ class _StreamDecoder:
             return ""
 
 
-class TextEngine(Engine):
+class TokenizingEngine(Engine, EngineClient):
     """:class:`Engine` plus the tokenizer operations the serving layer needs."""
 
     def __init__(self, loaded: LoadedModel, settings: Settings, max_model_len: int) -> None:
@@ -100,7 +107,7 @@ def resolve_max_model_len(asked: int | None, model_limit: int | None) -> int:
     return asked
 
 
-def build_engine(settings: Settings) -> TextEngine:
+def build_engine(settings: Settings) -> TokenizingEngine:
     """Load the model named by ``settings`` and build the engine (not started)."""
     threads = set_threads(settings.threads)
     loaded = load_model(
@@ -121,4 +128,4 @@ def build_engine(settings: Settings) -> TextEngine:
         threads,
         max_len,
     )
-    return TextEngine(loaded, settings, max_len)
+    return TokenizingEngine(loaded, settings, max_len)

@@ -22,21 +22,28 @@ def wait_for(
     probe: Callable[[], T],
     timeout: float = 30.0,
     interval: float = 0.2,
+    *,
+    backoff: float = 1.0,
+    max_interval: float | None = None,
+    give_up: tuple[type[BaseException], ...] = (),
 ) -> T:
     """Call ``probe`` until it returns something truthy and return that.
 
     ``probe`` may raise; the last exception or falsy value is reported on timeout, so a
-    failing test says what it was waiting for and what it saw instead.
+    failing test says what it was waiting for and what it saw instead. :class:`GiveUpError`
+    and the exceptions in ``give_up`` end the wait at once. The pause between calls starts at
+    ``interval`` and grows by ``backoff`` each time, up to ``max_interval``.
     """
     deadline = time.monotonic() + timeout
     last: object = None
+    delay = interval
     while True:
         try:
             value = probe()
             if value:
                 return value
             last = value
-        except GiveUpError:
+        except (GiveUpError, *give_up):
             raise
         except Exception as e:
             last = f"{type(e).__name__}: {e}"
@@ -45,4 +52,7 @@ def wait_for(
                 f"timed out after {timeout:.0f}s waiting for {description}; "
                 f"last observation: {last!r}"
             )
-        time.sleep(interval)
+        time.sleep(delay)
+        delay = delay * backoff
+        if max_interval is not None:
+            delay = min(delay, max_interval)
