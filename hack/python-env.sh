@@ -28,4 +28,10 @@ fi
 echo "[python-env] syncing .venv (first time downloads torch: a few minutes)" >&2
 [[ -x "$ROOT/.venv/bin/python" ]] || "$uv" venv --quiet --python "$PYTHON" "$ROOT/.venv"
 "$uv" pip install --quiet --python "$ROOT/.venv/bin/python" -e "$ROOT[operator,worker,dev]"
+# Bytecode for every installed package, once: where PYTHONDONTWRITEBYTECODE is set (or
+# site-packages is read-only) Python never caches it, and each process that imports torch and
+# transformers compiles ~1400 modules from source again (about half of a worker's start-up
+# here). compileall skips what is already current, so a re-sync costs seconds.
+echo "[python-env] compiling bytecode (first time: a minute or two)" >&2
+"$ROOT/.venv/bin/python" -m compileall -q -j 0 "$("$ROOT/.venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" > /dev/null || true
 echo "$want" > "$ROOT/.venv/.llmfleet-stamp"

@@ -96,5 +96,8 @@ if ! out="$("$py" -c 'import vllm' 2>&1)"; then
   log "vllm does not import in $VENV"
   exit 1
 fi
+# Bytecode once, as hack/python-env.sh does: without it every vLLM start compiles its imports.
+log "compiling bytecode"
+"$py" -m compileall -q -j 0 "$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" >/dev/null || true
 echo "$want" > "$VENV/.llmfleet-stamp"
 echo "$py"
