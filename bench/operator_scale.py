@@ -145,16 +145,22 @@ def llmd(i: int) -> dict[str, Any]:
     }
 
 
-def ready_times(cluster: LocalCluster) -> dict[str, float]:
-    """Ready condition transition times (epoch seconds) of Ready LLMDeployments."""
+def ready_times(cluster: LocalCluster) -> tuple[dict[str, float], int]:
+    """Ready condition transition times (epoch seconds) of Ready LLMDeployments, and how many
+    have heard from the autoscaler (its ScalingActive condition: without a Prometheus here,
+    MetricsUnavailable once its grace is over). Both belong to convergence: the idle window
+    starts after them."""
     out = cluster.kubectl("get", "llmd", "-n", NAMESPACE, "-o", "json").stdout
     ready = {}
+    scaled = 0
     for item in json.loads(out)["items"]:
-        for c in item.get("status", {}).get("conditions", []):
+        conditions = item.get("status", {}).get("conditions", [])
+        scaled += any(c["type"] == "ScalingActive" for c in conditions)
+        for c in conditions:
             if c["type"] == "Ready" and c["status"] == "True":
                 ts = datetime.fromisoformat(c["lastTransitionTime"].replace("Z", "+00:00"))
                 ready[item["metadata"]["name"]] = ts.timestamp()
-    return ready
+    return ready, scaled
 
 
 def main() -> int:
@@ -238,8 +244,8 @@ def main() -> int:
         ready: dict[str, float] = {}
         while time.time() - start < args.timeout:
             peak_rss = max(peak_rss, proc_stats(operator.pid)[0])
-            ready = ready_times(cluster)
-            if len(ready) == args.count:
+            ready, scaled = ready_times(cluster)
+            if len(ready) == args.count and scaled == args.count:
                 break
             time.sleep(1)
         converged = time.time()

@@ -48,6 +48,7 @@ from llmfleet_operator.plan import Apply, child_key, plan_children
 from llmfleet_operator.resources import (
     ANNOTATION_STABLE_REVISION,
     ANNOTATION_STABLE_SPEC,
+    ANNOTATION_TEMPLATE_SPEC,
     DEFAULT_MONITORING_NAMESPACE,
     MANAGED_KINDS,
     Owner,
@@ -221,7 +222,9 @@ class Reconciler:
         )
         resource = spec.worker.resources.gpu_resource_name
         fleet = observe_fleet(self.cache.pods.get(key, {}).values(), resource)
-        stable_rev, stable_spec, stable_raw = _stable_of(stable_dep)
+        stable_rev, stable_spec, stable_raw = _stable_of(
+            stable_dep, previous.get("currentRevision")
+        )
         now = self._clock()
         fleet = await self._volume_failures(key, fleet, now, result)
         facts = await self._rollout_facts(
@@ -255,9 +258,10 @@ class Reconciler:
             for step in plan.apply
             if await self._apply_child(key, body, step, result) and not step.quiet
         ]
-        if done:
-            # One Event for what one reconcile wrote (a new fleet is three or four objects),
-            # named after the first: the worker Deployment when it is among them.
+        if done and previous:
+            # One Event for what one reconcile wrote, named after the first: the worker
+            # Deployment when it is among them. A new fleet's children go unannounced: its
+            # Ready transition (or the failure that stops it) is the Event that says more.
             await self.kube.event(
                 body, f"{done[0].verb}{done[0].obj['kind']}", "; ".join(s.message for s in done)
             )
@@ -652,20 +656,30 @@ def _settled(dep: Mapping[str, Any] | None) -> bool:
 
 
 def _stable_of(
-    dep: Mapping[str, Any] | None,
+    dep: Mapping[str, Any] | None, current_revision: str | None
 ) -> tuple[str | None, LLMDeploymentSpec | None, str | None]:
-    """(revision, spec, spec JSON) of the last good revision the stable Deployment records."""
-    annotations = ((dep or {}).get("metadata") or {}).get("annotations") or {}
-    revision, raw = (
-        annotations.get(ANNOTATION_STABLE_REVISION),
-        annotations.get(ANNOTATION_STABLE_SPEC),
-    )
+    """(revision, spec, spec JSON) of the last good revision: the stable Deployment's template
+    when ``status.currentRevision`` names it (the status write that saw it Ready recorded it:
+    no write of its own), else the one the Deployment recorded while its template moved on."""
+    meta = (dep or {}).get("metadata") or {}
+    annotations = meta.get("annotations") or {}
+    template = (((dep or {}).get("spec") or {}).get("template") or {}).get("metadata") or {}
+    template_rev = (template.get("labels") or {}).get(LABEL_REVISION)
+    if current_revision and current_revision == template_rev:
+        revision, raw = template_rev, annotations.get(ANNOTATION_TEMPLATE_SPEC)
+        if not raw and annotations.get(ANNOTATION_STABLE_REVISION) == template_rev:
+            raw = annotations.get(ANNOTATION_STABLE_SPEC)  # written by an older operator
+    else:
+        revision, raw = (
+            annotations.get(ANNOTATION_STABLE_REVISION),
+            annotations.get(ANNOTATION_STABLE_SPEC),
+        )
     if not revision or not raw:
         return None, None, None
     try:
         return str(revision), LLMDeploymentSpec.model_validate(json.loads(raw)), str(raw)
     except (ValueError, ValidationError):
-        log.warning("unreadable %s annotation; no rollback target", ANNOTATION_STABLE_SPEC)
+        log.warning("unreadable spec annotation on %s; no rollback target", meta.get("name"))
         return None, None, None
 
 

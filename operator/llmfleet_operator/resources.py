@@ -50,8 +50,14 @@ VLLM_DEFAULT_MAX_NUM_SEQS: Final = 256
 #: engine vllm: HOME (vLLM's config and compile caches, ~/.cache and ~/.config), an emptyDir
 #: because the root filesystem is read-only.
 VLLM_HOME: Final = "/home/vllm"
-#: On the stable Deployment: the last revision that was fully Ready, and the spec that built
-#: it, so that a rollback can rebuild its pods after the spec has moved on.
+#: On the stable Deployment: the spec its pod template was built from, written with the
+#: template itself (no write of its own). Once ``status.currentRevision`` names the template's
+#: revision, this is the rollback target.
+ANNOTATION_TEMPLATE_SPEC: Final = "llmfleet.io/template-spec"
+#: On the stable Deployment while its template runs another revision (a rollout under way, or
+#: one that rolled back): the last revision that was fully Ready and the spec that built it,
+#: so that a rollback can rebuild its pods after the spec and the template have moved on.
+#: Written in the same apply that moves the template.
 ANNOTATION_STABLE_REVISION: Final = "llmfleet.io/stable-revision"
 ANNOTATION_STABLE_SPEC: Final = "llmfleet.io/stable-spec"
 #: The label every namespace carries with its own name (Kubernetes sets it).
@@ -387,8 +393,9 @@ def worker_deployment(
     """The worker Deployment of one track (``stable``; ``canary`` during a canary rollout).
 
     ``template_spec`` builds the pods (default ``spec``: a rollback passes the stable
-    revision's spec); ``stable`` is (revision, spec JSON) of the last good revision, recorded
-    on the stable Deployment.
+    revision's spec); on the stable track its JSON goes with the template. ``stable`` is
+    (revision, spec JSON) of the last good revision, recorded on the stable Deployment while
+    the template runs another one.
     """
     labels = {
         **common_labels(owner),
@@ -397,11 +404,13 @@ def worker_deployment(
         LABEL_TRACK: track,
     }
     meta = _meta(owner, deployment_name(owner, track), labels)
-    if stable is not None:
-        meta["annotations"] = {
-            ANNOTATION_STABLE_REVISION: stable[0],
-            ANNOTATION_STABLE_SPEC: stable[1],
-        }
+    if track == STABLE_TRACK:
+        meta["annotations"] = {ANNOTATION_TEMPLATE_SPEC: spec_json(template_spec or spec)}
+        if stable is not None and stable[0] != revision:
+            meta["annotations"] |= {
+                ANNOTATION_STABLE_REVISION: stable[0],
+                ANNOTATION_STABLE_SPEC: stable[1],
+            }
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -419,7 +428,8 @@ def worker_deployment(
 
 
 def spec_json(spec: LLMDeploymentSpec) -> str:
-    """The spec as stored in ANNOTATION_STABLE_SPEC (compact, stable key order).
+    """The spec as stored in ANNOTATION_TEMPLATE_SPEC and ANNOTATION_STABLE_SPEC (compact,
+    stable key order).
 
     Defaults are spelled out: a later operator may default differently (the worker image
     follows the operator's version), and a rollback must rebuild the very pods that ran.

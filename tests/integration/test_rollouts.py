@@ -159,8 +159,13 @@ def test_rolling_update_surges_when_a_gpu_node_is_free(
     )
     revisions = [(r["revision"], r["phase"]) for r in st["revisions"]]
     assert revisions[:2] == [(st["updateRevision"], "Active"), (old, "Superseded")]
+    # The new revision is the rollback target now: its template, recorded good by the status
+    # write that saw it Ready (no write to the Deployment of its own).
     dep = kube.get("deployment", "surge")
-    assert dep["metadata"]["annotations"]["llmfleet.io/stable-revision"] == st["updateRevision"]
+    assert st["currentRevision"] == st["updateRevision"]
+    template = dep["spec"]["template"]["metadata"]["labels"]["llmfleet.io/revision"]
+    assert template == st["updateRevision"]
+    assert json.loads(dep["metadata"]["annotations"]["llmfleet.io/template-spec"])["model"]
 
 
 def test_full_pool_replaces_in_place_never_below_n_minus_one(

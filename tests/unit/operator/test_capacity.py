@@ -356,8 +356,10 @@ def test_more_selector_labels_never_add_capacity(
     nodes: list[NodeRecord], spec: dict[str, Any], more: dict[str, str]
 ) -> None:
     loose = Placement.of_pod_spec(spec)
+    # More keys only: a value that replaced one of the spec's own would be another selector,
+    # not a stricter one.
     strict = Placement.of_pod_spec(
-        {**spec, "nodeSelector": {**spec.get("nodeSelector", {}), **more}}
+        {**spec, "nodeSelector": {**more, **spec.get("nodeSelector", {})}}
     )
     assert free_capacity(nodes, {}, GPU, strict).free <= free_capacity(nodes, {}, GPU, loose).free
 

@@ -9,12 +9,20 @@ import copy
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from llmfleet_operator.api import LABEL_REVISION, LLMDeploymentSpec
 from llmfleet_operator.cache import Cache
 from llmfleet_operator.reconciler import (
     FOREIGN_RETRY_SECONDS,
     LEFTOVER_RETRY_SECONDS,
     Reconciler,
+    _stable_of,
     observed_through_metadata,
+)
+from llmfleet_operator.resources import (
+    ANNOTATION_STABLE_REVISION,
+    ANNOTATION_STABLE_SPEC,
+    ANNOTATION_TEMPLATE_SPEC,
+    spec_json,
 )
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
@@ -96,9 +104,8 @@ async def test_first_reconcile_applies_children_and_status_then_nothing() -> Non
         "Service",
     ]
     assert result.status_written
-    # One Event for the four objects created, named after the worker Deployment.
-    assert kube.events.count("CreatedDeployment") == 1
-    assert not any(e in kube.events for e in ("CreatedService", "CreatedNetworkPolicy"))
+    # A new fleet's children go unannounced: its Ready transition is the Event.
+    assert kube.events == []
     # The watch echoes our writes back; the next reconcile of the same state writes nothing.
     for (kind, _), obj in zip(kube.applies, list(kube.objects.values()), strict=False):
         if kind != "LLMDeployment/status":
@@ -107,6 +114,20 @@ async def test_first_reconcile_applies_children_and_status_then_nothing() -> Non
     again = await rec.reconcile(("ns", "chat"))
     assert kube.applies == []
     assert not again.status_written
+
+
+async def test_children_written_once_the_fleet_has_a_status_are_announced_in_one_event() -> None:
+    kube, cache, rec = setup()
+    await rec.reconcile(("ns", "chat"))
+    for obj in list(kube.objects.values()):
+        if obj["kind"] != "LLMDeployment":
+            cache.observe_child("MODIFIED", obj)
+    # Deleted by hand: the watch says so.
+    cache.observe_child("DELETED", kube.objects["Service:chat"])
+    kube.applies.clear()
+    await rec.reconcile(("ns", "chat"))
+    assert [k for k, _ in kube.applies] == ["Service"]
+    assert kube.events == ["CreatedService"]
 
 
 async def test_scaling_to_one_deletes_the_pdb() -> None:
@@ -314,3 +335,30 @@ async def test_a_pod_stuck_creating_is_explained_from_its_events_once_it_waited(
     assert late.requeue_after == 20.0  # no watch tells when it is attached: look again
     await rec.reconcile(("ns", "chat"))
     assert len(listed) == 1  # the Events are read again only after that
+
+
+def _stable_dep(template_rev: str, annotations: dict[str, str]) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "chat", "annotations": annotations},
+        "spec": {"template": {"metadata": {"labels": {LABEL_REVISION: template_rev}}}},
+    }
+
+
+def test_the_rollback_target_is_the_template_once_status_names_it_good() -> None:
+    a, b = spec_json(LLMDeploymentSpec.model_validate(LLMD["spec"])), "{}"
+    fresh = _stable_dep("A", {ANNOTATION_TEMPLATE_SPEC: a})
+    # Never Ready yet: nothing to roll back to.
+    assert _stable_of(fresh, None)[0] is None
+    # The status write that saw it Ready recorded it: no write to the Deployment needed.
+    assert _stable_of(fresh, "A")[::2] == ("A", a)
+    # A rollout moved the template to B: the apply that moved it recorded A.
+    rolling = _stable_dep(
+        "B",
+        {ANNOTATION_TEMPLATE_SPEC: b, ANNOTATION_STABLE_REVISION: "A", ANNOTATION_STABLE_SPEC: a},
+    )
+    assert _stable_of(rolling, "A")[::2] == ("A", a)
+    # An older operator recorded the good revision in the stable pair alone.
+    older = _stable_dep("A", {ANNOTATION_STABLE_REVISION: "A", ANNOTATION_STABLE_SPEC: a})
+    assert _stable_of(older, "A")[::2] == ("A", a)
+    # An unreadable spec is no rollback target.
+    assert _stable_of(_stable_dep("A", {ANNOTATION_TEMPLATE_SPEC: "{"}), "A")[0] is None
