@@ -145,6 +145,13 @@ def llmd(i: int) -> dict[str, Any]:
     }
 
 
+def send_in_chunks(cluster: LocalCluster, verb: str, items: list[Any], size: int) -> None:
+    """``kubectl create|apply`` of ``items`` as Lists of ``size``: one process per chunk."""
+    for chunk in range(0, len(items), size):
+        batch = {"apiVersion": "v1", "kind": "List", "items": items[chunk : chunk + size]}
+        cluster.kubectl(verb, "-f", "-", stdin=json.dumps(batch))
+
+
 def ready_times(cluster: LocalCluster) -> tuple[dict[str, float], int]:
     """Ready condition transition times (epoch seconds) of Ready LLMDeployments, and how many
     have heard from the autoscaler (its ScalingActive condition: without a Prometheus here,
@@ -195,15 +202,7 @@ def main() -> int:
             began = time.time()
             cluster.kubectl("create", "namespace", "noise")
             pods = other_pods(args.other_pods, cpu_nodes)
-            for chunk in range(0, len(pods), 500):
-                cluster.kubectl(
-                    "create",
-                    "-f",
-                    "-",
-                    stdin=json.dumps(
-                        {"apiVersion": "v1", "kind": "List", "items": pods[chunk : chunk + 500]}
-                    ),
-                )
+            send_in_chunks(cluster, "create", pods, 500)
             print(f"other pods: {args.other_pods} created in {time.time() - began:.0f}s")
         kubeconfig = cluster.kubeconfig_for(OPERATOR_USER, ("system:masters",))
         metrics_port = free_port()
@@ -230,15 +229,7 @@ def main() -> int:
             return 1
         items = [llmd(i) for i in range(args.count)]
         start = time.time()
-        for chunk in range(0, len(items), 100):
-            cluster.kubectl(
-                "apply",
-                "-f",
-                "-",
-                stdin=json.dumps(
-                    {"apiVersion": "v1", "kind": "List", "items": items[chunk : chunk + 100]}
-                ),
-            )
+        send_in_chunks(cluster, "apply", items, 100)
         applied = time.time()
         peak_rss = 0.0
         ready: dict[str, float] = {}

@@ -522,17 +522,6 @@ def used_by_node(pods: Iterable[PodRecord]) -> dict[str, dict[str, int]]:
     return used
 
 
-def gpu_capacity(
-    nodes: Iterable[Mapping[str, Any]],
-    pods: Iterable[Mapping[str, Any]],
-    resource: str,
-    placement: Placement | None = None,
-) -> GpuCapacity:
-    """:func:`free_capacity` from Node and Pod objects as the API server returns them."""
-    records = [p for p in (slim_pod(pod) for pod in pods) if p is not None]
-    return free_capacity([slim_node(n) for n in nodes], used_by_node(records), resource, placement)
-
-
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 

@@ -67,9 +67,3 @@ def find(conditions: Iterable[Mapping[str, Any]], type_: str) -> Mapping[str, An
         if c.get("type") == type_:
             return c
     return None
-
-
-def is_true(conditions: Iterable[Mapping[str, Any]], type_: str) -> bool:
-    """Whether the condition of ``type_`` exists and is ``True``."""
-    c = find(conditions, type_)
-    return c is not None and c.get("status") == "True"

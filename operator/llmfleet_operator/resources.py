@@ -147,7 +147,7 @@ def _meta(owner: Owner, name: str, labels: dict[str, str]) -> dict[str, Any]:
 
 def served_model_name(owner: Owner, spec: LLMDeploymentSpec) -> str:
     """The id clients send as ``model``."""
-    return spec.model.name or owner.name
+    return spec.model.served_name(owner.name)
 
 
 def model_location(

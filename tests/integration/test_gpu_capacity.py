@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from llmfleet_dev.capacity import gpu_capacity
 from llmfleet_dev.kube import Kubectl
 from llmfleet_dev.localcluster import KWOK_NODE_ANNOTATION, LocalCluster
 from llmfleet_dev.net import free_port
@@ -35,7 +36,7 @@ from llmfleet_dev.processes import OperatorProcess, scrape
 from llmfleet_dev.prometheus import PrometheusServer
 from llmfleet_dev.wait import wait_for
 from llmfleet_operator import login
-from llmfleet_operator.capacity import CapacityUnknown, GpuCapacity, Placement, gpu_capacity
+from llmfleet_operator.capacity import CapacityUnknown, GpuCapacity, Placement
 from llmfleet_operator.free_gpus import POD_FIELD_SELECTOR, VIEW_OFF, FreeGpus
 from llmfleet_operator.k8s import Kube
 

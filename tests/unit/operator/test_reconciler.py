@@ -85,6 +85,13 @@ LLMD: dict[str, Any] = {
 }
 
 
+def echo_children(kube: FakeKube, cache: Cache) -> None:
+    """What the watches deliver after our writes: every child as the API server stored it."""
+    for obj in list(kube.objects.values()):
+        if obj["kind"] != "LLMDeployment":
+            cache.observe_child("MODIFIED", obj)
+
+
 def setup() -> tuple[FakeKube, Cache, Reconciler]:
     kube = FakeKube()
     cache = Cache()
@@ -119,9 +126,7 @@ async def test_first_reconcile_applies_children_and_status_then_nothing() -> Non
 async def test_children_written_once_the_fleet_has_a_status_are_announced_in_one_event() -> None:
     kube, cache, rec = setup()
     await rec.reconcile(("ns", "chat"))
-    for obj in list(kube.objects.values()):
-        if obj["kind"] != "LLMDeployment":
-            cache.observe_child("MODIFIED", obj)
+    echo_children(kube, cache)
     # Deleted by hand: the watch says so.
     cache.observe_child("DELETED", kube.objects["Service:chat"])
     kube.applies.clear()
@@ -133,9 +138,7 @@ async def test_children_written_once_the_fleet_has_a_status_are_announced_in_one
 async def test_scaling_to_one_deletes_the_pdb() -> None:
     kube, cache, rec = setup()
     await rec.reconcile(("ns", "chat"))
-    for obj in list(kube.objects.values()):
-        if obj["kind"] != "LLMDeployment":
-            cache.observe_child("MODIFIED", obj)
+    echo_children(kube, cache)
     one = copy.deepcopy(cache.llmds[("ns", "chat")])
     one["spec"]["replicas"] = 1
     one["metadata"]["generation"] = 2
@@ -201,9 +204,7 @@ async def test_a_foreign_object_with_a_childs_name_is_never_applied_over() -> No
     assert ("v1", "Service", "chat") not in cache.children.get(("ns", "chat"), {})
 
     # Looking again changes nothing: no write, no second Event.
-    for obj in list(kube.objects.values()):
-        if obj["kind"] != "LLMDeployment":
-            cache.observe_child("MODIFIED", obj)
+    echo_children(kube, cache)
     kube.applies.clear()
     again = await rec.reconcile(("ns", "chat"))
     assert kube.applies == []

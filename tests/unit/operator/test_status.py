@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from llmfleet_operator.capacity import GpuCapacity, PodInfo, gpu_capacity, pod_info
+from llmfleet_dev.capacity import gpu_capacity
+from llmfleet_operator.capacity import GpuCapacity, PodInfo, pod_info
 from llmfleet_operator.status import Observation, build_status
 
 NOW = datetime(2026, 5, 1, tzinfo=UTC)
