@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -95,6 +96,11 @@ LEFTOVER_RETRY_SECONDS = 5.0
 #: How long a pod may stay in ContainerCreating before its Events are read, and how often
 #: they are read again while it stays there.
 VOLUME_CHECK_SECONDS = 20.0
+#: Progress alone (counts, messages, phases) is written at most this often per object: pods
+#: and the Deployment controller report a starting pod within moments of each other, and each
+#: report would otherwise be a status write (and a watch event for every GitOps tool). A
+#: transition (a condition's status, observedGeneration) is written at once.
+PROGRESS_WRITE_SECONDS = 1.0
 
 
 @dataclass
@@ -157,6 +163,7 @@ class Reconciler:
         analysis: AnalysisView | None = None,
         free_gpus: FreeGpus | None = None,
         monitoring_namespace: str = DEFAULT_MONITORING_NAMESPACE,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.kube = kube
         self.cache = cache
@@ -168,6 +175,9 @@ class Reconciler:
         self.monitoring_namespace = monitoring_namespace
         #: Per fleet, the pods stuck creating whose Events were read: uid -> (when, failure).
         self._volume_checks: dict[Key, dict[str, tuple[datetime, ContainerFailure | None]]] = {}
+        #: Per fleet, when its status was last written (monotonic seconds).
+        self._status_written: dict[Key, float] = {}
+        self._monotonic = monotonic
 
     async def reconcile(self, key: Key) -> ReconcileResult:
         """Bring the children and status of ``key`` in line with its spec."""
@@ -175,6 +185,7 @@ class Reconciler:
         body = self.cache.llmds.get(key)
         result = ReconcileResult()
         if body is None or body["metadata"].get("deletionTimestamp"):
+            self._status_written.pop(key, None)
             return result  # garbage collection removes the children
         try:
             with metrics.RECONCILE_SECONDS.time():
@@ -554,6 +565,14 @@ class Reconciler:
         if mine_before == status:
             return
         meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        now = self._monotonic()
+        since = now - self._status_written.get(key, -math.inf)
+        if since < PROGRESS_WRITE_SECONDS and not is_transition(mine_before, status):
+            # The next reconcile writes whatever is true by then.
+            wait = PROGRESS_WRITE_SECONDS - since
+            result.requeue_after = min(result.requeue_after or wait, wait)
+            return
         if log.isEnabledFor(logging.DEBUG):
             changed = sorted(
                 k for k in {*mine_before, *status} if mine_before.get(k) != status.get(k)
@@ -566,10 +585,11 @@ class Reconciler:
             "status": status,
         }
         updated = await self.kube.apply(patch, subresource="status")
+        self._status_written[key] = now
         metrics.WRITES.labels(kind=KIND, verb="status").inc()
         result.status_written = True
         # Keep the cache current so that a reconcile before the watch event sees our write.
-        self.cache.llmds[(meta["namespace"], meta["name"])] = updated
+        self.cache.llmds[key] = updated
         await self._announce_transitions(
             body, previous.get("conditions", []), status.get("conditions", [])
         )
@@ -599,6 +619,18 @@ class Reconciler:
                     f"{state}: {cond['message']}",
                     "Normal" if cond["status"] == "True" else "Warning",
                 )
+
+
+def is_transition(before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
+    """Whether ``after`` says something new rather than how far it got: another generation
+    observed, or a condition appearing, going, or changing its status."""
+
+    def states(status: Mapping[str, Any]) -> set[tuple[Any, Any]]:
+        return {(c.get("type"), c.get("status")) for c in status.get("conditions") or []}
+
+    return before.get("observedGeneration") != after.get("observedGeneration") or states(
+        before
+    ) != states(after)
 
 
 def observed_through_metadata(

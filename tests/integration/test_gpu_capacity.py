@@ -71,6 +71,9 @@ class ThreadedView:
         async def stop() -> None:
             await self.view.stop()
             await self.kube.close()
+            # A watch cancelled mid-read closes its TLS connection on later turns of the
+            # loop (aiohttp's graceful-shutdown advice): let them run before it stops.
+            await asyncio.sleep(0.25)
 
         future: Future[None] = asyncio.run_coroutine_threadsafe(stop(), self.loop)
         future.result(timeout=10)

@@ -9,6 +9,8 @@ import copy
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from llmfleet_operator.api import LABEL_REVISION, LLMDeploymentSpec
 from llmfleet_operator.cache import Cache
 from llmfleet_operator.reconciler import (
@@ -16,6 +18,7 @@ from llmfleet_operator.reconciler import (
     LEFTOVER_RETRY_SECONDS,
     Reconciler,
     _stable_of,
+    is_transition,
     observed_through_metadata,
 )
 from llmfleet_operator.resources import (
@@ -363,3 +366,56 @@ def test_the_rollback_target_is_the_template_once_status_names_it_good() -> None
     assert _stable_of(older, "A")[::2] == ("A", a)
     # An unreadable spec is no rollback target.
     assert _stable_of(_stable_dep("A", {ANNOTATION_TEMPLATE_SPEC: "{"}), "A")[0] is None
+
+
+async def test_progress_is_written_at_most_once_a_second_and_a_transition_at_once() -> None:
+    kube, cache, _ = setup()
+    now = [100.0]
+    rec = Reconciler(kube, cache, clock=lambda: T0, monotonic=lambda: now[0])  # type: ignore[arg-type]
+    await rec.reconcile(("ns", "chat"))
+    echo_children(kube, cache)
+    statuses = lambda: [k for k, _ in kube.applies].count("LLMDeployment/status")  # noqa: E731
+    assert statuses() == 1
+
+    def deployment_reports(replicas: int, ready: int) -> None:
+        dep = copy.deepcopy(kube.objects["Deployment:chat"])
+        dep["metadata"]["generation"] = 1
+        dep["status"] = {
+            "observedGeneration": 1,
+            "replicas": replicas,
+            "updatedReplicas": replicas,
+            "readyReplicas": ready,
+            "availableReplicas": ready,
+        }
+        cache.observe_child("MODIFIED", dep)
+
+    # The Deployment controller made the pods: progress, 0.4 s after the last write.
+    deployment_reports(2, 0)
+    now[0] += 0.4
+    result = await rec.reconcile(("ns", "chat"))
+    assert statuses() == 1
+    assert result.requeue_after == pytest.approx(0.6)
+    # Due: the latest progress is written.
+    now[0] += 0.6
+    assert (await rec.reconcile(("ns", "chat"))).status_written
+    assert statuses() == 2
+    # A new generation 0.1 s later (a spec this operator cannot read: Stalled turns True):
+    # a transition, written at once.
+    broken = copy.deepcopy(cache.llmds[("ns", "chat")])
+    broken["spec"]["model"]["uri"] = "s3://bucket/model"
+    broken["metadata"]["generation"] = 2
+    cache.observe_llmd("MODIFIED", broken)
+    now[0] += 0.1
+    assert (await rec.reconcile(("ns", "chat"))).status_written
+    assert statuses() == 3
+
+
+def test_a_transition_is_a_condition_status_or_a_generation_not_a_message() -> None:
+    def status(generation: int, ready: str, message: str) -> dict[str, Any]:
+        conds = [{"type": "Ready", "status": ready, "reason": "R", "message": message}]
+        return {"observedGeneration": generation, "conditions": conds, "readyReplicas": 1}
+
+    assert not is_transition(status(1, "False", "0/2 ready"), status(1, "False", "1/2 ready"))
+    assert is_transition(status(1, "False", "1/2 ready"), status(1, "True", "2/2 ready"))
+    assert is_transition(status(1, "False", "x"), status(2, "False", "x"))
+    assert is_transition({}, status(1, "False", "x"))
