@@ -6,8 +6,8 @@ PY := $(VENV)/bin/python
 export LLMFLEET_CACHE ?= $(HOME)/.cache/llmfleet
 PYTEST_ARGS ?=
 
-.PHONY: help setup venv tools apt lint test test-unit test-integration test-e2e test-vllm \
-        cluster-up cluster-down cluster-status crds dashboards demo bench clean
+.PHONY: help setup venv tools apt images lint test test-unit test-lowest test-integration test-e2e \
+        test-vllm cluster-up cluster-down cluster-status crds dashboards demo bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -15,26 +15,35 @@ help: ## list the targets
 venv: ## the Python virtual environment in .venv
 	@bash hack/python-env.sh
 
-tools: ## build/cache etcd, kube-*, kubectl, helm, kwok, kstatus-check
+tools: ## build/cache etcd, kube-*, kubelet, containerd, kubectl, helm, kwok, actionlint, kstatus-check
 	@bash hack/tools.sh >/dev/null
 
-apt: ## Debian packages (prometheus, openssl)
-	@bash hack/apt.sh
+apt: ## Debian packages (prometheus, openssl; buildah, podman, mmdebstrap, runc, CNI plugins)
+	@bash hack/apt.sh images node
 
-setup: venv tools apt ## everything the tests need
+images: ## build llmfleet/operator:dev and llmfleet/worker:dev with buildah (no Docker engine needed)
+	@bash hack/images.sh
 
-lint: venv ## ruff, mypy strict, import layers, hadolint
+setup: venv tools apt images ## everything the tests need (images: the real-node tier)
+
+lint: venv ## ruff, mypy strict, import layers, hadolint, shellcheck, actionlint
 	$(PY) -m ruff check operator worker dev tests bench hack
 	$(PY) -m ruff format --check operator worker dev tests bench hack
 	$(PY) -m mypy
 	$(VENV)/bin/lint-imports
 	@if ls Dockerfile.* >/dev/null 2>&1; then $(VENV)/bin/hadolint Dockerfile.*; fi
+	$(VENV)/bin/shellcheck -x -P SCRIPTDIR hack/*.sh .ci/run
+	@if ls .github/workflows/*.y*ml >/dev/null 2>&1; then "$$(bash hack/tools.sh actionlint)/actionlint"; fi
 
 test: setup lint ## lint + unit + integration + e2e (what CI runs)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: venv ## unit tests only (no cluster)
 	$(PY) -m pytest -m "not integration and not e2e" $(PYTEST_ARGS)
+
+test-lowest: ## the unit tests once more, with the lowest version of every direct dependency pyproject.toml allows
+	bash hack/lowest-env.sh
+	$(LLMFLEET_CACHE)/venv-lowest/bin/python -m pytest -m "not integration and not e2e" -p no:cacheprovider $(PYTEST_ARGS)
 
 test-integration: setup ## integration tests against the local cluster
 	$(PY) -m pytest -m integration $(PYTEST_ARGS)

@@ -476,6 +476,56 @@ def test_operator_settings_and_scheduling_values(helm: Helm) -> None:
     assert "team" not in deployment["spec"]["selector"]["matchLabels"]
 
 
+DIGEST = "sha256:" + "0123456789abcdef" * 4
+
+
+def operator_image(docs: list[Manifest]) -> str:
+    image: str = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
+    return image
+
+
+def test_image_digest_pins_the_image_and_ignores_the_tag(helm: Helm) -> None:
+    docs = helm.template({"image.digest": DIGEST})
+    assert operator_image(docs) == f"ghcr.io/llmfleet/operator@{DIGEST}"
+    docs = helm.template(
+        {
+            "image.repository": "registry.example/ops/operator",
+            "image.tag": "9.9.9",
+            "image.digest": DIGEST,
+        }
+    )
+    assert operator_image(docs) == f"registry.example/ops/operator@{DIGEST}"
+
+
+def test_image_without_digest_uses_the_tag(helm: Helm) -> None:
+    assert operator_image(helm.template({"image.digest": ""})) == (
+        f"ghcr.io/llmfleet/operator:{__version__}"
+    )
+    docs = helm.template({"image.digest": "", "image.tag": "0.2.0-rc1"})
+    assert operator_image(docs) == "ghcr.io/llmfleet/operator:0.2.0-rc1"
+
+
+@pytest.mark.parametrize(
+    "digest",
+    [
+        "sha256:" + "0" * 63,  # too short
+        "sha256:" + "0" * 65,  # too long
+        "sha256:" + "A" * 64,  # OCI digests are lower-case hex
+        "sha256:" + "g" * 64,  # not hex
+        "0" * 64,  # no algorithm
+        "sha512:" + "0" * 128,  # another algorithm
+        "@" + DIGEST,  # the `@` belongs to the chart
+        "0.2.0",  # a tag
+    ],
+)
+def test_malformed_image_digest_is_refused_by_the_schema(helm: Helm, digest: str) -> None:
+    with pytest.raises(HelmError) as failure:
+        helm.template({"image.digest": digest})
+    message = failure.value.stderr
+    assert "values don't meet the specifications of the schema" in message, message
+    assert "at '/image/digest'" in message, message
+
+
 def test_service_monitor_scrapes_the_operator(helm: Helm) -> None:
     docs = helm.template(
         {

@@ -63,10 +63,15 @@ Create the name of the service account to use
 {{- end }}
 
 {{/*
-The operator image reference.
+The operator image reference: repository@digest when image.digest is set (the tag is then
+ignored), else repository:tag (the tag defaults to the chart's appVersion).
 */}}
 {{- define "llmfleet.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
 {{- end }}
 
 {{/*
