@@ -166,8 +166,12 @@ def test_manual_mode_follows_kubectl_scale_and_manages_the_pdb(kube: Kubectl) ->
     wait_for(
         "the Deployment to follow kubectl scale", lambda: deployment_replicas(kube, "manual") == 3
     )
-    obj = wait_condition(kube, "manual", "Ready", "True")
-    assert obj["status"]["readyReplicas"] == 3
+    # Ready stays True while the two new pods start (one is available): wait for the count.
+    wait_for(
+        "three ready replicas in status",
+        lambda: kube.get("llmd", "manual")["status"].get("readyReplicas") == 3,
+    )
+    wait_condition(kube, "manual", "Ready", "True")
     assert kube.get_or_none("poddisruptionbudget", "manual") is not None
     scale = json.loads(
         kube(
