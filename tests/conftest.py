@@ -14,6 +14,7 @@ import pytest
 from llmfleet_dev.kube import FIELD_MANAGER, Kubectl
 from llmfleet_dev.localcluster import LocalCluster, Topology, apply_crd, model_volume
 from llmfleet_dev.processes import OperatorProcess
+from llmfleet_dev.realnode import leftovers, real_node_possible
 from llmfleet_dev.wait import wait_for
 from llmfleet_operator import api
 
@@ -57,13 +58,20 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
         gpu_nodes=int(os.environ.get("LLMFLEET_GPU_NODES", "4")),
         gpus_per_node=int(os.environ.get("LLMFLEET_GPUS_PER_NODE", "8")),
         cpu_nodes=int(os.environ.get("LLMFLEET_CPU_NODES", "1")),
+        # One real kubelet node where this machine can run one (tests/e2e/test_real_node.py).
+        real_nodes=int(os.environ.get("LLMFLEET_REAL_NODES", "1" if real_node_possible() else "0")),
     )
     own = LocalCluster(tmp_path_factory.mktemp("cluster"), topology, tie_to_parent=True)
     own.up()
+    nodes = [(node.dir, node.load_state()) for node in own.real_nodes()]
     try:
         yield own
     finally:
         own.down()
+        # What `make cluster-down` promises: no process, mount, cgroup, namespace or
+        # interface of a real node survives it.
+        left = [x for d, st in nodes if st for x in leftovers(d, st.slot)]
+        assert left == [], f"left behind by the real nodes: {left}"
 
 
 @pytest.fixture(scope="session")

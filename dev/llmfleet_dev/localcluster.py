@@ -36,9 +36,13 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from llmfleet_dev.net import free_port
 from llmfleet_dev.wait import WaitTimeoutError, wait_for
+
+if TYPE_CHECKING:
+    from llmfleet_dev.realnode import RealNode
 
 ROOT = Path(__file__).resolve().parents[2]
 HACK = ROOT / "hack"
@@ -67,6 +71,12 @@ class Topology:
     gpus_per_node: int = 8
     cpu_nodes: int = 1
     gpu_product: str = "NVIDIA-H100-80GB-HBM3"
+    #: Real kubelet nodes (:mod:`llmfleet_dev.realnode`): pods on them are real containers.
+    #: They carry the GPU labels and taint of the kwok GPU nodes, ``real_node_gpus`` fake
+    #: ``nvidia.com/gpu``, and the taint :data:`~llmfleet_dev.realnode.REAL_NODE_TAINT`, so only
+    #: pods that ask for a real node land there.
+    real_nodes: int = 0
+    real_node_gpus: int = 4
 
     def node_manifests(self) -> list[dict[str, object]]:
         """Node objects for kwok to manage (capacity lives in the created status)."""
@@ -239,6 +249,27 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def stop_process_group(pid: int, timeout: float) -> bool:
+    """SIGTERM the process group ``pid`` leads, SIGKILL it after ``timeout``; False when it
+    was not running."""
+    if not pid_alive(pid):
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and pid_alive(pid):
+        time.sleep(0.05)
+    if pid_alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        while pid_alive(pid):
+            time.sleep(0.05)
+    # Reap it if it is our own child (the pytest fixture starts it in-process).
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    return True
+
+
 def apply_crd(
     kubectl: Callable[..., object], *, field_manager: str | None = None, wait: bool = False
 ) -> None:
@@ -370,6 +401,8 @@ class LocalCluster:
                 self._wait_component(component, state, timeout)
             self._register_nodes()
             self._wait_nodes_ready(timeout)
+            for node in self.real_nodes():
+                node.up(timeout=max(timeout, 600.0))  # the first image import takes minutes
         except BaseException:
             self.down()
             raise
@@ -384,6 +417,8 @@ class LocalCluster:
         for name, pid in state.extras.items():
             if self._stop_pid(pid, timeout):
                 stopped.append(name)
+        for node in self.real_nodes(on_disk=True):
+            stopped += [f"{node.name}/{p}" for p in node.down()]
         for component in reversed(COMPONENTS):
             pid = state.pids.get(component)
             if pid and self._stop_pid(pid, timeout):
@@ -400,6 +435,32 @@ class LocalCluster:
         state.pids[component] = self._start(component, state)
         self._save_state(state)
         self._wait_component(component, state, timeout)
+
+    def real_nodes(self, *, on_disk: bool = False) -> list[RealNode]:
+        """The topology's real nodes, or (``on_disk``) those whose files are under ``nodes/``
+        (what ``down`` stops, whatever topology this object was made with)."""
+        from llmfleet_dev.realnode import RealNode
+
+        if on_disk:
+            names = sorted(p.parent.name for p in (self.dir / "nodes").glob("*/state.json"))
+        else:
+            names = [f"real-node-{i}" for i in range(self.topology.real_nodes)]
+        state = self.load_state()
+        return [
+            RealNode(
+                name,
+                self.dir / "nodes" / name,
+                bin_dir=Path(state.bin_dir if state else str(self._bin_dir)),
+                pki=self.pki,
+                apiserver_port=state.ports.get("kube-apiserver", 0) if state else 0,
+                issue=self._issue,
+                kubectl=self.kubectl,
+                gpus=self.topology.real_node_gpus,
+                tie_to_parent=_die_with_parent if self._tie_to_parent else None,
+                procs=self._procs,
+            )
+            for name in names
+        ]
 
     def install_crd(self) -> None:
         """Apply the generated LLMDeployment CRD and wait until it is served."""
@@ -436,22 +497,7 @@ class LocalCluster:
 
     @staticmethod
     def _kill(pid: int, timeout: float) -> bool:
-        if not pid_alive(pid):
-            return False
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and pid_alive(pid):
-            time.sleep(0.05)
-        if pid_alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-            while pid_alive(pid):
-                time.sleep(0.05)
-        # Reap it if it is our own child (the pytest fixture starts it in-process).
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        return True
+        return stop_process_group(pid, timeout)
 
     # --- certificates and kubeconfigs --------------------------------------------------------
     def _openssl(self, *args: str) -> None:
@@ -490,6 +536,11 @@ class LocalCluster:
             ),
             "scheduler": ("/CN=system:kube-scheduler", "extendedKeyUsage=clientAuth"),
             "kwok": ("/O=system:masters/CN=kwok", "extendedKeyUsage=clientAuth"),
+            # What the API server shows a real node's kubelet (logs, exec, port-forward).
+            "apiserver-kubelet-client": (
+                "/O=system:masters/CN=kube-apiserver-kubelet-client",
+                "extendedKeyUsage=clientAuth",
+            ),
         }
         for name, (subject, ext) in leaves.items():
             self._issue(name, subject, ext)
@@ -612,6 +663,9 @@ class LocalCluster:
                 # A loopback advertise address can't be an Endpoints address.
                 "--endpoint-reconciler-type=none",
                 "--profiling=false",
+                f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+                f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+                "--kubelet-preferred-address-types=InternalIP",
                 *self._audit_flags(),
                 "--v=0",
             ]
@@ -854,8 +908,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--cpu-nodes", type=int, default=int(os.environ.get("LLMFLEET_CPU_NODES", "1"))
     )
+    parser.add_argument(
+        "--real-nodes",
+        type=int,
+        default=int(os.environ.get("LLMFLEET_REAL_NODES", "0")),
+        help="real kubelet nodes beside the kwok ones (needs `make images`)",
+    )
     args = parser.parse_args(argv)
-    cluster = LocalCluster(args.dir, Topology(args.gpu_nodes, args.gpus_per_node, args.cpu_nodes))
+    cluster = LocalCluster(
+        args.dir,
+        Topology(args.gpu_nodes, args.gpus_per_node, args.cpu_nodes, real_nodes=args.real_nodes),
+    )
     if args.action == "up":
         try:
             start = time.monotonic()
@@ -870,7 +933,7 @@ def main(argv: list[str] | None = None) -> int:
             f"cluster up in {time.monotonic() - start:.1f}s: "
             f"API server https://127.0.0.1:{state.ports['kube-apiserver']}, "
             f"{args.gpu_nodes} GPU nodes x {args.gpus_per_node} {GPU_RESOURCE}, "
-            f"{args.cpu_nodes} CPU nodes"
+            f"{args.cpu_nodes} CPU nodes, {args.real_nodes} real nodes"
         )
         print(f"export KUBECONFIG={cluster.kubeconfig}")
         return 0
@@ -890,6 +953,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in COMPONENTS:
         alive = "running" if pid_alive(state.pids.get(name, -1)) else "STOPPED"
         print(f"{name:26} pid {state.pids.get(name)}  {alive}")
+    for node in cluster.real_nodes(on_disk=True):
+        node_state = node.load_state()
+        for name, pid in (node_state.pids if node_state else {}).items():
+            alive = "running" if pid_alive(pid) else "STOPPED"
+            print(f"{node.name + '/' + name:26} pid {pid}  {alive}")
     print(f"KUBECONFIG={cluster.kubeconfig}")
     return 0
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import sys
+from typing import TYPE_CHECKING, cast
 
 from llmfleet_operator import __version__
 from llmfleet_operator.settings import (
@@ -36,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+if TYPE_CHECKING:
+    from kopf._core.engines.peering import Identity
+
+
 def run(config: OperatorSettings) -> int:
     """Run the kopf operator until SIGINT/SIGTERM."""
     import kopf
@@ -43,6 +49,7 @@ def run(config: OperatorSettings) -> int:
 
     # Importing the handlers registers them with kopf's default registry.
     from llmfleet_operator import handlers, metrics  # noqa: F401
+    from llmfleet_operator.leader import default_identity
 
     kopf.configure(
         log_format=kopf.LogFormat.JSON if config.log_format == "json" else kopf.LogFormat.PLAIN,
@@ -55,12 +62,16 @@ def run(config: OperatorSettings) -> int:
     )
     if config.metrics_port:
         start_http_server(config.metrics_port, addr=config.bind_address, registry=metrics.REGISTRY)
+    # One identity for the Lease and for kopf, which otherwise derives its own from the
+    # process's user name: a uid without a passwd entry (the image's 65532) makes that raise.
+    config = dataclasses.replace(config, identity=config.identity or default_identity())
     memo = kopf.Memo(config=config)
     asyncio.run(
         kopf.operator(
             clusterwide=config.clusterwide,
             namespaces=list(config.namespaces),
             standalone=True,
+            identity=cast("Identity", config.identity),
             liveness_endpoint=f"http://{config.bind_address}:{config.health_port}/healthz",
             memo=memo,
         )

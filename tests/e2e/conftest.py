@@ -147,3 +147,13 @@ def apply_llmd(kube: Kubectl, crd_installed: str, models_pvc: str) -> Callable[.
         return manifest
 
     return apply
+
+
+@pytest.fixture
+def real_node(cluster: LocalCluster) -> str:
+    """The name of the cluster's real kubelet node (``llmfleet_dev.realnode``); the test
+    skips, saying why, where the cluster has none."""
+    nodes = cluster.real_nodes(on_disk=True)  # what runs, also with LLMFLEET_REUSE_CLUSTER=1
+    if not nodes:
+        pytest.skip("no real node in this cluster (LLMFLEET_REAL_NODES=0, or no `make images`)")
+    return nodes[0].name
