@@ -23,7 +23,7 @@ import pytest
 
 from llmfleet_dev.helm import Helm, one
 from llmfleet_dev.kube import Kubectl
-from llmfleet_dev.localcluster import LocalCluster, model_volume
+from llmfleet_dev.localcluster import LocalCluster, model_volume, tiny_llmdeployment
 from llmfleet_dev.processes import OperatorProcess, operator_reading
 from llmfleet_dev.prometheus import PrometheusServer
 from llmfleet_dev.realnode import REAL_NODE_LABEL, REAL_NODE_TAINT
@@ -62,25 +62,18 @@ def restricted_ns(kubectl: Kubectl, namespace: str, tiny_model: Path) -> Iterato
 
 
 def real_llmd(name: str, namespace: str, **autoscaling: Any) -> dict[str, Any]:
-    """An LLMDeployment of the tiny model, pinned to the real node by the user's own fields
+    """The tiny-model LLMDeployment, pinned to the real node by the user's own fields
     (nodeSelector, tolerations): everything else is the operator's pod spec. A quarter CPU
     each, so that the node's two cores hold a rolling update's surge pod too."""
-    return {
-        "apiVersion": "llmfleet.io/v1alpha1",
-        "kind": "LLMDeployment",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "model": {"uri": "pvc://models/tiny"},
-            "worker": {
-                "image": WORKER_IMAGE,
-                "imagePullPolicy": "Never",
-                "nodeSelector": {REAL_NODE_LABEL: "true"},
-                "tolerations": [{**REAL_NODE_TAINT, "operator": "Equal"}],
-                "resources": {"gpus": 1, "cpu": "250m", "memory": "2Gi"},
-            },
-            "autoscaling": {"minReplicas": 1, "maxReplicas": 2, **autoscaling},
-        },
+    llmd: dict[str, Any] = tiny_llmdeployment(name, namespace, **{"maxReplicas": 2, **autoscaling})
+    llmd["spec"]["worker"] = {
+        "image": WORKER_IMAGE,
+        "imagePullPolicy": "Never",
+        "nodeSelector": {REAL_NODE_LABEL: "true"},
+        "tolerations": [{**REAL_NODE_TAINT, "operator": "Equal"}],
+        "resources": {"gpus": 1, "cpu": "250m", "memory": "2Gi"},
     }
+    return llmd
 
 
 def worker_pods(ns: Kubectl, name: str) -> list[dict[str, Any]]:
