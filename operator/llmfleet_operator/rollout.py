@@ -420,8 +420,11 @@ def _canary(f: Facts) -> RolloutPlan:
         verdict = analysis.get("verdict")
         if verdict == PASSED:
             # A pass while paused resets the failures but does not count toward the next
-            # step: after a resume, the step needs a pass that was measured since.
-            failed, passed = 0, passed + (0 if f.paused else 1)
+            # step: after a resume, the step needs a pass that was measured since. The first
+            # reconcile after a resume may find one measured while paused (Prometheus may be
+            # gone by now): it does not count either.
+            resuming = prev.get("phase") == PAUSED
+            failed, passed = 0, passed + (0 if f.paused or resuming else 1)
         elif verdict == FAILED:
             failed += 1
             events.append(

@@ -479,6 +479,17 @@ def test_a_pass_while_paused_does_not_count_toward_the_next_step() -> None:
     assert resumed.status["step"] == 1  # needs a pass measured since the resume
 
 
+def test_a_pass_measured_while_paused_but_first_seen_after_the_resume_does_not_count() -> None:
+    # The analysis loop measured a pass while the step was paused; the spec was resumed
+    # before a reconcile took that verdict in (Prometheus may be gone since).
+    paused = plan(replace(at_step(1), paused=True))
+    assert paused.status["phase"] == rollout.PAUSED
+    resumed = plan(replace(at_step(1), previous=paused.status, analysis=analysis("Passed")))
+    assert resumed.status["passedChecks"] == 0
+    assert resumed.status["phase"] == rollout.CANARY
+    assert resumed.status["step"] == 1
+
+
 def test_a_rolled_back_revision_is_retried_once_the_spec_asked_for_another() -> None:
     revs = record_revisions(
         [{"revision": S, "phase": "Active"}],
