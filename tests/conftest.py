@@ -14,7 +14,7 @@ import pytest
 from llmfleet_dev.kube import FIELD_MANAGER, Kubectl
 from llmfleet_dev.localcluster import LocalCluster, Topology, apply_crd, model_volume
 from llmfleet_dev.processes import OperatorProcess
-from llmfleet_dev.realnode import leftovers, real_node_possible
+from llmfleet_dev.realnode import leftovers, why_no_real_node
 from llmfleet_dev.wait import wait_for
 from llmfleet_operator import api
 
@@ -58,19 +58,45 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
         gpu_nodes=int(os.environ.get("LLMFLEET_GPU_NODES", "4")),
         gpus_per_node=int(os.environ.get("LLMFLEET_GPUS_PER_NODE", "8")),
         cpu_nodes=int(os.environ.get("LLMFLEET_CPU_NODES", "1")),
-        # One real kubelet node where this machine can run one (tests/e2e/test_real_node.py).
-        real_nodes=int(os.environ.get("LLMFLEET_REAL_NODES", "1" if real_node_possible() else "0")),
+        # One real kubelet node (tests/e2e/test_real_node.py), started by `real_nodes` when a
+        # test first asks for it.
+        real_nodes=int(os.environ.get("LLMFLEET_REAL_NODES", "1")),
     )
     own = LocalCluster(tmp_path_factory.mktemp("cluster"), topology, tie_to_parent=True)
-    own.up()
-    nodes = [(node.dir, node.load_state()) for node in own.real_nodes()]
+    own.up(with_real_nodes=False)
     try:
         yield own
     finally:
         own.down()
+
+
+@pytest.fixture(scope="session")
+def real_nodes(cluster: LocalCluster) -> Iterator[list[str]]:
+    """The names of the cluster's real kubelet nodes (``llmfleet_dev.realnode``), started on
+    first use; skips, saying why, where there are none or this machine cannot run one
+    (``why_no_real_node``: root, tools, images, network namespaces, disk)."""
+    if os.environ.get("LLMFLEET_REUSE_CLUSTER") == "1":
+        names = [node.name for node in cluster.real_nodes(on_disk=True)]
+        if not names:
+            pytest.skip(
+                "the running cluster has no real node (LLMFLEET_REAL_NODES=1 make cluster-up)"
+            )
+        yield names
+        return
+    if cluster.topology.real_nodes == 0:
+        pytest.skip("no real node asked for (LLMFLEET_REAL_NODES=0)")
+    if (why := why_no_real_node()) is not None:
+        pytest.skip(f"this machine cannot run a real node: {why}")
+    nodes = cluster.start_real_nodes()
+    states = [(node, node.load_state()) for node in nodes]
+    try:
+        yield [node.name for node in nodes]
+    finally:
+        for node, _ in states:
+            node.down()
         # What `make cluster-down` promises: no process, mount, cgroup, namespace or
         # interface of a real node survives it.
-        left = [x for d, st in nodes if st for x in leftovers(d, st.slot)]
+        left = [x for node, st in states if st for x in leftovers(node.dir, st.slot)]
         assert left == [], f"left behind by the real nodes: {left}"
 
 

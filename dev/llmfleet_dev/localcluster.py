@@ -358,13 +358,13 @@ class LocalCluster:
         state = self.load_state()
         return bool(state and pid_alive(state.pids.get("kube-apiserver", -1)))
 
-    def up(self, timeout: float = 120.0) -> State:
+    def up(self, timeout: float = 120.0, *, with_real_nodes: bool = True) -> State:
         """Start every component and wait until nodes are Ready. Idempotent."""
         if self.running():
             raise AlreadyRunningError(f"a cluster is already running from {self.dir}")
         for attempt in range(3):
             try:
-                return self._up_once(timeout)
+                return self._up_once(timeout, with_real_nodes)
             except ClusterError as e:
                 # A free port is free when picked, not when bound: another process on the
                 # machine may take it in between. Pick new ones.
@@ -372,7 +372,7 @@ class LocalCluster:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _up_once(self, timeout: float) -> State:
+    def _up_once(self, timeout: float, with_real_nodes: bool) -> State:
         if self.load_state() is not None:
             self.down()  # leftovers of a crashed cluster
         if self._bin_dir is None:
@@ -401,12 +401,21 @@ class LocalCluster:
                 self._wait_component(component, state, timeout)
             self._register_nodes()
             self._wait_nodes_ready(timeout)
-            for node in self.real_nodes():
-                node.up(timeout=max(timeout, 600.0))  # the first image import takes minutes
+            if with_real_nodes:
+                self.start_real_nodes(timeout)
         except BaseException:
             self.down()
             raise
         return state
+
+    def start_real_nodes(self, timeout: float = 120.0) -> list[RealNode]:
+        """Start the topology's real nodes in the running cluster (``up`` does unless told
+        not to: the tests start them only when a test asks for one, so a machine that cannot
+        run one fails those tests alone)."""
+        nodes = self.real_nodes()
+        for node in nodes:
+            node.up(timeout=max(timeout, 600.0))  # the first image import takes minutes
+        return nodes
 
     def down(self, timeout: float = 20.0) -> list[str]:
         """Stop every process this cluster started; return the names stopped."""

@@ -261,16 +261,17 @@ class RealNode:
         base.mkdir(parents=True, exist_ok=True)
         with (base / "slots.lock").open("wb") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            for slot in range(SLOTS):
-                owner = self._owner_file(slot)
-                with contextlib.suppress(FileNotFoundError, ValueError):
-                    if pid_alive(int(owner.read_text())):
-                        continue
-                # Whatever a dead owner left behind is ours to clear now.
-                self._clear_slot(slot)
-                self._own_slot(slot, os.getpid())
-                return slot
-        raise NodeError(f"all {SLOTS} real-node slots are taken (other clusters run them)")
+            free = free_slots()
+            if not free:
+                raise NodeError(f"all {SLOTS} real-node slots are taken (other clusters run them)")
+            # A slot that already holds today's images saves an import of gigabytes (and the
+            # disk a second copy would take).
+            wanted = image_ids()
+            slot = next((k for k in free if imported_ids(k) == wanted), free[0])
+            # Whatever a dead owner left behind is ours to clear now.
+            self._clear_slot(slot)
+            self._own_slot(slot, os.getpid())
+            return slot
 
     def _own_slot(self, slot: int, pid: int) -> None:
         self._owner_file(slot).write_text(str(pid))
@@ -551,20 +552,27 @@ state = "{sd / "state"}"
 
     def _import_images(self, slot: int) -> None:
         """Our images (and the pause image) into containerd's k8s.io namespace, each only when
-        containerd lacks that exact image id."""
+        containerd lacks that exact image id; refused, with the numbers, where the disk cannot
+        take it (a full disk would fail every other test of the run too)."""
         have = _run(*self.ctr(slot, "-n", "k8s.io", "images", "ls"), check=False).stdout
+        wanted = image_ids()
         for image in (PAUSE_IMAGE, *NODE_IMAGES):
-            image_id = _run("podman", "image", "inspect", "--format", "{{.Id}}", image, check=False)
-            if image_id.returncode != 0:
+            if image not in wanted:
                 raise NodeError(f"{image} is not built: run `make images`")
-            if f"sha256:{image_id.stdout.strip()}" in have:
+            image_id, size = wanted[image]
+            if f"sha256:{image_id}" in have:
                 continue
+            if (shortfall := disk_shortfall(self.slot_dir(slot), size)) is not None:
+                raise NodeError(f"importing {image}: {shortfall}")
             save = subprocess.Popen(
                 ["podman", "save", "--format", "docker-archive", image], stdout=subprocess.PIPE
             )
             assert save.stdout is not None
+            # The unpacked snapshot is what containers run from: the layer blobs need not stay.
             imported = subprocess.run(
-                self.ctr(slot, "-n", "k8s.io", "images", "import", "--no-unpack=false", "-"),
+                self.ctr(
+                    slot, "-n", "k8s.io", "images", "import", "--discard-unpacked-layers", "-"
+                ),
                 stdin=save.stdout,
                 capture_output=True,
                 text=True,
@@ -572,6 +580,7 @@ state = "{sd / "state"}"
             save.stdout.close()
             if save.wait() != 0 or imported.returncode != 0:
                 raise NodeError(f"importing {image} failed: {imported.stderr[-2000:]}")
+        _imported_file(slot).write_text(json.dumps(wanted))
 
     def _kill_containers(self, slot: int) -> None:
         if not self.containerd_socket(slot).exists():
@@ -690,17 +699,78 @@ def leftovers(node_dir: Path, slot: int) -> list[str]:
     return found
 
 
-def real_node_possible() -> bool:
-    """Whether this machine can run a real node: root, the tools ``make setup`` builds and
-    installs, and the images ``make images`` builds."""
+#: Free disk an image import leaves untouched, beyond twice the image (its blobs and the
+#: snapshot unpacked from them exist side by side until the blobs are discarded).
+DISK_HEADROOM = 4 * 2**30
+
+
+def image_ids() -> dict[str, tuple[str, int]]:
+    """Each built node image (and the pause image): its id and size in bytes."""
+    found = {}
+    for image in (PAUSE_IMAGE, *NODE_IMAGES):
+        out = _run(
+            "podman", "image", "inspect", "--format", "{{.Id}} {{.Size}}", image, check=False
+        )
+        if out.returncode == 0:
+            image_id, size = out.stdout.split()
+            found[image] = (image_id, int(size))
+    return found
+
+
+def _imported_file(slot: int) -> Path:
+    return cache_dir() / "realnode" / f"slot-{slot}.images"
+
+
+def imported_ids(slot: int) -> dict[str, tuple[str, int]]:
+    """What the last import into ``slot`` recorded (empty when unknown)."""
+    with contextlib.suppress(OSError, ValueError):
+        return {k: (v[0], v[1]) for k, v in json.loads(_imported_file(slot).read_text()).items()}
+    return {}
+
+
+def free_slots() -> list[int]:
+    """Slots no live process owns."""
+    free = []
+    for slot in range(SLOTS):
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            if pid_alive(int(RealNode._owner_file(slot).read_text())):
+                continue
+        free.append(slot)
+    return free
+
+
+def disk_shortfall(path: Path, image_bytes: int) -> str | None:
+    """Why the filesystem of ``path`` cannot take an import of ``image_bytes``, or None."""
+    path.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(path).free
+    need = 2 * image_bytes + DISK_HEADROOM
+    if free >= need:
+        return None
+    return f"{path} has {free / 2**30:.1f} GiB free, an import needs {need / 2**30:.1f} GiB"
+
+
+def why_no_real_node() -> str | None:
+    """Why this machine cannot run a real node now, or None when it can: root, the tools
+    ``make setup`` builds and installs, the images ``make images`` builds, network namespaces,
+    a free slot, and the disk an import needs where no free slot holds today's images."""
     bin_dir = cache_dir() / "bin"
-    if os.geteuid() != 0 or not shutil.which("podman"):
-        return False
-    if not all((bin_dir / t).exists() for t in ("kubelet", "containerd", "ctr")):
-        return False
-    if not all(shutil.which(t) for t in ("socat", "nsenter", "iptables", RUNC)):
-        return False
-    images = (PAUSE_IMAGE, *NODE_IMAGES)
-    return all(
-        _run("podman", "image", "exists", image, check=False).returncode == 0 for image in images
-    )
+    if os.geteuid() != 0:
+        return "a real node needs root"
+    missing = [t for t in ("kubelet", "containerd", "ctr") if not (bin_dir / t).exists()]
+    missing += [t for t in ("podman", "socat", "nsenter", "iptables", RUNC) if not shutil.which(t)]
+    if missing:
+        return f"missing {', '.join(missing)} (`make setup` installs them)"
+    wanted = image_ids()
+    if unbuilt := [i for i in (PAUSE_IMAGE, *NODE_IMAGES) if i not in wanted]:
+        return f"{', '.join(unbuilt)} not built (`make images`)"
+    probe = f"llmfleet-probe{os.getpid()}"
+    made = _run("ip", "netns", "add", probe, check=False)
+    _run("ip", "netns", "del", probe, check=False)
+    if made.returncode != 0:
+        return f"this machine refuses network namespaces: {made.stderr.strip()}"
+    free = free_slots()
+    if not free:
+        return f"all {SLOTS} real-node slots are taken (other clusters run them)"
+    if any(imported_ids(k) == wanted for k in free):
+        return None
+    return disk_shortfall(RealNode.slot_dir(free[0]), sum(size for _, size in wanted.values()))

@@ -150,10 +150,6 @@ def apply_llmd(kube: Kubectl, crd_installed: str, models_pvc: str) -> Callable[.
 
 
 @pytest.fixture
-def real_node(cluster: LocalCluster) -> str:
-    """The name of the cluster's real kubelet node (``llmfleet_dev.realnode``); the test
-    skips, saying why, where the cluster has none."""
-    nodes = cluster.real_nodes(on_disk=True)  # what runs, also with LLMFLEET_REUSE_CLUSTER=1
-    if not nodes:
-        pytest.skip("no real node in this cluster (LLMFLEET_REAL_NODES=0, or no `make images`)")
-    return nodes[0].name
+def real_node(real_nodes: list[str]) -> str:
+    """The name of the cluster's real kubelet node (``llmfleet_dev.realnode``)."""
+    return real_nodes[0]
