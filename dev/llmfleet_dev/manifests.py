@@ -8,6 +8,8 @@ from llmfleet_operator import api
 
 #: The test cluster's model volume (kwok pods never read it; backed pods do).
 TINY_MODEL = "pvc://models/tiny"
+#: A model that needs no volume in the namespace (kwok never runs the worker).
+HUB_MODEL = "hf://llmfleet/tiny"
 
 
 def llmd(name: str, **spec: Any) -> dict[str, Any]:
@@ -39,3 +41,9 @@ def manual(
         else:
             body[key] = value
     return llmd(name, **body)
+
+
+def from_hub(name: str, gpus: int = 1) -> dict[str, Any]:
+    """A fleet of ``gpus``-GPU workers whose model needs no volume: for tests of the operator
+    on kwok nodes, which never run the worker."""
+    return llmd(name, model={"uri": HUB_MODEL}, worker={"resources": {"gpus": gpus}})

@@ -17,9 +17,9 @@ import pytest
 from llmfleet_dev.helm import CHART, Helm
 from llmfleet_dev.kube import Kubectl
 from llmfleet_dev.localcluster import LocalCluster
+from llmfleet_dev.manifests import from_hub
 from llmfleet_dev.realnode import REAL_NODE_LABEL, REAL_NODE_TAINT
 from llmfleet_dev.wait import wait_for
-from llmfleet_operator import api
 from llmfleet_operator.k8s import FIELD_MANAGER
 
 
@@ -83,17 +83,7 @@ def test_the_chart_runs_the_operator_as_a_pod_on_the_real_node(
         # It reconciles: an LLMDeployment in the watched namespace (scheduled on kwok GPU
         # nodes) gets its children and goes Ready, written by the pod's ServiceAccount.
         kube = kubectl.in_namespace(namespace)
-        kube.apply(
-            {
-                "apiVersion": api.API_VERSION,
-                "kind": api.KIND,
-                "metadata": {"name": "from-a-pod"},
-                "spec": {
-                    "model": {"uri": "hf://llmfleet/tiny"},
-                    "worker": {"resources": {"gpus": 1}},
-                },
-            }
-        )
+        kube.apply(from_hub("from-a-pod"))
         kube("wait", "--for=condition=Ready", "llmd/from-a-pod", "--timeout=120s")
         deployment = kube.get("deployment", "from-a-pod", "--show-managed-fields")
         managers = {m["manager"] for m in deployment["metadata"]["managedFields"]}

@@ -18,6 +18,7 @@ import pytest
 from llmfleet_dev.helm import CHART, Helm
 from llmfleet_dev.kube import Kubectl
 from llmfleet_dev.localcluster import LocalCluster
+from llmfleet_dev.manifests import from_hub
 from llmfleet_dev.processes import OperatorProcess
 from llmfleet_dev.wait import wait_for
 from llmfleet_operator import api
@@ -269,18 +270,8 @@ def test_namespace_scoped_install(
         ).start()
         try:
             kube = kubectl.in_namespace(watched)
-            kube.apply(
-                {
-                    "apiVersion": api.API_VERSION,
-                    "kind": api.KIND,
-                    "metadata": {"name": "rbac-check"},
-                    # hf:// needs no volume in the namespace; kwok never runs the worker.
-                    "spec": {
-                        "model": {"uri": "hf://llmfleet/tiny"},
-                        "worker": {"resources": {"gpus": 1}},
-                    },
-                }
-            )
+            # hf:// needs no volume in the namespace; kwok never runs the worker.
+            kube.apply(from_hub("rbac-check"))
             kube("wait", "--for=condition=Ready", "llmd/rbac-check", "--timeout=90s")
             assert kube.get("deployment", "rbac-check")["metadata"]["ownerReferences"]
             assert kube.get("service", "rbac-check")["metadata"]["ownerReferences"]
@@ -347,18 +338,8 @@ def test_namespace_scoped_install_without_cluster_wide_reads(
         ).start()
         try:
             kube = kubectl.in_namespace(watched)
-            kube.apply(
-                {
-                    "apiVersion": api.API_VERSION,
-                    "kind": api.KIND,
-                    "metadata": {"name": "too-big"},
-                    # More GPUs than any node has: Pending for GPUs.
-                    "spec": {
-                        "model": {"uri": "hf://llmfleet/tiny"},
-                        "worker": {"resources": {"gpus": 64}},
-                    },
-                }
-            )
+            # More GPUs than any node has: Pending for GPUs.
+            kube.apply(from_hub("too-big", gpus=64))
 
             def stalled() -> Any:
                 conds = kube.get("llmd", "too-big").get("status", {}).get("conditions", [])
