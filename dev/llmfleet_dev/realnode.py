@@ -741,7 +741,8 @@ def free_slots() -> list[int]:
 
 def disk_shortfall(path: Path, image_bytes: int) -> str | None:
     """Why the filesystem of ``path`` cannot take an import of ``image_bytes``, or None."""
-    path.mkdir(parents=True, exist_ok=True)
+    while not path.exists():  # a slot not made yet lives where its parent is
+        path = path.parent
     free = shutil.disk_usage(path).free
     need = 2 * image_bytes + DISK_HEADROOM
     if free >= need:
