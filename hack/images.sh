@@ -75,7 +75,8 @@ build_pause() {
 }
 
 build() {  # build NAME: localhost/llmfleet/NAME:$TAG from Dockerfile.NAME
-  local name="$1" image="localhost/llmfleet/$1:$TAG" start=$SECONDS
+  local name="$1" image="localhost/llmfleet/$1:$TAG" start=$SECONDS old
+  old="$(podman image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)"
   ensure_uv_image
   mkdir -p "$CACHE/uv-cache"
   # --network host: the build reaches PyPI for what the cache lacks (hatchling) without a CNI
@@ -87,6 +88,11 @@ build() {  # build NAME: localhost/llmfleet/NAME:$TAG from Dockerfile.NAME
     --volume /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro \
     -f "$ROOT/Dockerfile.$name" -t "$image" "$ROOT" >/dev/null
   log "$image built in $((SECONDS - start))s"
+  # The image the tag named before is nobody's now: without this every worker rebuild would
+  # leave 6 GB behind, and a few sessions fill the disk.
+  if [[ -n "$old" && "$old" != "$(podman image inspect --format '{{.Id}}' "$image")" ]]; then
+    podman rmi "$old" >/dev/null 2>&1 || true
+  fi
   printf '%s %s %s\n' "$image" "$(podman image inspect --format '{{.Id}}' "$image" | cut -c1-12)" \
     "$(( $(podman image inspect --format '{{.Size}}' "$image") / 1000000 ))"
 }

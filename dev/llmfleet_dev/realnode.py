@@ -552,16 +552,18 @@ state = "{sd / "state"}"
 
     def _import_images(self, slot: int) -> None:
         """Our images (and the pause image) into containerd's k8s.io namespace, each only when
-        containerd lacks that exact image id; refused, with the numbers, where the disk cannot
-        take it (a full disk would fail every other test of the run too)."""
-        have = _run(*self.ctr(slot, "-n", "k8s.io", "images", "ls"), check=False).stdout
+        containerd lacks that exact image id (what ``slot-K.images`` says was imported under
+        a name containerd still has); refused, with the numbers, where the disk cannot take it
+        (a full disk would fail every other test of the run too)."""
+        names = _run(*self.ctr(slot, "-n", "k8s.io", "images", "ls", "-q"), check=False).stdout
+        done = {k: v for k, v in imported_ids(slot).items() if k in names.split()}
         wanted = image_ids()
         for image in (PAUSE_IMAGE, *NODE_IMAGES):
             if image not in wanted:
                 raise NodeError(f"{image} is not built: run `make images`")
-            image_id, size = wanted[image]
-            if f"sha256:{image_id}" in have:
+            if done.get(image) == wanted[image]:
                 continue
+            size = wanted[image][1]
             if (shortfall := disk_shortfall(self.slot_dir(slot), size)) is not None:
                 raise NodeError(f"importing {image}: {shortfall}")
             save = subprocess.Popen(
@@ -571,7 +573,14 @@ state = "{sd / "state"}"
             # The unpacked snapshot is what containers run from: the layer blobs need not stay.
             imported = subprocess.run(
                 self.ctr(
-                    slot, "-n", "k8s.io", "images", "import", "--discard-unpacked-layers", "-"
+                    slot,
+                    "-n",
+                    "k8s.io",
+                    "images",
+                    "import",
+                    "--local",
+                    "--discard-unpacked-layers",
+                    "-",
                 ),
                 stdin=save.stdout,
                 capture_output=True,
@@ -580,7 +589,19 @@ state = "{sd / "state"}"
             save.stdout.close()
             if save.wait() != 0 or imported.returncode != 0:
                 raise NodeError(f"importing {image} failed: {imported.stderr[-2000:]}")
-        _imported_file(slot).write_text(json.dumps(wanted))
+            done[image] = wanted[image]
+            _imported_file(slot).write_text(json.dumps(done))
+        self._forget_other_images(slot, wanted)
+
+    def _forget_other_images(self, slot: int, wanted: dict[str, tuple[str, int]]) -> None:
+        """Remove from the slot's containerd every image record but today's: an import also
+        names the image by its id, so a replaced image would keep its gigabytes forever."""
+        keep = set(wanted) | {f"sha256:{image_id}" for image_id, _ in wanted.values()}
+        ctr = self.ctr(slot, "-n", "k8s.io", "images")
+        names = _run(*ctr, "ls", "-q", check=False).stdout.split()
+        if stale := [name for name in names if name not in keep]:
+            with contextlib.suppress(subprocess.TimeoutExpired):  # the space, not the start
+                _run(*ctr, "rm", "--sync", *stale, check=False)
 
     def _kill_containers(self, slot: int) -> None:
         if not self.containerd_socket(slot).exists():
