@@ -47,6 +47,10 @@ CNI_BIN = Path("/usr/lib/cni")
 RUNC = "/usr/sbin/runc"
 
 
+#: Each node image's id and size in bytes, by name.
+ImageIds = dict[str, tuple[str, int]]
+
+
 class NodeError(RuntimeError):
     """A real node could not be started or stopped."""
 
@@ -166,7 +170,8 @@ class RealNode:
     # --- lifecycle -------------------------------------------------------------------------
     def up(self, timeout: float = 120.0) -> NodeState:
         self.dir.mkdir(parents=True, exist_ok=True)
-        slot = self._take_slot()
+        wanted = image_ids()  # read once: podman answers slowly
+        slot = self._take_slot(wanted)
         state = NodeState(name=self.name, slot=slot)
         self._save(state)
         net = Addresses(slot)
@@ -210,7 +215,7 @@ class RealNode:
                 state,
             )
             self._kill_containers(slot)  # an earlier node's in this slot are not ours to keep
-            self._import_images(slot)
+            self._import_images(slot, wanted)
             self._make_cgroup_root(net)
             state.pids["kubelet"] = self._spawn(
                 "kubelet", in_netns(net.netns, *self._kubelet_command(net))
@@ -254,9 +259,10 @@ class RealNode:
     def _owner_file(slot: int) -> Path:
         return cache_dir() / "realnode" / f"slot-{slot}.owner"
 
-    def _take_slot(self) -> int:
-        """The first slot no live process owns, owned by this process until containerd runs
-        (:meth:`_own_slot`); chosen under a lock, so two clusters starting at once differ."""
+    def _take_slot(self, wanted: ImageIds) -> int:
+        """A slot no live process owns (one already holding ``wanted`` first), owned by this
+        process until containerd runs (:meth:`_own_slot`); chosen under a lock, so two
+        clusters starting at once differ."""
         base = cache_dir() / "realnode"
         base.mkdir(parents=True, exist_ok=True)
         with (base / "slots.lock").open("wb") as lock:
@@ -266,7 +272,6 @@ class RealNode:
                 raise NodeError(f"all {SLOTS} real-node slots are taken (other clusters run them)")
             # A slot that already holds today's images saves an import of gigabytes (and the
             # disk a second copy would take).
-            wanted = image_ids()
             slot = next((k for k in free if imported_ids(k) == wanted), free[0])
             # Whatever a dead owner left behind is ours to clear now.
             self._clear_slot(slot)
@@ -550,14 +555,13 @@ state = "{sd / "state"}"
             "--v=1",
         ]
 
-    def _import_images(self, slot: int) -> None:
+    def _import_images(self, slot: int, wanted: ImageIds) -> None:
         """Our images (and the pause image) into containerd's k8s.io namespace, each only when
         containerd lacks that exact image id (what ``slot-K.images`` says was imported under
         a name containerd still has); refused, with the numbers, where the disk cannot take it
         (a full disk would fail every other test of the run too)."""
         names = _run(*self.ctr(slot, "-n", "k8s.io", "images", "ls", "-q"), check=False).stdout
         done = {k: v for k, v in imported_ids(slot).items() if k in names.split()}
-        wanted = image_ids()
         for image in (PAUSE_IMAGE, *NODE_IMAGES):
             if image not in wanted:
                 raise NodeError(f"{image} is not built: run `make images`")
@@ -593,7 +597,7 @@ state = "{sd / "state"}"
             _imported_file(slot).write_text(json.dumps(done))
         self._forget_other_images(slot, wanted)
 
-    def _forget_other_images(self, slot: int, wanted: dict[str, tuple[str, int]]) -> None:
+    def _forget_other_images(self, slot: int, wanted: ImageIds) -> None:
         """Remove from the slot's containerd every image record but today's: an import also
         names the image by its id, so a replaced image would keep its gigabytes forever."""
         keep = set(wanted) | {f"sha256:{image_id}" for image_id, _ in wanted.values()}
@@ -725,7 +729,7 @@ def leftovers(node_dir: Path, slot: int) -> list[str]:
 DISK_HEADROOM = 4 * 2**30
 
 
-def image_ids() -> dict[str, tuple[str, int]]:
+def image_ids() -> ImageIds:
     """Each built node image (and the pause image): its id and size in bytes."""
     found = {}
     for image in (PAUSE_IMAGE, *NODE_IMAGES):
@@ -742,7 +746,7 @@ def _imported_file(slot: int) -> Path:
     return cache_dir() / "realnode" / f"slot-{slot}.images"
 
 
-def imported_ids(slot: int) -> dict[str, tuple[str, int]]:
+def imported_ids(slot: int) -> ImageIds:
     """What the last import into ``slot`` recorded (empty when unknown)."""
     with contextlib.suppress(OSError, ValueError):
         return {k: (v[0], v[1]) for k, v in json.loads(_imported_file(slot).read_text()).items()}
