@@ -9,6 +9,12 @@ Timing (seconds): the Lease lasts ``lease_seconds`` (10), the holder renews ever
 A standby polls every ``retry_seconds`` and takes an unrenewed Lease ``lease_seconds`` after
 it last saw it change, so after a ``kill -9`` of the leader a standby leads within
 ``lease_seconds + retry_seconds`` (12 s); after a clean stop, within ``retry_seconds``.
+
+A renewal counts from when its request was *sent*, and each renewal attempt may only use the
+time left before the deadline: however slow the API server, the leader stops leading before a
+standby may take the Lease (which counts from when it *saw* the renewal). A campaign attempt
+may take up to ``lease_seconds``: an API server that commits writes in 5 s is slow, not down,
+and a candidate that cut every write off after 4 s would never lead.
 """
 
 from __future__ import annotations
@@ -123,9 +129,9 @@ class LeaderElector:
         self._observe(updated)
         return True
 
-    async def _attempt(self) -> bool:
+    async def _attempt(self, within: float) -> bool:
         try:
-            return await asyncio.wait_for(self.try_take(), timeout=self.retry_seconds * 2)
+            return await asyncio.wait_for(self.try_take(), timeout=within)
         except (ApiError, TimeoutError, aiohttp.ClientError, OSError) as e:
             self._lease = None
             log.warning(
@@ -143,7 +149,7 @@ class LeaderElector:
     ) -> None:
         """Campaign, lead, and campaign again after a lost term, until cancelled."""
         while True:
-            await self._campaign()
+            taken = await self._campaign()
             self.leading = True
             metrics.LEADER.set(1)
             metrics.LEADERSHIP_CHANGES.labels(change="acquired").inc()
@@ -152,7 +158,7 @@ class LeaderElector:
             )
             try:
                 await on_started()
-                await self._renew_until_lost()
+                await self._renew_until_lost(taken)
             finally:
                 self.leading = False
                 metrics.LEADER.set(0)
@@ -166,18 +172,25 @@ class LeaderElector:
             )
             await on_stopped()
 
-    async def _campaign(self) -> None:
+    async def _campaign(self) -> float:
+        """Try until the Lease is ours; when (our clock) the winning request was sent."""
         while True:
-            if await self._attempt():
-                return
+            sent = self._clock()
+            if await self._attempt(within=self.lease_seconds):
+                return sent
             await asyncio.sleep(self.retry_seconds)
 
-    async def _renew_until_lost(self) -> None:
-        renewed = self._clock()
+    async def _renew_until_lost(self, renewed: float) -> None:
+        """Renew every retry period; return once ``renew_deadline`` passed since the last
+        renewal was sent, or another replica holds the Lease."""
         while True:
             await asyncio.sleep(self.retry_seconds)
-            if await self._attempt():
-                renewed = self._clock()
+            sent = self._clock()
+            left = self.renew_deadline - (sent - renewed)
+            if left <= 0:
+                return
+            if await self._attempt(within=left):
+                renewed = sent
             elif self._clock() - renewed >= self.renew_deadline or self._held_by_other():
                 return
 

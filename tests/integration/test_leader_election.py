@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -54,17 +54,34 @@ def ns(audited: LocalCluster) -> Iterator[tuple[Kubectl, str]]:
         kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
-def replica(cluster: LocalCluster, namespace: str, who: str, tmp: Path) -> OperatorProcess:
-    kubeconfig = cluster.kubeconfig_for(f"operator-{who}", groups=("system:masters",))
-    return OperatorProcess(
-        kubeconfig,
-        tmp / f"operator-{who}.log",
-        f"--namespace={namespace}",
-        "--leader-elect",
-        f"--leader-election-namespace={namespace}",
-        f"--leader-election-id={LEASE}",
-        f"--identity={who}",
-    )
+Replica = Callable[[str], OperatorProcess]
+
+
+@pytest.fixture
+def replica(audited: LocalCluster, ns: tuple[Kubectl, str], tmp_path: Path) -> Iterator[Replica]:
+    """Starts operator replica ``who`` (user ``operator-<who>``); every one is stopped after
+    the test, and its log's tail printed, so that a failure shows what each replica saw."""
+    _, namespace = ns
+    started: list[OperatorProcess] = []
+
+    def start(who: str) -> OperatorProcess:
+        kubeconfig = audited.kubeconfig_for(f"operator-{who}", groups=("system:masters",))
+        proc = OperatorProcess(
+            kubeconfig,
+            tmp_path / f"operator-{who}.log",
+            f"--namespace={namespace}",
+            "--leader-elect",
+            f"--leader-election-namespace={namespace}",
+            f"--leader-election-id={LEASE}",
+            f"--identity={who}",
+        )
+        started.append(proc)
+        return proc.start()
+
+    yield start
+    for proc in started:
+        proc.stop()
+        print(f"--- {proc.log_path.name}, last lines:\n{proc.log_tail()}")
 
 
 def holder(kube: Kubectl) -> str:
@@ -116,89 +133,73 @@ def flushed(cluster: LocalCluster, user: str, namespace: str, after: float) -> b
 
 
 def test_the_standby_writes_nothing_and_leads_within_15s_of_a_kill_9(
-    audited: LocalCluster, ns: tuple[Kubectl, str], tmp_path: Path
+    audited: LocalCluster, ns: tuple[Kubectl, str], replica: Replica
 ) -> None:
     kube, namespace = ns
-    a = replica(audited, namespace, "a", tmp_path).start()
-    b = None
-    try:
-        wait_for("replica a to lead", lambda: holder(kube) == "a" and is_leader(a), timeout=30)
-        b = replica(audited, namespace, "b", tmp_path).start()
-        kube.apply(manual(2))
-        wait_for(
-            "the leader to create the worker Deployment with 2 replicas",
-            lambda: (
-                (kube.get_or_none("deployment", "chat") or {}).get("spec", {}).get("replicas") == 2
-            ),
-            timeout=30,
-        )
-        assert not is_leader(b)
-        assert b.writes() == 0.0
+    a = replica("a")
+    wait_for("replica a to lead", lambda: holder(kube) == "a" and is_leader(a), timeout=30)
+    b = replica("b")
+    kube.apply(manual(2))
+    wait_for(
+        "the leader to create the worker Deployment with 2 replicas",
+        lambda: (kube.get_or_none("deployment", "chat") or {}).get("spec", {}).get("replicas") == 2,
+        timeout=30,
+    )
+    assert not is_leader(b)
+    assert b.writes() == 0.0
 
-        a.stop(signal.SIGKILL)
-        killed = time.time()
-        kube.apply(manual(3))  # a change only a new leader can act on
-        wait_for(
-            "replica b to take the Lease",
-            lambda: holder(kube) == "b",
-            timeout=20,
-        )
-        took_lease = time.time() - killed
-        wait_for(
-            "replica b to scale the worker Deployment to 3",
-            lambda: (
-                (kube.get_or_none("deployment", "chat") or {}).get("spec", {}).get("replicas") == 3
-            ),
-            timeout=20,
-        )
-        acted = time.time() - killed
-        print(
-            f"\nleader failover after kill -9: Lease taken in {took_lease:.1f} s, "
-            f"the change applied {acted:.1f} s after the kill"
-        )
-        assert acted <= 15.0, f"the standby acted {acted:.1f} s after the leader's death"
-        assert is_leader(b)
+    a.stop(signal.SIGKILL)
+    killed = time.time()
+    kube.apply(manual(3))  # a change only a new leader can act on
+    wait_for(
+        "replica b to take the Lease",
+        lambda: holder(kube) == "b",
+        timeout=20,
+    )
+    took_lease = time.time() - killed
+    wait_for(
+        "replica b to scale the worker Deployment to 3",
+        lambda: (kube.get_or_none("deployment", "chat") or {}).get("spec", {}).get("replicas") == 3,
+        timeout=20,
+    )
+    acted = time.time() - killed
+    print(
+        f"\nleader failover after kill -9: Lease taken in {took_lease:.1f} s, "
+        f"the change applied {acted:.1f} s after the kill"
+    )
+    assert acted <= 15.0, f"the standby acted {acted:.1f} s after the leader's death"
+    assert is_leader(b)
 
-        wait_for(
-            "the audit log to hold b's writes",
-            lambda: flushed(audited, "operator-b", namespace, killed),
-            timeout=10,
-        )
-        by_a = writes_by(audited, "operator-a", namespace)
-        by_b = writes_by(audited, "operator-b", namespace)
-        # Before the kill, b wrote nothing at all (not even its Lease: it never held it).
-        assert [w for w in by_b if w[0] < killed] == [], by_b
-        # b's first write of anything but the Lease came after it took the Lease.
-        lease_taken = min(t for t, verb, res in by_b if res == "leases")
-        assert all(t >= lease_taken for t, _, res in by_b if res != "leases")
-        assert all(t <= killed for t, _, _ in by_a)
-        # One of each object: a takeover never makes a second Deployment or Service.
-        deployments = kube.get("deployments")["items"]
-        assert [d["metadata"]["name"] for d in deployments] == ["chat"]
-    finally:
-        for proc in (a, b):
-            if proc is not None:
-                proc.stop()
+    wait_for(
+        "the audit log to hold b's writes",
+        lambda: flushed(audited, "operator-b", namespace, killed),
+        timeout=10,
+    )
+    by_a = writes_by(audited, "operator-a", namespace)
+    by_b = writes_by(audited, "operator-b", namespace)
+    # Before the kill, b wrote nothing at all (not even its Lease: it never held it).
+    assert [w for w in by_b if w[0] < killed] == [], by_b
+    # b's first write of anything but the Lease came after it took the Lease.
+    lease_taken = min(t for t, verb, res in by_b if res == "leases")
+    assert all(t >= lease_taken for t, _, res in by_b if res != "leases")
+    assert all(t <= killed for t, _, _ in by_a)
+    # One of each object: a takeover never makes a second Deployment or Service.
+    deployments = kube.get("deployments")["items"]
+    assert [d["metadata"]["name"] for d in deployments] == ["chat"]
 
 
 def test_a_clean_stop_hands_the_lease_over_at_once(
-    audited: LocalCluster, ns: tuple[Kubectl, str], tmp_path: Path
+    ns: tuple[Kubectl, str], replica: Replica
 ) -> None:
-    kube, namespace = ns
-    a = replica(audited, namespace, "a", tmp_path).start()
-    b = None
-    try:
-        wait_for("replica a to lead", lambda: holder(kube) == "a", timeout=30)
-        b = replica(audited, namespace, "b", tmp_path).start()
-        stopped = time.time()
-        assert a.stop() == 0, a.log_tail()
-        wait_for("replica b to lead", lambda: holder(kube) == "b" and is_leader(b), timeout=10)
-        handover = time.time() - stopped
-        print(f"\nleader handover after SIGTERM: {handover:.1f} s")
-        # A released Lease is taken at the standby's next attempt (every 2 s), not after
-        # the 10 s lease duration.
-        assert handover < 6.0
-    finally:
-        for proc in (a, b):
-            if proc is not None:
-                proc.stop()
+    kube, _ = ns
+    a = replica("a")
+    wait_for("replica a to lead", lambda: holder(kube) == "a", timeout=30)
+    b = replica("b")
+    stopped = time.time()
+    assert a.stop() == 0, a.log_tail()
+    wait_for("replica b to lead", lambda: holder(kube) == "b" and is_leader(b), timeout=10)
+    handover = time.time() - stopped
+    print(f"\nleader handover after SIGTERM: {handover:.1f} s")
+    # A released Lease is taken at the standby's next attempt (every 2 s), not after
+    # the 10 s lease duration.
+    assert handover < 6.0

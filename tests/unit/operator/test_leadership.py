@@ -6,6 +6,9 @@ tests/integration/test_leader_election.py.
 
 from __future__ import annotations
 
+import asyncio
+import copy
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,6 +21,8 @@ from llmfleet_dev.stand_in_prometheus import StandIn, by_query, stand_in_prometh
 from llmfleet_operator import promql
 from llmfleet_operator.autoscale_loop import AutoscaleLoop
 from llmfleet_operator.cache import Cache
+from llmfleet_operator.k8s import ApiError
+from llmfleet_operator.leader import LeaderElector
 from llmfleet_operator.lease import LeaseRecord, may_take, released_spec, taken_spec
 from llmfleet_operator.prometheus import client
 
@@ -72,6 +77,108 @@ def test_a_released_lease_is_free_for_anyone() -> None:
     released = LeaseRecord.of({"spec": released_spec(held, 1001.0)})
     assert released.holder == ""
     assert may_take(released, "b", observed_at=1001.0, now=1001.0, lease_seconds=LEASE)
+
+
+# --- the elector against a slow API server -----------------------------------------------------
+
+
+class SlowLeaseStore:
+    """One Lease, as an API server keeps it: a write commits at once (resourceVersion
+    compare-and-swap) and is answered ``delay`` seconds later; ``hang`` answers nothing."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.hang = False
+        self.lease: dict[str, Any] | None = None
+        self.version = 0
+        self.committed_at = 0.0  # monotonic time of the last committed write
+
+    async def get(self, path: str) -> dict[str, Any] | None:
+        return await self.request("GET", path)
+
+    async def request(self, method: str, path: str, *, body: Any = None, **_: Any) -> Any:
+        if self.hang:
+            await asyncio.Event().wait()
+        if method == "GET":
+            return copy.deepcopy(self.lease)
+        current = (self.lease or {}).get("metadata", {}).get("resourceVersion")
+        if (method == "POST" and self.lease is not None) or (
+            method == "PUT" and body["metadata"].get("resourceVersion") != current
+        ):
+            raise ApiError(409, method, path, '{"message": "conflict"}')
+        self.version += 1
+        self.lease = {
+            **body,
+            "metadata": {**body["metadata"], "resourceVersion": str(self.version)},
+        }
+        self.committed_at = time.monotonic()
+        await asyncio.sleep(self.delay)
+        return copy.deepcopy(self.lease)
+
+
+def elector(store: SlowLeaseStore) -> LeaderElector:
+    # The real timing (10/7/2 s) scaled by a quarter; the store answers writes after 1.2 s,
+    # beyond the 1 s (2 retry periods) that once capped each attempt.
+    return LeaderElector(
+        store,  # type: ignore[arg-type]
+        "ns",
+        "lease",
+        "a",
+        lease_seconds=5.0,
+        renew_deadline=3.5,
+        retry_seconds=0.5,
+    )
+
+
+async def test_a_candidate_leads_and_keeps_leading_when_each_write_is_answered_slowly() -> None:
+    store = SlowLeaseStore(delay=1.2)
+    started, stopped = asyncio.Event(), asyncio.Event()
+
+    async def on_started() -> None:
+        started.set()
+
+    async def on_stopped() -> None:
+        stopped.set()
+
+    task = asyncio.create_task(elector(store).run(on_started, on_stopped))
+    try:
+        await asyncio.wait_for(started.wait(), timeout=5.0)
+        renewals = store.version
+        # Three renew periods at 1.7 s each: still leading, and renewing.
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(stopped.wait(), timeout=5.0)
+        assert store.version >= renewals + 2
+        assert (store.lease or {})["spec"]["holderIdentity"] == "a"
+    finally:
+        task.cancel()
+
+
+async def test_a_leader_cut_off_from_the_api_server_stops_within_the_renew_deadline() -> None:
+    """However the attempts time out, the leader stops leading ``renew_deadline`` after its
+    last renewal was sent: before a standby may take the Lease (``lease_seconds`` after it
+    saw that renewal)."""
+    store = SlowLeaseStore(delay=0.0)
+    started, stopped = asyncio.Event(), asyncio.Event()
+
+    async def on_started() -> None:
+        started.set()
+
+    async def on_stopped() -> None:
+        stopped.set()
+
+    candidate = elector(store)
+    task = asyncio.create_task(candidate.run(on_started, on_stopped))
+    try:
+        await asyncio.wait_for(started.wait(), timeout=5.0)
+        await asyncio.sleep(1.2)  # a renewal or two
+        store.hang = True
+        await asyncio.wait_for(stopped.wait(), timeout=10.0)
+        held_for = time.monotonic() - store.committed_at
+        assert held_for <= candidate.renew_deadline + 0.5
+        assert held_for < candidate.lease_seconds
+        assert not candidate.leading
+    finally:
+        task.cancel()
 
 
 # --- the standby's autoscaler -------------------------------------------------------------------
