@@ -138,8 +138,14 @@ class LeaderElector:
                 "leader election: could not read or write Lease %s/%s: %s",
                 self.namespace,
                 self.name,
-                e,
+                e or type(e).__name__,
             )
+            return False
+        except Exception:
+            # Anything else (a garbled answer) is one failed attempt too: an election task
+            # that died would leave this replica a silent standby for good.
+            self._lease = None
+            log.exception("leader election: unexpected error on Lease %s", self.name)
             return False
 
     async def run(

@@ -267,3 +267,30 @@ async def test_a_standby_fills_its_window_in_the_shadow_and_acts_on_it_after_tak
     assert ("ns", "a") in enqueued
     assert cold.wants(("ns", "a")) == 4
     assert cold.state[("ns", "a")].last_decision is None  # held: the window starts now
+
+
+async def test_a_garbled_answer_is_one_failed_attempt_not_the_end_of_the_campaign() -> None:
+    store = SlowLeaseStore(delay=0.0)
+    garbled = [ValueError("Expecting value: line 1 column 1 (char 0)")]
+    real_request = store.request
+
+    async def request(method: str, path: str, **kw: Any) -> Any:
+        if garbled:
+            raise garbled.pop()
+        return await real_request(method, path, **kw)
+
+    store.request = request  # type: ignore[method-assign]
+    started = asyncio.Event()
+
+    async def on_started() -> None:
+        started.set()
+
+    async def on_stopped() -> None:
+        pass
+
+    task = asyncio.create_task(elector(store).run(on_started, on_stopped))
+    try:
+        await asyncio.wait_for(started.wait(), timeout=5.0)
+        assert garbled == []
+    finally:
+        task.cancel()
