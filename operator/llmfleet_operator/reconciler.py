@@ -101,6 +101,13 @@ VOLUME_CHECK_SECONDS = 20.0
 #: report would otherwise be a status write (and a watch event for every GitOps tool). A
 #: transition (a condition's status, observedGeneration) is written at once.
 PROGRESS_WRITE_SECONDS = 1.0
+#: While a fleet is not Ready, what only the autoscaler has to say (a ScalingActive verdict,
+#: a ScalingLimited) waits up to this long for the fleet's own next transition: a new fleet's
+#: first verdict then rides on its Ready write instead of costing a status write (and a watch
+#: event for every GitOps tool) of its own. A Ready fleet hears it at once.
+SCALING_WRITE_SECONDS = 15.0
+#: The conditions the autoscaler owns; the others are the fleet's own.
+SCALING_CONDITIONS = frozenset({ConditionType.SCALING_ACTIVE, ConditionType.SCALING_LIMITED})
 
 
 @dataclass
@@ -568,9 +575,9 @@ class Reconciler:
         key = (meta["namespace"], meta["name"])
         now = self._monotonic()
         since = now - self._status_written.get(key, -math.inf)
-        if since < PROGRESS_WRITE_SECONDS and not is_transition(mine_before, status):
+        if since < (allowed := write_delay(mine_before, status)):
             # The next reconcile writes whatever is true by then.
-            wait = PROGRESS_WRITE_SECONDS - since
+            wait = allowed - since
             result.requeue_after = min(result.requeue_after or wait, wait)
             return
         if log.isEnabledFor(logging.DEBUG):
@@ -621,16 +628,39 @@ class Reconciler:
                 )
 
 
-def is_transition(before: Mapping[str, Any], after: Mapping[str, Any]) -> bool:
-    """Whether ``after`` says something new rather than how far it got: another generation
-    observed, or a condition appearing, going, or changing its status."""
+def write_delay(before: Mapping[str, Any], after: Mapping[str, Any]) -> float:
+    """How long after the last status write the change from ``before`` to ``after`` may
+    wait, so that what comes meanwhile shares one write.
 
-    def states(status: Mapping[str, Any]) -> set[tuple[Any, Any]]:
-        return {(c.get("type"), c.get("status")) for c in status.get("conditions") or []}
+    A transition of the fleet's own (another generation observed, one of its conditions
+    appearing, going or changing status) is written at once; so is the autoscaler's once
+    the fleet is Ready, and before that within ``SCALING_WRITE_SECONDS``; progress (counts,
+    messages) within ``PROGRESS_WRITE_SECONDS``.
+    """
 
-    return before.get("observedGeneration") != after.get("observedGeneration") or states(
-        before
-    ) != states(after)
+    def states(status: Mapping[str, Any], scaling: bool) -> set[tuple[Any, Any]]:
+        return {
+            (c.get("type"), c.get("status"))
+            for c in status.get("conditions") or []
+            if (c.get("type") in SCALING_CONDITIONS) == scaling
+        }
+
+    if before.get("observedGeneration") != after.get("observedGeneration") or states(
+        before, scaling=False
+    ) != states(after, scaling=False):
+        return 0.0
+    if states(before, scaling=True) == states(after, scaling=True):
+        return PROGRESS_WRITE_SECONDS
+    if (ConditionType.READY.value, "True") in states(after, scaling=False):
+        return 0.0
+
+    def fleet_part(status: Mapping[str, Any]) -> dict[str, Any]:
+        conditions = status.get("conditions") or []
+        own = [c for c in conditions if c.get("type") not in SCALING_CONDITIONS]
+        return {**status, "conditions": own, "autoscaler": None}
+
+    progressed = fleet_part(before) != fleet_part(after)
+    return PROGRESS_WRITE_SECONDS if progressed else SCALING_WRITE_SECONDS
 
 
 def observed_through_metadata(

@@ -16,10 +16,12 @@ from llmfleet_operator.cache import Cache
 from llmfleet_operator.reconciler import (
     FOREIGN_RETRY_SECONDS,
     LEFTOVER_RETRY_SECONDS,
+    PROGRESS_WRITE_SECONDS,
+    SCALING_WRITE_SECONDS,
     Reconciler,
     _stable_of,
-    is_transition,
     observed_through_metadata,
+    write_delay,
 )
 from llmfleet_operator.resources import (
     ANNOTATION_STABLE_REVISION,
@@ -410,12 +412,33 @@ async def test_progress_is_written_at_most_once_a_second_and_a_transition_at_onc
     assert statuses() == 3
 
 
-def test_a_transition_is_a_condition_status_or_a_generation_not_a_message() -> None:
+def test_a_transition_is_written_at_once_and_progress_within_a_second() -> None:
     def status(generation: int, ready: str, message: str) -> dict[str, Any]:
         conds = [{"type": "Ready", "status": ready, "reason": "R", "message": message}]
         return {"observedGeneration": generation, "conditions": conds, "readyReplicas": 1}
 
-    assert not is_transition(status(1, "False", "0/2 ready"), status(1, "False", "1/2 ready"))
-    assert is_transition(status(1, "False", "1/2 ready"), status(1, "True", "2/2 ready"))
-    assert is_transition(status(1, "False", "x"), status(2, "False", "x"))
-    assert is_transition({}, status(1, "False", "x"))
+    at_once, progress = 0.0, PROGRESS_WRITE_SECONDS
+    assert write_delay(status(1, "False", "0/2 ready"), status(1, "False", "1/2 ready")) == progress
+    assert write_delay(status(1, "False", "1/2 ready"), status(1, "True", "2/2 ready")) == at_once
+    assert write_delay(status(1, "False", "x"), status(2, "False", "x")) == at_once
+    assert write_delay({}, status(1, "False", "x")) == at_once
+
+
+def test_the_autoscalers_verdict_on_a_fleet_not_yet_ready_waits_for_the_fleets_next_write() -> None:
+    def status(ready: str, scaling: str | None, ready_replicas: int = 0) -> dict[str, Any]:
+        conds = [{"type": "Ready", "status": ready, "reason": "R", "message": "m"}]
+        if scaling is not None:
+            conds.append(
+                {"type": "ScalingActive", "status": scaling, "reason": "S", "message": "m"}
+            )
+        return {"observedGeneration": 1, "conditions": conds, "readyReplicas": ready_replicas}
+
+    # A new fleet's first verdict: it rides on the Ready write, or waits 15 s at most.
+    assert write_delay(status("False", None), status("False", "True")) == SCALING_WRITE_SECONDS
+    # ... unless the fleet's own progress is written anyway within a second.
+    assert write_delay(status("False", None), status("False", "True", 1)) == PROGRESS_WRITE_SECONDS
+    # A Ready fleet hears at once that its metrics went (or came back).
+    assert write_delay(status("True", "True"), status("True", "False")) == 0.0
+    assert write_delay(status("True", None), status("True", "False")) == 0.0
+    # The fleet's own transition is written at once, with the verdict.
+    assert write_delay(status("False", None), status("True", "True", 1)) == 0.0
