@@ -33,6 +33,12 @@ from llmfleet_operator.resources import max_num_seqs
 
 log = logging.getLogger(__name__)
 
+#: How long a fleet's workers may be Ready without a single series in Prometheus before that
+#: counts as MetricsUnavailable: a new worker is not scraped yet (Prometheus's default scrape
+#: interval is a minute). Until then the size is held and nothing is reported: a Warning for
+#: every new fleet would teach people to ignore the one that matters.
+METRICS_GRACE_SECONDS = 90.0
+
 
 @dataclass
 class ScaleState:
@@ -49,6 +55,8 @@ class ScaleState:
     #: The signals of the last evaluation and when it ran (None: no usable answer then).
     signals: Signals | None = None
     evaluated_at: float = 0.0
+    #: When (the loop's clock) a worker of this fleet was first seen Ready; None: none is.
+    ready_since: float | None = None
 
 
 class AutoscaleLoop:
@@ -171,7 +179,7 @@ class AutoscaleLoop:
         fetched = await asyncio.gather(*(self._fetch(session, u, e) for u, e in groups))
         for key, error in unusable:
             body, spec = fleet[key]
-            await self._evaluate(key, body, spec, None, str(error), "", now)
+            await self._evaluate(key, body, spec, None, str(error), "", now, unscraped=False)
         for ((url, _), keys), answers in zip(groups.items(), fetched, strict=True):
             for key in keys:
                 body, spec = fleet[key]
@@ -183,7 +191,10 @@ class AutoscaleLoop:
                     signals = self._signals(answers, key, now, max_num_seqs(spec))
                     if signals is None:
                         problem = f"no worker metrics for this LLMDeployment in {url}"
-                await self._evaluate(key, body, spec, signals, problem, url, now)
+                unscraped = signals is None and not isinstance(answers, PrometheusError)
+                await self._evaluate(
+                    key, body, spec, signals, problem, url, now, unscraped=unscraped
+                )
 
     @staticmethod
     def _signals(
@@ -253,7 +264,10 @@ class AutoscaleLoop:
         problem: str | None,
         url: str,
         now: float,
+        *,
+        unscraped: bool = False,
     ) -> None:
+        """``unscraped``: Prometheus answered, without a series of this fleet."""
         st = self.state.setdefault(key, ScaleState())
         st.signals, st.evaluated_at = signals, now
         a = spec.autoscaling
@@ -266,6 +280,14 @@ class AutoscaleLoop:
             suspended=spec.suspend,
         )
         fleet, observed = self._fleet_of(key, body, spec, st)
+        if observed.ready == 0:
+            st.ready_since = None
+        elif st.ready_since is None:
+            st.ready_since = now
+        # No worker Ready (or not for long): no series is what Prometheus should have yet.
+        awaiting = unscraped and (
+            st.ready_since is None or now - st.ready_since < METRICS_GRACE_SECONDS
+        )
         # A scale-up must fit on the free GPUs of the nodes this pod template may use: a
         # lookup in the watched view (no API call), memoised per template until it changes.
         gpus = spec.worker.resources.gpus
@@ -290,7 +312,8 @@ class AutoscaleLoop:
             # first decision adopts it with this window's history.
             st.wants = st.condition = st.limited = None
             return
-        await self._set_condition(key, body, st, decision, problem, url)
+        if not awaiting:
+            await self._set_condition(key, body, st, decision, problem, url)
         if decision.replicas != fleet.current or st.wants is None:
             await self._record(key, body, st, fleet.current, decision, now)
 

@@ -97,10 +97,11 @@ LEFTOVER_RETRY_SECONDS = 5.0
 #: they are read again while it stays there.
 VOLUME_CHECK_SECONDS = 20.0
 #: Progress alone (counts, messages, phases) is written at most this often per object: pods
-#: and the Deployment controller report a starting pod within moments of each other, and each
-#: report would otherwise be a status write (and a watch event for every GitOps tool). A
-#: transition (a condition's status, observedGeneration) is written at once.
-PROGRESS_WRITE_SECONDS = 1.0
+#: and the Deployment controller report a starting pod seconds apart (a pod is Ready some
+#: seconds before its Deployment counts it, and that count is the Ready transition, written at
+#: once), and each report would otherwise be a status write (and a watch event for every
+#: GitOps tool). A transition (a condition's status, observedGeneration) is written at once.
+PROGRESS_WRITE_SECONDS = 5.0
 #: While a fleet is not Ready, what only the autoscaler has to say (a ScalingActive verdict,
 #: a ScalingLimited) waits up to this long for the fleet's own next transition: a new fleet's
 #: first verdict then rides on its Ready write instead of costing a status write (and a watch

@@ -15,7 +15,7 @@ import pytest
 from llmfleet_dev.events import EventRecorder
 from llmfleet_dev.stand_in_prometheus import StandIn, by_query, stand_in_prometheus
 from llmfleet_operator import promql
-from llmfleet_operator.autoscale_loop import AutoscaleLoop, ScaleState
+from llmfleet_operator.autoscale_loop import METRICS_GRACE_SECONDS, AutoscaleLoop, ScaleState
 from llmfleet_operator.cache import Cache
 from llmfleet_operator.prometheus import client
 
@@ -220,3 +220,44 @@ def test_during_a_canary_the_fleet_counts_both_tracks() -> None:
     fleet, observed = loop._fleet_of(("ns", "a"), body, spec, ScaleState())
     assert (fleet.current, fleet.ready) == (4, 4)
     assert observed.placed == 4
+
+
+def ready_pod(name: str) -> dict[str, Any]:
+    return {
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "ns", "labels": {}},
+        "spec": {"containers": [{"name": "worker"}]},
+        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]},
+    }
+
+
+async def test_a_new_fleet_without_series_is_held_quietly_until_its_workers_had_time_to_be_scraped(
+    prometheus: StandIn,
+) -> None:
+    """Prometheus answers, with no series of fleet "c" (its workers are new): no condition
+    and no Warning while no worker is Ready, nor for 90 s after the first is; then
+    MetricsUnavailable, with one Warning."""
+    now = [1000.0]
+    cache = Cache()
+    cache.observe_llmd("ADDED", llmd("c", desired=1))
+    kube = EventRecorder()
+    loop = AutoscaleLoop(cache, lambda key: None, kube, prometheus.url, clock=lambda: now[0])  # type: ignore[arg-type]
+    async with client(10.0) as session:
+        await loop.tick(session)  # no worker Ready yet
+        assert loop.conditions(("ns", "c")) == []
+        cache.pods[("ns", "c")] = {"c-0": ready_pod("c-0")}
+        now[0] += 30.0
+        await loop.tick(session)  # Ready from now on
+        now[0] += METRICS_GRACE_SECONDS - 1
+        await loop.tick(session)
+        assert loop.conditions(("ns", "c")) == []
+        assert kube.events == []
+        assert loop.wants(("ns", "c")) == 1  # held
+        now[0] += 1
+        await loop.tick(session)
+    [cond] = loop.conditions(("ns", "c"))
+    assert (cond.status, cond.reason) == ("False", "MetricsUnavailable")
+    assert cond.message == (
+        f"no worker metrics for this LLMDeployment in {prometheus.url}; holding the current size"
+    )
+    assert kube.events == [("MetricsUnavailable", cond.message, "Warning")]
