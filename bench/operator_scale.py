@@ -23,6 +23,7 @@ verb are drawn into a PNG (``--plot``, default ``bench/results/operator_scale.pn
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import shlex
@@ -30,8 +31,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,8 @@ from llmfleet_dev.localcluster import LocalCluster, Topology, operator_command
 from llmfleet_dev.net import free_port
 from llmfleet_dev.plots import OperatorScale, render_operator_scale
 from llmfleet_dev.processes import scrape
+from llmfleet_dev.stand_in_prometheus import stand_in_prometheus
+from llmfleet_operator import promql
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -152,11 +157,70 @@ def send_in_chunks(cluster: LocalCluster, verb: str, items: list[Any], size: int
         cluster.kubectl(verb, "-f", "-", stdin=json.dumps(batch))
 
 
+#: How long after a fleet is Ready the stand-in Prometheus has its series (one scrape).
+SCRAPE_SECONDS = 15.0
+
+
+class SteadyPrometheus:
+    """A stand-in Prometheus (``--metrics steady``) that answers the autoscaler's queries as
+    a real one scraping every worker would on a quiet day: nothing waiting, nothing running,
+    one worker reporting, sampled 5 s ago; a fleet's series appear ``SCRAPE_SECONDS`` after
+    the bench sees it Ready, as a new worker's would. The kwok pods serve no metrics, and
+    what is measured is the operator's API traffic, not Prometheus."""
+
+    def __init__(self) -> None:
+        #: Fleet name -> when it turned Ready (the bench's polling fills it).
+        self.ready_at: dict[str, float] = {}
+        self.url = ""
+        self._started = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._serve()), daemon=True)
+
+    def _vector(self, value: Callable[[], float]) -> Callable[[], list[dict[str, Any]]]:
+        def items() -> list[dict[str, Any]]:
+            scraped = [
+                n for n, t in list(self.ready_at.items()) if time.time() - t >= SCRAPE_SECONDS
+            ]
+            return [
+                {"metric": {"namespace": NAMESPACE, "llmdeployment": n}, "value": [0, str(value())]}
+                for n in scraped
+            ]
+
+        return items
+
+    async def _serve(self) -> None:
+        values: dict[str, Callable[[], float]] = {
+            "waiting": lambda: 0.0,
+            "running": lambda: 0.0,
+            "reporting": lambda: 1.0,
+            "capacity": lambda: 8.0,
+            "ttft_p95": lambda: 0.1,
+            "sampled_at": lambda: time.time() - 5,
+        }
+        table = {q: self._vector(values[n]) for n, q in promql.queries("llmfleet").items()}
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        async with stand_in_prometheus(lambda q: table[q]()) as stand_in:
+            self.url = stand_in.url
+            self._started.set()
+            await self._stop.wait()
+
+    def __enter__(self) -> SteadyPrometheus:
+        self._thread.start()
+        self._started.wait(timeout=30)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout=10)
+
+
 def ready_times(cluster: LocalCluster) -> tuple[dict[str, float], int]:
     """Ready condition transition times (epoch seconds) of Ready LLMDeployments, and how many
-    have heard from the autoscaler (its ScalingActive condition: without a Prometheus here,
-    MetricsUnavailable once its grace is over). Both belong to convergence: the idle window
-    starts after them."""
+    have heard from the autoscaler (its ScalingActive condition: True with ``--metrics
+    steady``, MetricsUnavailable without a Prometheus). Both belong to convergence: the idle
+    window starts after them."""
     out = cluster.kubectl("get", "llmd", "-n", NAMESPACE, "-o", "json").stdout
     ready = {}
     scaled = 0
@@ -177,6 +241,14 @@ def main() -> int:
     parser.add_argument("--idle", type=float, default=60.0, help="idle window, seconds")
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument(
+        "--metrics",
+        choices=["steady", "none"],
+        default="steady",
+        help="steady: a stand-in Prometheus with every Ready fleet's series (quiet, fresh), "
+        "as on a normal day; none: no Prometheus, every fleet's autoscaling says "
+        "MetricsUnavailable, with a Warning (default: %(default)s)",
+    )
+    parser.add_argument(
         "--plot",
         default=str(DEFAULT_PLOT),
         help="PNG of the latencies and API requests (default: %(default)s; '' for none)",
@@ -195,6 +267,7 @@ def main() -> int:
     print(f"cluster: {gpu_nodes} GPU nodes x 8, {cpu_nodes} CPU nodes, state in {state_dir}")
     cluster.up(timeout=300)
     operator: subprocess.Popen[bytes] | None = None
+    prometheus = SteadyPrometheus() if args.metrics == "steady" else None
     try:
         cluster.install_crd()
         cluster.prepare_namespace(NAMESPACE)
@@ -207,8 +280,14 @@ def main() -> int:
         kubeconfig = cluster.kubeconfig_for(OPERATOR_USER, ("system:masters",))
         metrics_port = free_port()
         log = (state_dir / "operator.log").open("wb")
+        flags = ["--log-level=WARNING"]
+        if prometheus is not None:
+            flags.append(f"--prometheus-url={prometheus.__enter__().url}")
+        print(
+            f"metrics: {args.metrics}" + (f" (stand-in at {prometheus.url})" if prometheus else "")
+        )
         operator = subprocess.Popen(
-            operator_command("--log-level=WARNING", metrics_port=metrics_port),
+            operator_command(*flags, metrics_port=metrics_port),
             env={**os.environ, "KUBECONFIG": str(kubeconfig)},
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -236,6 +315,8 @@ def main() -> int:
         while time.time() - start < args.timeout:
             peak_rss = max(peak_rss, proc_stats(operator.pid)[0])
             ready, scaled = ready_times(cluster)
+            if prometheus is not None:
+                prometheus.ready_at.update(ready)
             if len(ready) == args.count and scaled == args.count:
                 break
             time.sleep(1)
@@ -316,6 +397,8 @@ def main() -> int:
         if operator is not None:
             operator.terminate()
             operator.wait(timeout=30)
+        if prometheus is not None:
+            prometheus.__exit__()
         cluster.down()
 
 
