@@ -45,6 +45,8 @@ from llmfleet_dev.plots import OperatorScale, render_operator_scale
 from llmfleet_dev.processes import scrape
 from llmfleet_dev.stand_in_prometheus import stand_in_prometheus
 from llmfleet_operator import promql
+from llmfleet_operator.api import LABEL_DEPLOYMENT
+from llmfleet_operator.k8s import FIELD_MANAGER
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -165,11 +167,13 @@ class SteadyPrometheus:
     """A stand-in Prometheus (``--metrics steady``) that answers the autoscaler's queries as
     a real one scraping every worker would on a quiet day: nothing waiting, nothing running,
     one worker reporting, sampled 5 s ago; a fleet's series appear ``SCRAPE_SECONDS`` after
-    the bench sees it Ready, as a new worker's would. The kwok pods serve no metrics, and
+    its first worker pod turned Ready (Prometheus finds a worker through its endpoints, which
+    follow the pod; the Deployment, and so the LLMDeployment, may count it much later on a
+    busy control plane). The kwok pods serve no metrics, and
     what is measured is the operator's API traffic, not Prometheus."""
 
     def __init__(self) -> None:
-        #: Fleet name -> when it turned Ready (the bench's polling fills it).
+        #: Fleet name -> when its first worker turned Ready (the bench's polling fills it).
         self.ready_at: dict[str, float] = {}
         self.url = ""
         self._started = threading.Event()
@@ -214,6 +218,29 @@ class SteadyPrometheus:
         if self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(timeout=10)
+
+
+def event_reasons(cluster: LocalCluster) -> Counter[str]:
+    """The operator's Events in the bench's namespace, by reason (with repeats counted)."""
+    out = cluster.kubectl("get", "events", "-n", NAMESPACE, "-o", "json").stdout
+    counts: Counter[str] = Counter()
+    for event in json.loads(out)["items"]:
+        if (event.get("source") or {}).get("component") == FIELD_MANAGER:
+            counts[event.get("reason", "")] += int(event.get("count") or 1)
+    return counts
+
+
+def pods_ready(cluster: LocalCluster) -> dict[str, float]:
+    """Fleet name -> when (epoch seconds) its first worker pod turned Ready."""
+    out = cluster.kubectl("get", "pods", "-n", NAMESPACE, "-l", LABEL_DEPLOYMENT, "-o", "json")
+    first: dict[str, float] = {}
+    for pod in json.loads(out.stdout)["items"]:
+        fleet = pod["metadata"]["labels"][LABEL_DEPLOYMENT]
+        for c in (pod.get("status") or {}).get("conditions") or []:
+            if c["type"] == "Ready" and c["status"] == "True":
+                at = datetime.fromisoformat(c["lastTransitionTime"].replace("Z", "+00:00"))
+                first[fleet] = min(first.get(fleet, at.timestamp()), at.timestamp())
+    return first
 
 
 def ready_times(cluster: LocalCluster) -> tuple[dict[str, float], int]:
@@ -316,7 +343,7 @@ def main() -> int:
             peak_rss = max(peak_rss, proc_stats(operator.pid)[0])
             ready, scaled = ready_times(cluster)
             if prometheus is not None:
-                prometheus.ready_at.update(ready)
+                prometheus.ready_at.update(pods_ready(cluster))
             if len(ready) == args.count and scaled == args.count:
                 break
             time.sleep(1)
@@ -325,6 +352,7 @@ def main() -> int:
         if len(ready) < args.count:
             print(f"only {len(ready)}/{args.count} Ready after {args.timeout:.0f}s")
             return 1
+        reasons = event_reasons(cluster)
         time.sleep(3)  # the audit log is flushed in 1 s batches
         idle_start = time.time()
         time.sleep(args.idle)
@@ -373,6 +401,10 @@ def main() -> int:
         print(
             f"  {'total':28} {sum(conv.values()):12d} {sum(conv.values()) / args.count:11.2f} "
             f"{sum(idle.values()):10d}"
+        )
+        print(
+            "\nEvents the operator posted, by reason: "
+            + ", ".join(f"{reason} {n}" for reason, n in reasons.most_common())
         )
         print(f"\nwrites during the idle window: {idle_writes}")
         if args.plot:
