@@ -7,9 +7,11 @@ tests/integration/test_leader_election.py.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -130,27 +132,43 @@ def elector(store: SlowLeaseStore) -> LeaderElector:
     )
 
 
+@dataclass
+class Terms:
+    """The elector's calls back: set when a term started, and when it ended."""
+
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def on_started(self) -> None:
+        self.started.set()
+
+    async def on_stopped(self) -> None:
+        self.stopped.set()
+
+
+@contextlib.asynccontextmanager
+async def campaigning(candidate: LeaderElector) -> AsyncIterator[Terms]:
+    """``candidate`` campaigns (and leads) for the block's duration."""
+    terms = Terms()
+    task = asyncio.create_task(candidate.run(terms.on_started, terms.on_stopped))
+    try:
+        yield terms
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 async def test_a_candidate_leads_and_keeps_leading_when_each_write_is_answered_slowly() -> None:
     store = SlowLeaseStore(delay=1.2)
-    started, stopped = asyncio.Event(), asyncio.Event()
-
-    async def on_started() -> None:
-        started.set()
-
-    async def on_stopped() -> None:
-        stopped.set()
-
-    task = asyncio.create_task(elector(store).run(on_started, on_stopped))
-    try:
-        await asyncio.wait_for(started.wait(), timeout=5.0)
+    async with campaigning(elector(store)) as terms:
+        await asyncio.wait_for(terms.started.wait(), timeout=5.0)
         renewals = store.version
         # Three renew periods at 1.7 s each: still leading, and renewing.
         with pytest.raises(TimeoutError):
-            await asyncio.wait_for(stopped.wait(), timeout=5.0)
+            await asyncio.wait_for(terms.stopped.wait(), timeout=5.0)
         assert store.version >= renewals + 2
         assert (store.lease or {})["spec"]["holderIdentity"] == "a"
-    finally:
-        task.cancel()
 
 
 async def test_a_leader_cut_off_from_the_api_server_stops_within_the_renew_deadline() -> None:
@@ -158,27 +176,32 @@ async def test_a_leader_cut_off_from_the_api_server_stops_within_the_renew_deadl
     last renewal was sent: before a standby may take the Lease (``lease_seconds`` after it
     saw that renewal)."""
     store = SlowLeaseStore(delay=0.0)
-    started, stopped = asyncio.Event(), asyncio.Event()
-
-    async def on_started() -> None:
-        started.set()
-
-    async def on_stopped() -> None:
-        stopped.set()
-
     candidate = elector(store)
-    task = asyncio.create_task(candidate.run(on_started, on_stopped))
-    try:
-        await asyncio.wait_for(started.wait(), timeout=5.0)
+    async with campaigning(candidate) as terms:
+        await asyncio.wait_for(terms.started.wait(), timeout=5.0)
         await asyncio.sleep(1.2)  # a renewal or two
         store.hang = True
-        await asyncio.wait_for(stopped.wait(), timeout=10.0)
+        await asyncio.wait_for(terms.stopped.wait(), timeout=10.0)
         held_for = time.monotonic() - store.committed_at
         assert held_for <= candidate.renew_deadline + 0.5
         assert held_for < candidate.lease_seconds
         assert not candidate.leading
-    finally:
-        task.cancel()
+
+
+async def test_a_garbled_answer_is_one_failed_attempt_not_the_end_of_the_campaign() -> None:
+    store = SlowLeaseStore(delay=0.0)
+    garbled = [ValueError("Expecting value: line 1 column 1 (char 0)")]
+    real_request = store.request
+
+    async def request(method: str, path: str, **kw: Any) -> Any:
+        if garbled:
+            raise garbled.pop()
+        return await real_request(method, path, **kw)
+
+    store.request = request  # type: ignore[method-assign]
+    async with campaigning(elector(store)) as terms:
+        await asyncio.wait_for(terms.started.wait(), timeout=5.0)
+        assert garbled == []
 
 
 # --- the standby's autoscaler -------------------------------------------------------------------
@@ -267,30 +290,3 @@ async def test_a_standby_fills_its_window_in_the_shadow_and_acts_on_it_after_tak
     assert ("ns", "a") in enqueued
     assert cold.wants(("ns", "a")) == 4
     assert cold.state[("ns", "a")].last_decision is None  # held: the window starts now
-
-
-async def test_a_garbled_answer_is_one_failed_attempt_not_the_end_of_the_campaign() -> None:
-    store = SlowLeaseStore(delay=0.0)
-    garbled = [ValueError("Expecting value: line 1 column 1 (char 0)")]
-    real_request = store.request
-
-    async def request(method: str, path: str, **kw: Any) -> Any:
-        if garbled:
-            raise garbled.pop()
-        return await real_request(method, path, **kw)
-
-    store.request = request  # type: ignore[method-assign]
-    started = asyncio.Event()
-
-    async def on_started() -> None:
-        started.set()
-
-    async def on_stopped() -> None:
-        pass
-
-    task = asyncio.create_task(elector(store).run(on_started, on_stopped))
-    try:
-        await asyncio.wait_for(started.wait(), timeout=5.0)
-        assert garbled == []
-    finally:
-        task.cancel()
