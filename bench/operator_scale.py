@@ -12,7 +12,13 @@ LLMDeployments (one GPU each), and reports:
 - the operator's peak RSS and CPU seconds;
 - API requests the operator sent, by verb, during convergence (and per object) and during
   an idle window afterwards, counted by the API server itself (its audit log, filtered to
-  the operator's own client identity), so nothing the operator does can hide.
+  the operator's own client identity), so nothing the operator does can hide; and the
+  Events it posted, by reason.
+
+The fleets autoscale (Builtin). ``--metrics steady`` (the default) gives the operator a
+stand-in Prometheus with each fleet's series from 15 s after its first worker is Ready, quiet
+and fresh, as on a normal day (the kwok pods serve no metrics); ``--metrics none`` gives it
+none, so every fleet's autoscaling reports MetricsUnavailable, with a Warning.
 
     .venv/bin/python bench/operator_scale.py [--count 200] [--other-pods 0] [--idle 60]
 
