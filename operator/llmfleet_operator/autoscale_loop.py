@@ -284,9 +284,12 @@ class AutoscaleLoop:
             st.ready_since = None
         elif st.ready_since is None:
             st.ready_since = now
-        # No worker Ready (or not for long): no series is what Prometheus should have yet.
-        awaiting = unscraped and (
-            st.ready_since is None or now - st.ready_since < METRICS_GRACE_SECONDS
+        # A fleet without a verdict yet whose workers are not Ready (or not for long): no
+        # series is what Prometheus should have. A fleet that had one hears of a loss at once.
+        awaiting = (
+            unscraped
+            and st.condition is None
+            and (st.ready_since is None or now - st.ready_since < METRICS_GRACE_SECONDS)
         )
         # A scale-up must fit on the free GPUs of the nodes this pod template may use: a
         # lookup in the watched view (no API call), memoised per template until it changes.

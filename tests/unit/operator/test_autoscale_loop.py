@@ -261,3 +261,34 @@ async def test_a_new_fleet_without_series_is_held_quietly_until_its_workers_had_
         f"no worker metrics for this LLMDeployment in {prometheus.url}; holding the current size"
     )
     assert kube.events == [("MetricsUnavailable", cond.message, "Warning")]
+
+
+async def test_a_fleet_that_had_metrics_hears_at_once_that_they_are_gone() -> None:
+    """The grace is for a fleet's first verdict only: the series of a fleet that had them
+    going away (every worker restarted, a scrape job removed) is reported at the next tick."""
+    scraped = ["a"]
+
+    def vector(name: str) -> Callable[[], list[dict[str, Any]]]:
+        return lambda: [
+            {"metric": {"namespace": "ns", "llmdeployment": n}, "value": [0, str(VALUES[name])]}
+            for n in scraped
+        ]
+
+    table = {q: vector(name) for name, q in promql.queries("llmfleet").items()}
+    cache = Cache()
+    cache.observe_llmd("ADDED", llmd("a", desired=2))
+    cache.pods[("ns", "a")] = {"a-0": ready_pod("a-0"), "a-1": ready_pod("a-1")}
+    kube = EventRecorder()
+    async with stand_in_prometheus(by_query(table), clock=lambda: PROM_NOW) as stand_in:
+        loop = AutoscaleLoop(cache, lambda key: None, kube, stand_in.url, clock=lambda: 1000.0)  # type: ignore[arg-type]
+        async with client(10.0) as session:
+            await loop.tick(session)
+            cond = next(c for c in loop.conditions(("ns", "a")) if c.type == "ScalingActive")
+            assert cond.status == "True"
+            scraped.clear()
+            await loop.tick(session)
+    cond = next(c for c in loop.conditions(("ns", "a")) if c.type == "ScalingActive")
+    assert (cond.status, cond.reason) == ("False", "MetricsUnavailable")
+    assert [e for e in kube.events if e[0] == "MetricsUnavailable"] == [
+        ("MetricsUnavailable", cond.message, "Warning")
+    ]
