@@ -88,6 +88,8 @@ build() {  # build NAME: localhost/llmfleet/NAME:$TAG from Dockerfile.NAME
     --volume /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro \
     -f "$ROOT/Dockerfile.$name" -t "$image" "$ROOT" >/dev/null
   log "$image built in $((SECONDS - start))s"
+  # buildah keeps the working container it makes for a `--mount=...,from=uv`: one per build.
+  buildah containers --quiet --filter "ancestor=$UV_IMAGE" | xargs -r buildah rm >/dev/null
   # The image the tag named before is nobody's now: without this every worker rebuild would
   # leave 6 GB behind, and a few sessions fill the disk.
   if [[ -n "$old" && "$old" != "$(podman image inspect --format '{{.Id}}' "$image")" ]]; then
