@@ -29,7 +29,7 @@ verb are drawn into a PNG (``--plot``, default ``bench/results/operator_scale.pn
 from __future__ import annotations
 
 import argparse
-import asyncio
+import contextlib
 import json
 import os
 import shlex
@@ -37,19 +37,18 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from llmfleet_dev.localcluster import LocalCluster, Topology, operator_command
 from llmfleet_dev.net import free_port
 from llmfleet_dev.plots import OperatorScale, render_operator_scale
 from llmfleet_dev.processes import scrape
-from llmfleet_dev.stand_in_prometheus import stand_in_prometheus
+from llmfleet_dev.stand_in_prometheus import stand_in_prometheus_thread
 from llmfleet_operator import promql
 from llmfleet_operator.api import LABEL_DEPLOYMENT
 from llmfleet_operator.k8s import FIELD_MANAGER
@@ -165,65 +164,41 @@ def send_in_chunks(cluster: LocalCluster, verb: str, items: list[Any], size: int
         cluster.kubectl(verb, "-f", "-", stdin=json.dumps(batch))
 
 
-#: How long after a fleet is Ready the stand-in Prometheus has its series (one scrape).
+#: How long after a fleet's first worker is Ready the stand-in has its series (one scrape).
 SCRAPE_SECONDS = 15.0
 
 
-class SteadyPrometheus:
-    """A stand-in Prometheus (``--metrics steady``) that answers the autoscaler's queries as
-    a real one scraping every worker would on a quiet day: nothing waiting, nothing running,
-    one worker reporting, sampled 5 s ago; a fleet's series appear ``SCRAPE_SECONDS`` after
-    its first worker pod turned Ready (Prometheus finds a worker through its endpoints, which
-    follow the pod; the Deployment, and so the LLMDeployment, may count it much later on a
-    busy control plane). The kwok pods serve no metrics, and
-    what is measured is the operator's API traffic, not Prometheus."""
+class SteadyMetrics:
+    """What a Prometheus scraping every worker would answer the autoscaler on a quiet day
+    (``--metrics steady``): nothing waiting, nothing running, one worker reporting, sampled
+    5 s ago. A fleet's series appear ``SCRAPE_SECONDS`` after its first worker pod turned
+    Ready (Prometheus finds a worker through its endpoints, which follow the pod; the
+    Deployment, and so the LLMDeployment, may count it much later on a busy control plane).
+    The kwok pods serve no metrics, and what is measured is the operator's API traffic, not
+    Prometheus."""
+
+    VALUES: ClassVar[dict[str, Callable[[], float]]] = {
+        "waiting": lambda: 0.0,
+        "running": lambda: 0.0,
+        "reporting": lambda: 1.0,
+        "capacity": lambda: 8.0,
+        "ttft_p95": lambda: 0.1,
+        "sampled_at": lambda: time.time() - 5,
+    }
 
     def __init__(self) -> None:
         #: Fleet name -> when its first worker turned Ready (the bench's polling fills it).
         self.ready_at: dict[str, float] = {}
-        self.url = ""
-        self._started = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._serve()), daemon=True)
+        self._signal = {q: name for name, q in promql.queries("llmfleet").items()}
 
-    def _vector(self, value: Callable[[], float]) -> Callable[[], list[dict[str, Any]]]:
-        def items() -> list[dict[str, Any]]:
-            scraped = [
-                n for n, t in list(self.ready_at.items()) if time.time() - t >= SCRAPE_SECONDS
-            ]
-            return [
-                {"metric": {"namespace": NAMESPACE, "llmdeployment": n}, "value": [0, str(value())]}
-                for n in scraped
-            ]
-
-        return items
-
-    async def _serve(self) -> None:
-        values: dict[str, Callable[[], float]] = {
-            "waiting": lambda: 0.0,
-            "running": lambda: 0.0,
-            "reporting": lambda: 1.0,
-            "capacity": lambda: 8.0,
-            "ttft_p95": lambda: 0.1,
-            "sampled_at": lambda: time.time() - 5,
-        }
-        table = {q: self._vector(values[n]) for n, q in promql.queries("llmfleet").items()}
-        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        async with stand_in_prometheus(lambda q: table[q]()) as stand_in:
-            self.url = stand_in.url
-            self._started.set()
-            await self._stop.wait()
-
-    def __enter__(self) -> SteadyPrometheus:
-        self._thread.start()
-        self._started.wait(timeout=30)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(timeout=10)
+    def answer(self, query: str) -> list[dict[str, Any]]:
+        value = self.VALUES[self._signal[query]]  # KeyError: refused as a bad query
+        now = time.time()
+        scraped = [n for n, t in list(self.ready_at.items()) if now - t >= SCRAPE_SECONDS]
+        return [
+            {"metric": {"namespace": NAMESPACE, "llmdeployment": n}, "value": [0, str(value())]}
+            for n in scraped
+        ]
 
 
 def event_reasons(cluster: LocalCluster) -> Counter[str]:
@@ -236,16 +211,25 @@ def event_reasons(cluster: LocalCluster) -> Counter[str]:
     return counts
 
 
+def ready_since(conditions: list[dict[str, Any]]) -> float | None:
+    """When (epoch seconds) a Ready condition turned True; None while it is not."""
+    for c in conditions:
+        if c["type"] == "Ready" and c["status"] == "True":
+            return datetime.fromisoformat(
+                c["lastTransitionTime"].replace("Z", "+00:00")
+            ).timestamp()
+    return None
+
+
 def pods_ready(cluster: LocalCluster) -> dict[str, float]:
     """Fleet name -> when (epoch seconds) its first worker pod turned Ready."""
     out = cluster.kubectl("get", "pods", "-n", NAMESPACE, "-l", LABEL_DEPLOYMENT, "-o", "json")
     first: dict[str, float] = {}
     for pod in json.loads(out.stdout)["items"]:
         fleet = pod["metadata"]["labels"][LABEL_DEPLOYMENT]
-        for c in (pod.get("status") or {}).get("conditions") or []:
-            if c["type"] == "Ready" and c["status"] == "True":
-                at = datetime.fromisoformat(c["lastTransitionTime"].replace("Z", "+00:00"))
-                first[fleet] = min(first.get(fleet, at.timestamp()), at.timestamp())
+        at = ready_since((pod.get("status") or {}).get("conditions") or [])
+        if at is not None:
+            first[fleet] = min(first.get(fleet, at), at)
     return first
 
 
@@ -260,10 +244,8 @@ def ready_times(cluster: LocalCluster) -> tuple[dict[str, float], int]:
     for item in json.loads(out)["items"]:
         conditions = item.get("status", {}).get("conditions", [])
         scaled += any(c["type"] == "ScalingActive" for c in conditions)
-        for c in conditions:
-            if c["type"] == "Ready" and c["status"] == "True":
-                ts = datetime.fromisoformat(c["lastTransitionTime"].replace("Z", "+00:00"))
-                ready[item["metadata"]["name"]] = ts.timestamp()
+        if (at := ready_since(conditions)) is not None:
+            ready[item["metadata"]["name"]] = at
     return ready, scaled
 
 
@@ -277,9 +259,9 @@ def main() -> int:
         "--metrics",
         choices=["steady", "none"],
         default="steady",
-        help="steady: a stand-in Prometheus with every Ready fleet's series (quiet, fresh), "
-        "as on a normal day; none: no Prometheus, every fleet's autoscaling says "
-        "MetricsUnavailable, with a Warning (default: %(default)s)",
+        help="steady: a stand-in Prometheus with each fleet's series (quiet, fresh) from 15 s "
+        "after its first worker is Ready, as on a normal day; none: no Prometheus, every "
+        "fleet's autoscaling says MetricsUnavailable, with a Warning (default: %(default)s)",
     )
     parser.add_argument(
         "--plot",
@@ -300,7 +282,8 @@ def main() -> int:
     print(f"cluster: {gpu_nodes} GPU nodes x 8, {cpu_nodes} CPU nodes, state in {state_dir}")
     cluster.up(timeout=300)
     operator: subprocess.Popen[bytes] | None = None
-    prometheus = SteadyPrometheus() if args.metrics == "steady" else None
+    steady = SteadyMetrics() if args.metrics == "steady" else None
+    servers = contextlib.ExitStack()
     try:
         cluster.install_crd()
         cluster.prepare_namespace(NAMESPACE)
@@ -314,11 +297,10 @@ def main() -> int:
         metrics_port = free_port()
         log = (state_dir / "operator.log").open("wb")
         flags = ["--log-level=WARNING"]
-        if prometheus is not None:
-            flags.append(f"--prometheus-url={prometheus.__enter__().url}")
-        print(
-            f"metrics: {args.metrics}" + (f" (stand-in at {prometheus.url})" if prometheus else "")
-        )
+        if steady is not None:
+            prometheus = servers.enter_context(stand_in_prometheus_thread(steady.answer))
+            flags.append(f"--prometheus-url={prometheus.url}")
+        print(f"metrics: {args.metrics}")
         operator = subprocess.Popen(
             operator_command(*flags, metrics_port=metrics_port),
             env={**os.environ, "KUBECONFIG": str(kubeconfig)},
@@ -348,8 +330,8 @@ def main() -> int:
         while time.time() - start < args.timeout:
             peak_rss = max(peak_rss, proc_stats(operator.pid)[0])
             ready, scaled = ready_times(cluster)
-            if prometheus is not None:
-                prometheus.ready_at.update(pods_ready(cluster))
+            if steady is not None:
+                steady.ready_at.update(pods_ready(cluster))
             if len(ready) == args.count and scaled == args.count:
                 break
             time.sleep(1)
@@ -435,8 +417,7 @@ def main() -> int:
         if operator is not None:
             operator.terminate()
             operator.wait(timeout=30)
-        if prometheus is not None:
-            prometheus.__exit__()
+        servers.close()
         cluster.down()
 
 

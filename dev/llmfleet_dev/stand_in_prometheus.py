@@ -10,9 +10,11 @@ not know (``answer`` raises ``KeyError``) is refused as Prometheus refuses a bad
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,3 +82,32 @@ async def stand_in_prometheus(
         yield stand_in
     finally:
         await runner.cleanup()
+
+
+@contextlib.contextmanager
+def stand_in_prometheus_thread(
+    answer: Answer, clock: Callable[[], float] = time.time
+) -> Iterator[StandIn]:
+    """:func:`stand_in_prometheus` served from a thread of its own, for synchronous callers
+    (the benchmarks); ``answer`` is called on that thread."""
+    started = threading.Event()
+    served: dict[str, Any] = {}
+
+    async def serve() -> None:
+        served["loop"], served["stop"] = asyncio.get_running_loop(), asyncio.Event()
+        async with stand_in_prometheus(answer, clock) as stand_in:
+            served["stand_in"] = stand_in
+            started.set()
+            await served["stop"].wait()
+
+    thread = threading.Thread(
+        target=lambda: asyncio.run(serve()), name="stand-in-prometheus", daemon=True
+    )
+    thread.start()
+    if not started.wait(timeout=30):
+        raise RuntimeError("the stand-in Prometheus did not start within 30 s")
+    try:
+        yield served["stand_in"]
+    finally:
+        served["loop"].call_soon_threadsafe(served["stop"].set)
+        thread.join(timeout=10)
