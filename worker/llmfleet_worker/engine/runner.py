@@ -37,6 +37,7 @@ from llmfleet_worker.engine.loader import (
 from llmfleet_worker.engine.placement import Placement, PlacementError, place_layers
 from llmfleet_worker.engine.protocol import ModelRunner
 from llmfleet_worker.engine.scheduler import ScheduledChunk, Sequence, StepPlan
+from llmfleet_worker.engine.scripted import ScriptedDecode
 
 log = logging.getLogger(__name__)
 
@@ -411,6 +412,7 @@ class FastRunner(ModelRunner):
         max_num_batched_tokens: int = 512,
         memory: MemoryConfig | None = None,
         pack_cpu_weights: bool = True,
+        scripted_decode: bool = True,
     ) -> None:
         memory = memory or MemoryConfig()
         self.dtype = loaded.dtype
@@ -480,7 +482,14 @@ class FastRunner(ModelRunner):
             self._v.append(torch.zeros(shape, device=dev, dtype=self.dtype))
             self.k_layers += list(self._k[-1].unbind(0))
             self.v_layers += list(self._v[-1].unbind(0))
-        log.info("%s; %s", self.kv_plan.describe(), placement.describe())
+        # The steady-state decode step as one compiled call where the model allows it.
+        self.scripted = ScriptedDecode.build(model) if scripted_decode else None
+        log.info(
+            "%s; %s; decode step %s",
+            self.kv_plan.describe(),
+            placement.describe(),
+            "compiled (TorchScript)" if self.scripted else "eager",
+        )
 
     @property
     def max_num_seqs(self) -> int:
@@ -500,6 +509,8 @@ class FastRunner(ModelRunner):
         batch = self._prepare(plan)
         m = self.model
         x = m.embed(batch.inputs.on(self.input_device).ids)
+        if self.scripted is not None and batch.decode_only:
+            return self._sample_tokens(self._scripted_decode(x, batch), batch)
         if m.pos_embed is not None:
             x = x + m.pos_embed(batch.inputs.on(self.input_device).pos)
         blk: _Block
@@ -512,6 +523,30 @@ class FastRunner(ModelRunner):
             x = x + blk.o.forward(attn.reshape(batch.tokens, m.num_heads * m.head_dim))
             x = x + self._mlp(blk, x)
         return self._sample_tokens(x, batch)
+
+    def _scripted_decode(self, x: torch.Tensor, batch: _StepBatch) -> torch.Tensor:
+        """The decoder layers of a decode-only step through :attr:`scripted`."""
+        assert self.scripted is not None
+        on = batch.inputs.on(self.input_device)
+        assert on.cos is not None
+        assert on.sin is not None
+        assert on.dec_mask is not None
+        assert on.dec_pos is not None
+        heads = self.model.num_kv_heads
+        # Row r (every row decodes, in order) writes head h at flat row (r*heads + h)*len + pos.
+        row_heads = torch.arange(batch.num_rows * heads).view(batch.num_rows, heads)
+        kv_index = (row_heads * self.max_model_len + on.dec_pos[:, None]).view(-1)
+        return self.scripted.run(
+            x,
+            self.k_layers,
+            self.v_layers,
+            cos=on.cos,
+            sin=on.sin,
+            kv_index=kv_index,
+            mask=on.dec_mask,
+            dec_len=batch.dec_len,
+            padded_rows=_row_bucket(batch.tokens),
+        )
 
     def _move_rows(self, plan: StepPlan) -> None:
         """Copy the cache rows the scheduler compacted, before anything reads them."""

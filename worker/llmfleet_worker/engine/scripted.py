@@ -1,0 +1,212 @@
+"""The steady-state decode step of a Llama-family model on the CPU as one TorchScript call.
+
+A decode step at batch 32 on the bench model runs about 300 small torch operations. Called
+from Python, each costs tens of microseconds of interpreter time on the engine thread, and
+while Python runs, torch's other OpenMP thread waits: on 2 cores the eager step kept them
+busy about 70 % of the time. Compiled with TorchScript (no C++ compiler needed, unlike
+inductor), the same operations run back to back from C++, and the residual adds ride on the
+output projections' oneDNN kernels (``_linear_pointwise``'s ``add`` post-op) instead of
+being separate passes over the hidden states.
+
+Only what :class:`~llmfleet_worker.engine.runner.FastRunner` calls ``decode_only`` comes
+here (every occupied cache row decodes one token, no prefill), on one CPU device, with every
+linear packed for oneDNN (fp32). Everything else, and any model this cannot build for, keeps
+the eager path; the two give the same tokens (tested).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F  # noqa: N812  # torch's own conventional alias
+
+log = logging.getLogger(__name__)
+
+# TorchScript spells oneDNN's ``Scalar?[]`` argument ``List[Optional[number]]``, a type the
+# Python frontend cannot name: these two wrappers are compiled from TorchScript source.
+_ONEDNN_SOURCE = """
+def packed_linear(x: Tensor, w: Tensor, b: Optional[Tensor]) -> Tensor:
+    none: List[Optional[number]] = []
+    return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", none, "")
+
+def packed_linear_add(x: Tensor, other: Tensor, w: Tensor, b: Optional[Tensor]) -> Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, other, w, b, "add")
+"""
+
+
+def _decode_layers(
+    x: torch.Tensor,
+    norm1: list[torch.Tensor],
+    norm2: list[torch.Tensor],
+    weights: list[torch.Tensor],
+    biases: list[torch.Tensor | None],
+    k_layers: list[torch.Tensor],
+    v_layers: list[torch.Tensor],
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    kv_index: torch.Tensor,
+    mask: torch.Tensor,
+    rows: int,
+    dec_len: int,
+    eps: float,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    scale: float,
+) -> torch.Tensor:
+    """Every decoder layer over ``x`` (``[padded rows, hidden]``, the first ``rows`` real):
+    the eager path's maths (runner.FastRunner.step), in the same order."""
+    n = rows
+    hq, hk, hd = num_heads, num_kv_heads, head_dim
+    gqa = hq != hk
+    hidden = [x.size(1)]
+    pad = x.size(0) - n
+    for li in range(len(k_layers)):
+        w = 4 * li
+        qkv = packed_linear(torch.rms_norm(x, hidden, norm1[li], eps), weights[w], biases[w])
+        qk = qkv[:n, : (hq + hk) * hd].view(n, hq + hk, hd)
+        # rotate_half(x) * sin == swap(x's halves) * (sin with its first half negated)
+        swapped = qk.view(n, hq + hk, 2, hd // 2).flip(-2).view(n, hq + hk, hd)
+        qk = torch.addcmul(qk * cos, swapped, sin)
+        # Row r's new key and value go to cache row r at its position: one flat index each.
+        kc, vc = k_layers[li], v_layers[li]
+        kc.view(-1, hd).index_copy_(0, kv_index, qk[:, hq:].reshape(n * hk, hd))
+        vc.view(-1, hd).index_copy_(0, kv_index, qkv[:n, (hq + hk) * hd :].reshape(n * hk, hd))
+        attn = F.scaled_dot_product_attention(
+            qk[:, :hq].unsqueeze(2),
+            kc[:n, :, :dec_len],
+            vc[:n, :, :dec_len],
+            attn_mask=mask,
+            scale=scale,
+            enable_gqa=gqa,
+        )
+        attn = attn.reshape(n, hq * hd)
+        if pad:
+            attn = F.pad(attn, [0, 0, 0, pad])
+        x = packed_linear_add(attn, x, weights[w + 1], biases[w + 1])
+        gate, up = packed_linear(
+            torch.rms_norm(x, hidden, norm2[li], eps), weights[w + 2], biases[w + 2]
+        ).chunk(2, dim=-1)
+        x = packed_linear_add(F.silu(gate) * up, x, weights[w + 3], biases[w + 3])
+    return x
+
+
+# The compiled forms, made on first use (compiling takes about a second).
+packed_linear: Any = None
+packed_linear_add: Any = None
+_compiled: Any = None
+
+
+def _compile() -> Any:
+    global packed_linear, packed_linear_add, _compiled
+    if _compiled is None:
+        with warnings.catch_warnings():
+            # torch marks TorchScript deprecated in favour of torch.compile, which needs a
+            # C++ compiler at start-up; the eager path stays for the day it is gone.
+            warnings.simplefilter("ignore", FutureWarning)
+            unit = torch.jit.CompilationUnit(_ONEDNN_SOURCE)
+            packed_linear, packed_linear_add = unit.packed_linear, unit.packed_linear_add
+            _compiled = torch.jit.script(_decode_layers)
+    return _compiled
+
+
+@dataclass
+class ScriptedDecode:
+    """The weights of a model's decoder layers, laid out for the compiled decode step."""
+
+    norm1: list[torch.Tensor]
+    norm2: list[torch.Tensor]
+    weights: list[torch.Tensor]
+    biases: list[torch.Tensor | None]
+    eps: float
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    scale: float
+    fn: Any
+
+    @classmethod
+    def build(cls, model: Any) -> ScriptedDecode | None:
+        """For a packed fp32 Llama-family ``FastModel`` on one CPU device, else ``None``
+        (with the reason logged at debug level)."""
+        from llmfleet_worker.engine.runner import _PackedLinear, _RMSNorm
+
+        reason = None
+        if model.kind != "llama":
+            reason = f"{model.kind} layers"
+        elif any(d.type != "cpu" for d in model.block_devices):
+            reason = "not on the CPU"
+        else:
+            blocks = list(model.blocks)
+            linears = [m for b in blocks for m in (b.qkv, b.o, b.up, b.down)]
+            norms = [m for b in blocks for m in (b.norm1, b.norm2)]
+            if not all(isinstance(m, _PackedLinear) for m in linears):
+                reason = "linears not packed for oneDNN"
+            elif not all(isinstance(m, _RMSNorm) for m in norms) or any(
+                m.weight.dtype != torch.float32 for m in norms
+            ):
+                reason = "not float32"
+        if reason is not None:
+            log.debug("decode step stays eager: %s", reason)
+            return None
+        try:
+            fn = _compile()
+        except Exception as exc:  # a torch without TorchScript: the eager path serves
+            log.warning("decode step stays eager: TorchScript failed: %s", exc)
+            return None
+        return cls(
+            norm1=[b.norm1.weight for b in blocks],
+            norm2=[b.norm2.weight for b in blocks],
+            weights=[m.packed for m in linears],
+            biases=[m.bias for m in linears],
+            eps=float(blocks[0].norm1.eps),
+            num_heads=model.num_heads,
+            num_kv_heads=model.num_kv_heads,
+            head_dim=model.head_dim,
+            scale=float(model.scale),
+            fn=fn,
+        )
+
+    def run(
+        self,
+        x: torch.Tensor,
+        k_layers: list[torch.Tensor],
+        v_layers: list[torch.Tensor],
+        *,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        kv_index: torch.Tensor,
+        mask: torch.Tensor,
+        dec_len: int,
+        padded_rows: int,
+    ) -> torch.Tensor:
+        """The hidden states after the last layer, ``[rows, hidden]``, for the decode step
+        whose embeddings are ``x``; writes the step's keys and values into the caches."""
+        rows = x.shape[0]
+        if padded_rows != rows:  # the packed matmuls see a few row counts only (_row_bucket)
+            x = F.pad(x, (0, 0, 0, padded_rows - rows))
+        out: torch.Tensor = self.fn(
+            x,
+            self.norm1,
+            self.norm2,
+            self.weights,
+            self.biases,
+            k_layers,
+            v_layers,
+            cos,
+            sin,
+            kv_index,
+            mask,
+            rows,
+            dec_len,
+            self.eps,
+            self.num_heads,
+            self.num_kv_heads,
+            self.head_dim,
+            self.scale,
+        )
+        return out[:rows]
