@@ -105,7 +105,7 @@ def test_finishing_moves_the_last_row_into_the_hole() -> None:
     assert (c.slot, b.slot) == (0, 1)
     plan = s.schedule()
     assert plan is not None
-    assert plan.moves == [(2, 0)]
+    assert plan.moves == [(2, 0, c.num_computed)]
     assert plan.num_rows == 2
     assert [ch.seq for ch in plan.chunks] == [c, b]
 

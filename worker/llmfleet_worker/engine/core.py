@@ -305,7 +305,7 @@ class Engine:
         it ran, and those the step's row moves copied into place."""
         affected = [c.seq for c in plan.chunks]
         running = self.scheduler.running
-        affected += [running[dst] for _src, dst in plan.moves if dst < len(running)]
+        affected += [running[m.dst] for m in plan.moves if m.dst < len(running)]
         for seq in dict.fromkeys(affected):  # in order, once each
             self._fail(seq, out)
 

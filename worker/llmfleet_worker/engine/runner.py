@@ -5,7 +5,7 @@ Two implementations of one contract, :class:`~llmfleet_worker.engine.protocol.Mo
 
 * :class:`FastRunner` for decoder architectures whose layer maths we mirror (Llama, Mistral,
   Qwen2 and GPT-2). It reuses the checkpoint's weights (fusing q/k/v and gate/up into single
-  matmuls), keeps a slot-per-sequence KV cache of shape ``[layers, slots, kv_heads, length,
+  matmuls), keeps a slot-per-sequence KV cache of shape ``[layers, slots, length, kv_heads,
   head_dim]`` and runs one *flattened* forward per step: the linear layers see every token of
   the step (decodes and prefill chunks together), attention runs per kind over views of the
   cache with ``scaled_dot_product_attention``. No padding of prompts, no per-step re-packing.
@@ -477,7 +477,11 @@ class FastRunner(ModelRunner):
         self.v_layers: list[torch.Tensor] = []
         for d, dev in enumerate(self.devices):
             n = placement.layers_per_device[d]
-            shape = (n, self.slots, model.num_kv_heads, max_model_len, model.head_dim)
+            # Position-major within a slot: a slot's cached prefix is one contiguous run, and
+            # a decode writes one [kv_heads, head_dim] block per row (measured on the bench
+            # model's decode: 15-25 % less time in cache writes and attention than
+            # head-major).
+            shape = (n, self.slots, max_model_len, model.num_kv_heads, model.head_dim)
             self._k.append(torch.zeros(shape, device=dev, dtype=self.dtype))
             self._v.append(torch.zeros(shape, device=dev, dtype=self.dtype))
             self.k_layers += list(self._k[-1].unbind(0))
@@ -532,10 +536,9 @@ class FastRunner(ModelRunner):
         assert on.sin is not None
         assert on.dec_mask is not None
         assert on.dec_pos is not None
-        heads = self.model.num_kv_heads
-        # Row r (every row decodes, in order) writes head h at flat row (r*heads + h)*len + pos.
-        row_heads = torch.arange(batch.num_rows * heads).view(batch.num_rows, heads)
-        kv_index = (row_heads * self.max_model_len + on.dec_pos[:, None]).view(-1)
+        # Row r (every row decodes, in order) writes its position's [kv_heads, head_dim]
+        # block, flat block r*max_model_len + pos.
+        kv_index = torch.arange(batch.num_rows) * self.max_model_len + on.dec_pos
         return self.scripted.run(
             x,
             self.k_layers,
@@ -550,9 +553,9 @@ class FastRunner(ModelRunner):
 
     def _move_rows(self, plan: StepPlan) -> None:
         """Copy the cache rows the scheduler compacted, before anything reads them."""
-        for src, dst in plan.moves:
-            for cache in (*self._k, *self._v):
-                cache[:, dst].copy_(cache[:, src])
+        for move in plan.moves:  # only the positions the row holds: a whole row is 32 MB
+            for cache in (*self._k, *self._v):  # on the bench model
+                cache[:, move.dst, : move.length].copy_(cache[:, move.src, : move.length])
 
     def _prepare(self, plan: StepPlan) -> _StepBatch:
         """Flatten the plan's chunks (decodes first) into one row of tokens, and lay out the
@@ -643,8 +646,8 @@ class FastRunner(ModelRunner):
         kc, vc = self.k_layers[li], self.v_layers[li]
         assert on.dec_rows is not None
         assert on.dec_pos is not None
-        kc[on.dec_rows, :, on.dec_pos] = k[:n_dec]
-        vc[on.dec_rows, :, on.dec_pos] = v[:n_dec]
+        kc[on.dec_rows, on.dec_pos] = k[:n_dec]
+        vc[on.dec_rows, on.dec_pos] = v[:n_dec]
         if batch.dec_dense:
             qd = q[:n_dec].unsqueeze(2)
         else:
@@ -652,8 +655,8 @@ class FastRunner(ModelRunner):
             qd[on.dec_rows] = q[:n_dec].unsqueeze(2)
         out: torch.Tensor = F.scaled_dot_product_attention(
             qd,
-            kc[: batch.num_rows, :, : batch.dec_len],
-            vc[: batch.num_rows, :, : batch.dec_len],
+            kc[: batch.num_rows, : batch.dec_len].transpose(1, 2),
+            vc[: batch.num_rows, : batch.dec_len].transpose(1, 2),
             attn_mask=on.dec_mask,
             scale=m.scale,
             enable_gqa=m.num_heads != m.num_kv_heads,
@@ -677,11 +680,11 @@ class FastRunner(ModelRunner):
         offset = batch.num_decodes
         for c in batch.prefills:
             row, s, n = _slot(c.seq), c.start, c.length
-            kc[row, :, s : s + n] = k[offset : offset + n].transpose(0, 1)
-            vc[row, :, s : s + n] = v[offset : offset + n].transpose(0, 1)
+            kc[row, s : s + n] = k[offset : offset + n]
+            vc[row, s : s + n] = v[offset : offset + n]
             qp = q[offset : offset + n].transpose(0, 1).unsqueeze(0)
-            kp = kc[row : row + 1, :, : s + n]
-            vp = vc[row : row + 1, :, : s + n]
+            kp = kc[row : row + 1, : s + n].transpose(1, 2)
+            vp = vc[row : row + 1, : s + n].transpose(1, 2)
             if s == 0:
                 out = F.scaled_dot_product_attention(
                     qp, kp, vp, is_causal=True, scale=m.scale, enable_gqa=gqa

@@ -17,6 +17,7 @@ import enum
 import itertools
 from collections import deque
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 
 class QueueFullError(Exception):
@@ -106,6 +107,14 @@ class ScheduledChunk:
         return self.length == 1 and self.start >= len(self.seq.prompt_ids)
 
 
+class RowMove(NamedTuple):
+    """Copy cache row ``src`` to ``dst``: its first ``length`` positions are all it holds."""
+
+    src: int
+    dst: int
+    length: int
+
+
 @dataclass
 class StepPlan:
     """What the runner does in one step, in this order: move rows, then run ``chunks``.
@@ -113,7 +122,7 @@ class StepPlan:
     ``decodes`` come first in ``chunks`` (one token each), then prefill chunks.
     """
 
-    moves: list[tuple[int, int]]  # (src_row, dst_row) copies of cache rows
+    moves: list[RowMove]  # copies of cache rows
     chunks: list[ScheduledChunk]
     num_rows: int  # rows 0..num_rows-1 are occupied after the moves
 
@@ -148,7 +157,7 @@ class Scheduler:
         self.max_queue = max_queue
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # index == cache row
-        self._pending_moves: list[tuple[int, int]] = []
+        self._pending_moves: list[RowMove] = []
 
     # ---- admission -------------------------------------------------------------------
     def add(self, seq: Sequence) -> None:
@@ -197,7 +206,7 @@ class Scheduler:
                 mover = self.running[last]
                 self.running[row] = mover
                 mover.slot = row
-                self._pending_moves.append((last, row))
+                self._pending_moves.append(RowMove(last, row, mover.num_computed))
             self.running.pop()
         seq.status = SequenceStatus.FINISHED
         seq.slot = None

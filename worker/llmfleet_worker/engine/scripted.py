@@ -74,12 +74,12 @@ def _decode_layers(
         qk = torch.addcmul(qk * cos, swapped, sin)
         # Row r's new key and value go to cache row r at its position: one flat index each.
         kc, vc = k_layers[li], v_layers[li]
-        kc.view(-1, hd).index_copy_(0, kv_index, qk[:, hq:].reshape(n * hk, hd))
-        vc.view(-1, hd).index_copy_(0, kv_index, qkv[:n, (hq + hk) * hd :].reshape(n * hk, hd))
+        kc.view(-1, hk * hd).index_copy_(0, kv_index, qk[:, hq:].reshape(n, hk * hd))
+        vc.view(-1, hk * hd).index_copy_(0, kv_index, qkv[:n, (hq + hk) * hd :])
         attn = F.scaled_dot_product_attention(
             qk[:, :hq].unsqueeze(2),
-            kc[:n, :, :dec_len],
-            vc[:n, :, :dec_len],
+            kc[:n, :dec_len].transpose(1, 2),
+            vc[:n, :dec_len].transpose(1, 2),
             attn_mask=mask,
             scale=scale,
             enable_gqa=gqa,
