@@ -40,28 +40,26 @@ def packed_linear_add(x: Tensor, other: Tensor, w: Tensor, b: Optional[Tensor]) 
 
 def _decode_layers(
     x: torch.Tensor,
-    norm1: list[torch.Tensor],
-    norm2: list[torch.Tensor],
-    weights: list[torch.Tensor],
-    biases: list[torch.Tensor | None],
-    k_layers: list[torch.Tensor],
-    v_layers: list[torch.Tensor],
-    cos: torch.Tensor,
-    sin: torch.Tensor,
-    kv_index: torch.Tensor,
-    mask: torch.Tensor,
+    layers: tuple[
+        list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor | None]
+    ],
+    shape: tuple[float, int, int, int, float],
+    caches: tuple[list[torch.Tensor], list[torch.Tensor]],
+    step: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
     rows: int,
     dec_len: int,
-    eps: float,
-    num_heads: int,
-    num_kv_heads: int,
-    head_dim: int,
-    scale: float,
 ) -> torch.Tensor:
     """Every decoder layer over ``x`` (``[padded rows, hidden]``, the first ``rows`` real):
-    the eager path's maths (runner.FastRunner.step), in the same order."""
+    the eager path's maths (runner.FastRunner.step), in the same order. ``layers``: the
+    norms' weights and the packed linears' weights and biases (q/k/v, o, gate/up, down per
+    layer); ``shape``: eps, query heads, KV heads, head size, attention scale; ``step``:
+    the rotary cos and sin rows, the flat cache index of each row's write, the length mask.
+    """
+    norm1, norm2, weights, biases = layers
+    eps, hq, hk, hd, scale = shape
+    k_layers, v_layers = caches
+    cos, sin, kv_index, mask = step
     n = rows
-    hq, hk, hd = num_heads, num_kv_heads, head_dim
     gqa = hq != hk
     hidden = [x.size(1)]
     pad = x.size(0) - n
@@ -118,15 +116,10 @@ def _compile() -> Any:
 class ScriptedDecode:
     """The weights of a model's decoder layers, laid out for the compiled decode step."""
 
-    norm1: list[torch.Tensor]
-    norm2: list[torch.Tensor]
-    weights: list[torch.Tensor]
-    biases: list[torch.Tensor | None]
-    eps: float
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    scale: float
+    layers: tuple[
+        list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor | None]
+    ]
+    shape: tuple[float, int, int, int, float]  # eps, heads, KV heads, head size, scale
     fn: Any
 
     @classmethod
@@ -158,16 +151,12 @@ class ScriptedDecode:
         except Exception as exc:  # a torch without TorchScript: the eager path serves
             log.warning("decode step stays eager: TorchScript failed: %s", exc)
             return None
+        norm1 = [b.norm1.weight for b in blocks]
+        norm2 = [b.norm2.weight for b in blocks]
+        dims = (model.num_heads, model.num_kv_heads, model.head_dim)
         return cls(
-            norm1=[b.norm1.weight for b in blocks],
-            norm2=[b.norm2.weight for b in blocks],
-            weights=[m.packed for m in linears],
-            biases=[m.bias for m in linears],
-            eps=float(blocks[0].norm1.eps),
-            num_heads=model.num_heads,
-            num_kv_heads=model.num_kv_heads,
-            head_dim=model.head_dim,
-            scale=float(model.scale),
+            layers=(norm1, norm2, [m.packed for m in linears], [m.bias for m in linears]),
+            shape=(float(blocks[0].norm1.eps), *dims, float(model.scale)),
             fn=fn,
         )
 
@@ -191,22 +180,11 @@ class ScriptedDecode:
             x = F.pad(x, (0, 0, 0, padded_rows - rows))
         out: torch.Tensor = self.fn(
             x,
-            self.norm1,
-            self.norm2,
-            self.weights,
-            self.biases,
-            k_layers,
-            v_layers,
-            cos,
-            sin,
-            kv_index,
-            mask,
+            self.layers,
+            self.shape,
+            (k_layers, v_layers),
+            (cos, sin, kv_index, mask),
             rows,
             dec_len,
-            self.eps,
-            self.num_heads,
-            self.num_kv_heads,
-            self.head_dim,
-            self.scale,
         )
         return out[:rows]
