@@ -535,17 +535,14 @@ class FastRunner(ModelRunner):
         assert on.cos is not None
         assert on.sin is not None
         assert on.dec_mask is not None
-        assert on.dec_pos is not None
-        # Row r (every row decodes, in order) writes its position's [kv_heads, head_dim]
-        # block, flat block r*max_model_len + pos.
-        kv_index = torch.arange(batch.num_rows) * self.max_model_len + on.dec_pos
+        assert on.dec_slots is not None
         return self.scripted.run(
             x,
             self.k_layers,
             self.v_layers,
             cos=on.cos,
             sin=on.sin,
-            kv_index=kv_index,
+            kv_index=on.dec_slots,
             mask=on.dec_mask,
             dec_len=batch.dec_len,
             padded_rows=_row_bucket(batch.tokens),
@@ -645,9 +642,9 @@ class FastRunner(ModelRunner):
         n_dec = batch.num_decodes
         kc, vc = self.k_layers[li], self.v_layers[li]
         assert on.dec_rows is not None
-        assert on.dec_pos is not None
-        kc[on.dec_rows, on.dec_pos] = k[:n_dec]
-        vc[on.dec_rows, on.dec_pos] = v[:n_dec]
+        assert on.dec_slots is not None
+        kc.view(-1, m.num_kv_heads, m.head_dim).index_copy_(0, on.dec_slots, k[:n_dec])
+        vc.view(-1, m.num_kv_heads, m.head_dim).index_copy_(0, on.dec_slots, v[:n_dec])
         if batch.dec_dense:
             qd = q[:n_dec].unsqueeze(2)
         else:
@@ -753,10 +750,13 @@ class _OnDevice:
         rope = runner.rope_on.get(dev)
         self.cos = rope[0][self.pos][:, None, :] if rope else None
         self.sin = rope[1][self.pos][:, None, :] if rope else None  # first half negated
-        self.dec_rows = self.dec_pos = self.dec_mask = None
+        self.dec_rows = self.dec_pos = self.dec_mask = self.dec_slots = None
         if rows:
             self.dec_rows = torch.tensor(rows, device=dev)
             self.dec_pos = self.pos[: len(rows)]
+            # Where each decode's key and value go in a layer's cache seen as one run of
+            # [kv_heads, head_dim] blocks: row r, position p -> block r * max_model_len + p.
+            self.dec_slots = self.dec_rows * runner.max_model_len + self.dec_pos
             lens_t = torch.tensor([max(n, 1) for n in lens], device=dev)
             arange = torch.arange(dec_len, device=dev)
             self.dec_mask = (arange[None, :] < lens_t[:, None])[:, None, None]
