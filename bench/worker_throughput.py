@@ -3,7 +3,8 @@
 Contenders, all on the same model, prompt, output length, greedy decoding with EOS ignored
 (so every request generates exactly ``--output-len`` tokens) and the same thread count:
 
-* ``llmfleet``: our worker over HTTP (streaming completions), concurrency 1, 8, 32.
+* ``llmfleet``: our worker over HTTP (streaming completions), concurrency 1, 8, 32, with
+  ``--lanes`` (default 2 on CPU: two batches stepped side by side, see docs/worker.md).
 * ``naive``: sequential ``model.generate`` per request, in process (concurrency-independent).
 * ``static``: one batch of ``concurrency`` requests through ``model.generate`` (an in-process
   ceiling for batching without a server; it has no per-request TTFT).
@@ -253,6 +254,13 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--naive-requests", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--lanes",
+        type=int,
+        default=2,
+        help="our worker's --lanes on CPU (default %(default)s; 1 on CUDA; a --baseline-ref "
+        "worker keeps its own default)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (bf16 on cuda)")
     parser.add_argument("--skip-hf-serve", action="store_true")
     parser.add_argument(
@@ -319,16 +327,17 @@ def main() -> int:
     }
     port = free_port()
 
-    def worker_cmd(port: int) -> list[str]:
+    def worker_cmd(port: int, *extra: str) -> list[str]:
         return [
             str(BIN / "llmfleet-worker"), "serve", "--model", str(model_dir),
             "--served-model-name", "bench", "--host", "127.0.0.1", "--port", str(port),
             "--threads", str(args.threads), "--device", args.device,
             "--max-num-seqs", str(max(args.concurrency)), "--max-model-len", "1024",
-            "--log-level", "warning",
+            "--log-level", "warning", *extra,
         ]  # fmt: skip
 
-    ours = worker_cmd(port)
+    lanes = args.lanes if args.device == "cpu" else 1
+    ours = worker_cmd(port, "--lanes", str(lanes))
     hf_cli = shutil.which("transformers", path=str(BIN)) or shutil.which("transformers")
     hf_note = ""
     hf_cmd: list[str] | None = None
@@ -511,7 +520,8 @@ def print_table(
     print(f"command: {shlex.join([sys.executable, *sys.argv])}")
     print(
         f"torch {torch.__version__}, transformers {transformers.__version__}, "
-        f"device {args.device}, threads {args.threads}, model {params / 1e6:.1f}M params "
+        f"device {args.device}, threads {args.threads}, our worker's lanes "
+        f"{args.lanes if args.device == 'cpu' else 1}, model {params / 1e6:.1f}M params "
         f"(llama), prompt {args.prompt_len} tokens, output {args.output_len} tokens, greedy, "
         f"EOS ignored, repeats {args.repeats}"
     )

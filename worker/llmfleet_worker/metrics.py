@@ -143,10 +143,11 @@ class Metrics:
         self.waiting.set_function(lambda: engine.num_waiting)
         self.running.set_function(lambda: engine.num_running)
         self.ready.set_function(lambda: 1.0 if engine.ready else 0.0)
+        # Read at every scrape: an engine with lanes adds theirs up when asked.
+        self.batch_size.set_function(lambda: engine.stats.batch_size)
+        self.token_budget.set_function(lambda: engine.stats.token_budget_utilization)
+        self.kv_cache.set_function(lambda: engine.stats.kv_cache_utilization)
         stats = engine.stats
-        self.batch_size.set_function(lambda: stats.batch_size)
-        self.token_budget.set_function(lambda: stats.token_budget_utilization)
-        self.kv_cache.set_function(lambda: stats.kv_cache_utilization)
         self.load_seconds.set(stats.load_seconds)
         self.kv_cache_bytes.set(stats.kv_cache_bytes)
         self.kv_cache_budget_bytes.set(stats.kv_cache_budget_bytes)

@@ -4,6 +4,8 @@ prefill, sequences joining and leaving mid-flight, and cache rows moving."""
 from __future__ import annotations
 
 import os
+from collections.abc import Generator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,8 @@ from llmfleet_worker.engine.loader import (  # noqa: E402  # after importorskip
     available_cpus,
     load_model,
 )
-from llmfleet_worker.engine.runner import FastRunner, HFRunner, Sampler  # noqa: E402
+from llmfleet_worker.engine.placement import PlacementError  # noqa: E402
+from llmfleet_worker.engine.runner import FastRunner, HFRunner, Sampler, build_runner  # noqa: E402
 from llmfleet_worker.engine.scheduler import SamplingParams, Scheduler, Sequence  # noqa: E402
 from llmfleet_worker.tinymodel import make_tiny_model  # noqa: E402
 
@@ -51,6 +54,19 @@ def reference(path: Path) -> list[list[int]]:
 
 def run(runner: Any, budget: int, max_num_seqs: int = 3) -> list[list[int]]:
     """Drive ``runner`` like the engine does; the 4th request joins when a slot frees."""
+    steps = run_steps(runner, budget, max_num_seqs)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            result: list[list[int]] = done.value
+            return result
+
+
+def run_steps(
+    runner: Any, budget: int, max_num_seqs: int = 3
+) -> Generator[None, None, list[list[int]]]:
+    """:func:`run`, pausing after every step."""
     sched = Scheduler(
         max_num_seqs=max_num_seqs, max_num_batched_tokens=budget, max_model_len=64, max_queue=8
     )
@@ -69,6 +85,7 @@ def run(runner: Any, budget: int, max_num_seqs: int = 3) -> list[list[int]]:
             seq.output_ids.append(tok)
             if len(seq.output_ids) >= seq.params.max_tokens:
                 sched.finish(seq, "length")
+        yield
     return [s.output_ids for s in seqs]
 
 
@@ -116,6 +133,47 @@ def test_the_decode_step_stays_eager_where_it_is_not_compiled(
     unpacked = FastRunner(load_model(str(tiny_model)), max_num_seqs=2, max_model_len=64,
                           pack_cpu_weights=False)  # fmt: skip
     assert unpacked.scripted is None
+
+
+def test_lanes_step_side_by_side_over_their_own_cache_rows(tiny_model: Path) -> None:
+    """Lanes split one runner's cache rows and share its weights and compiled decode step;
+    stepped in turn and from two threads at once, each gives generate's tokens."""
+    expected = reference(tiny_model)
+    runner = FastRunner(load_model(str(tiny_model)), max_num_seqs=7, max_model_len=64, lanes=2)
+    lanes = runner.split_lanes()
+    assert [lane.max_num_seqs for lane in lanes] == [4, 3]
+    for li, whole in enumerate(runner.k_layers):
+        assert lanes[0].k_layers[li].data_ptr() == whole.data_ptr()
+        assert lanes[1].k_layers[li].data_ptr() == whole[4].data_ptr()
+        assert lanes[1]._v[0][li].data_ptr() == runner.v_layers[li][4].data_ptr()
+    assert all(lane.model is runner.model for lane in lanes)
+    assert all(lane.scripted is runner.scripted is not None for lane in lanes)
+    assert lanes[0].sampler is not lanes[1].sampler
+    # In turn: a lane writing another's rows would change that lane's tokens.
+    drivers = {i: run_steps(lane, budget=4) for i, lane in enumerate(lanes)}
+    results: dict[int, list[list[int]]] = {}
+    while drivers:
+        for i, driver in list(drivers.items()):
+            try:
+                next(driver)
+            except StopIteration as done:
+                results[i] = done.value
+                del drivers[i]
+    assert results == {0: expected, 1: expected}
+    with ThreadPoolExecutor(2) as pool:
+        assert list(pool.map(lambda lane: run(lane, budget=4), lanes)) == [expected, expected]
+
+
+def test_lanes_need_the_fast_runner_on_one_cpu(tiny_model: Path) -> None:
+    with pytest.raises(PlacementError, match="2 lanes need the fast runner"):
+        build_runner(load_model(str(tiny_model)), max_num_seqs=4, max_model_len=64,
+                     force_generic=True, lanes=2)  # fmt: skip
+    split = load_model(str(tiny_model))
+    split.devices = (torch.device("cpu"), torch.device("cpu"))
+    with pytest.raises(PlacementError, match="2 lanes need the CPU"):
+        FastRunner(split, max_num_seqs=4, max_model_len=64, lanes=2)
+    with pytest.raises(PlacementError, match="at least one sequence each"):
+        FastRunner(load_model(str(tiny_model)), max_num_seqs=2, max_model_len=64, lanes=3)
 
 
 def test_generic_runner_matches_generate(tiny_model: Path) -> None:

@@ -136,8 +136,12 @@ class Engine:
         max_model_len: int,
         max_queue: int,
         load_seconds: float = 0.0,
+        before_step: Callable[[], None] | None = None,
     ) -> None:
         self.runner = runner
+        #: Called on the engine thread before every step (the lanes of one worker share
+        #: the CPU threads through it: see :mod:`~llmfleet_worker.engine.tokenizing`).
+        self.before_step = before_step
         self.make_decoder = make_decoder
         self.eos_token_ids = eos_token_ids
         self.max_model_len = max_model_len
@@ -147,7 +151,7 @@ class Engine:
             max_model_len=max_model_len,
             max_queue=max_queue,
         )
-        self.stats = EngineStats(load_seconds=load_seconds, max_num_seqs=max_num_seqs)
+        self._stats = EngineStats(load_seconds=load_seconds, max_num_seqs=max_num_seqs)
         self._streams: dict[str, _Stream] = {}
         self._lock = threading.Lock()
         self._wakeup = threading.Event()
@@ -176,6 +180,11 @@ class Engine:
             self._thread = None
 
     @property
+    def stats(self) -> EngineStats:
+        """This engine's step statistics, updated in place after every step."""
+        return self._stats
+
+    @property
     def healthy(self) -> bool:
         """False once a fatal error stopped the engine thread."""
         return self.failed is None
@@ -191,6 +200,16 @@ class Engine:
     @property
     def num_running(self) -> int:
         return self.scheduler.num_running
+
+    @property
+    def num_requests(self) -> int:
+        """Requests in this engine, queued or running (read without the lock: a hint)."""
+        return len(self._streams)
+
+    @property
+    def has_work(self) -> bool:
+        """Whether a step is due (read without the lock: a hint)."""
+        return self.scheduler.has_work()
 
     def idle(self) -> bool:
         with self._lock:
@@ -254,6 +273,8 @@ class Engine:
                     if not self.scheduler.has_work():
                         self._wakeup.clear()
                         continue
+                if self.before_step is not None:
+                    self.before_step()
                 self._step()
         except BaseException as exc:  # the thread must report, never die silently
             log.critical("engine stopped by a fatal error", exc_info=exc)

@@ -37,8 +37,10 @@ class EngineClient(Protocol):
     vocab_size: int
     #: No token decodes to more characters than this, so longer text cannot fit the context.
     max_chars_per_token: int
-    #: Step statistics that the metrics' gauges read at scrape time (updated in place).
-    stats: EngineStats
+
+    @property
+    def stats(self) -> EngineStats:
+        """Step statistics, which the metrics' gauges read at every scrape."""
 
     @property
     def ready(self) -> bool:

@@ -15,6 +15,7 @@ Two implementations of one contract, :class:`~llmfleet_worker.engine.protocol.Mo
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 import math
@@ -401,6 +402,9 @@ class FastRunner(ModelRunner):
     The cache is allocated whole here, from the plan :func:`plan_kv_cache` makes of the
     memory budget (``memory``), and never grows: ``max_num_seqs`` may come out lower than
     asked when a derived budget holds fewer sequences (read it back from the runner).
+
+    ``lanes`` > 1 (CPU only) plans for that many steps running at once, each over its own
+    share of the cache rows: :meth:`split_lanes` hands out one runner per lane.
     """
 
     def __init__(
@@ -413,8 +417,10 @@ class FastRunner(ModelRunner):
         memory: MemoryConfig | None = None,
         pack_cpu_weights: bool = True,
         scripted_decode: bool = True,
+        lanes: int = 1,
     ) -> None:
         memory = memory or MemoryConfig()
+        self.lanes = lanes
         self.dtype = loaded.dtype
         self.max_model_len = max_model_len
         hf: Any = loaded.model
@@ -451,15 +457,18 @@ class FastRunner(ModelRunner):
         loaded.model = model
         cfg = hf.config
         hidden = model.num_heads * model.head_dim
-        reserve = activation_reserve(
-            max_num_batched_tokens=max_num_batched_tokens,
-            max_num_seqs=max_num_seqs,
-            hidden_size=getattr(cfg, "hidden_size", None) or hidden,
-            intermediate_size=getattr(cfg, "intermediate_size", None) or 4 * hidden,
-            qkv_size=(model.num_heads + 2 * model.num_kv_heads) * model.head_dim,
-            vocab_size=loaded.vocab_size,
-            dtype_bytes=torch.finfo(self.dtype).bits // 8,
-        )
+        reserve = (
+            activation_reserve(
+                max_num_batched_tokens=max_num_batched_tokens,
+                max_num_seqs=max_num_seqs,
+                hidden_size=getattr(cfg, "hidden_size", None) or hidden,
+                intermediate_size=getattr(cfg, "intermediate_size", None) or 4 * hidden,
+                qkv_size=(model.num_heads + 2 * model.num_kv_heads) * model.head_dim,
+                vocab_size=loaded.vocab_size,
+                dtype_bytes=torch.finfo(self.dtype).bits // 8,
+            )
+            * lanes
+        )  # every lane's step holds its activations at the same time
         element = torch.finfo(self.dtype).bits // 8
         self.kv_plan = plan_kv_cache(
             layer_token_bytes=2 * model.num_kv_heads * model.head_dim * element,
@@ -469,6 +478,11 @@ class FastRunner(ModelRunner):
             max_model_len=max_model_len,
         )
         self.slots = self.kv_plan.max_num_seqs
+        if lanes > 1 and (self.devices != [torch.device("cpu")] or self.slots < lanes):
+            raise PlacementError(
+                f"{lanes} lanes need the CPU and at least one sequence each "
+                f"(device {loaded.device}, max_num_seqs {self.slots})"
+            )
         # One K and one V tensor per device, zeroed now so that every page is committed
         # before the worker is ready; per-layer views index into them.
         self._k: list[torch.Tensor] = []
@@ -498,6 +512,31 @@ class FastRunner(ModelRunner):
     @property
     def max_num_seqs(self) -> int:
         return self.slots
+
+    def split_lanes(self) -> list[FastRunner]:
+        """One runner per lane: each owns a run of this runner's cache rows and a sampler
+        of its own, and shares everything else (weights, compiled decode step, RoPE
+        tables), which is read-only while serving. The lanes' steps may run concurrently,
+        one thread each."""
+        if self.lanes == 1:
+            return [self]
+        out: list[FastRunner] = []
+        start = 0
+        for i in range(self.lanes):
+            rows = self.slots // self.lanes + (1 if i < self.slots % self.lanes else 0)
+            stop = start + rows
+            lane = copy.copy(self)  # shallow: the shared parts stay shared
+            lane.lanes, lane.slots = 1, rows
+            # Row ranges of each layer's cache stay contiguous (rows lead within a layer),
+            # which the compiled decode step's flat cache writes rely on.
+            lane._k = [k[:, start:stop] for k in self._k]
+            lane._v = [v[:, start:stop] for v in self._v]
+            lane.k_layers = [k[start:stop] for k in self.k_layers]
+            lane.v_layers = [v[start:stop] for v in self.v_layers]
+            lane.sampler = Sampler(self.device)
+            out.append(lane)
+            start = stop
+        return out
 
     def release(self, seq: Sequence) -> None:
         self.sampler.release(seq)
@@ -882,8 +921,10 @@ def build_runner(
     max_num_batched_tokens: int = 512,
     memory: MemoryConfig | None = None,
     force_generic: bool = False,
+    lanes: int = 1,
 ) -> FastRunner | HFRunner:
-    """The fast runner when the architecture allows it, else the generic one."""
+    """The fast runner when the architecture allows it, else the generic one (which has
+    no lanes: ``lanes`` > 1 then raises :class:`PlacementError`)."""
     reason = "forced" if force_generic else fast_path_supported(loaded.model, max_model_len)
     if reason is None:
         return FastRunner(
@@ -892,6 +933,11 @@ def build_runner(
             max_model_len=max_model_len,
             max_num_batched_tokens=max_num_batched_tokens,
             memory=memory,
+            lanes=lanes,
+        )
+    if lanes > 1:
+        raise PlacementError(
+            f"{lanes} lanes need the fast runner, which this model cannot use: {reason}"
         )
     log.warning("using the generic (unbatched) runner: %s", reason)
     return HFRunner(loaded, max_num_seqs=max_num_seqs, max_model_len=max_model_len, memory=memory)
