@@ -73,11 +73,23 @@ def test_invalid_values_exit_with_a_usage_error(argv: list[str], env: dict[str, 
 
 @pytest.mark.parametrize(
     "argv",
-    [[], ["--model", "/m", "--max-num-seqs", "0"], ["--model", "/m", "--api-key-file", "/nope"]],
+    [
+        [],
+        ["--model", "/m", "--max-num-seqs", "0"],
+        ["--model", "/m", "--api-key-file", "/nope"],
+        ["--model", "/m", "--lanes", "0"],
+        ["--model", "/m", "--lanes", "3", "--max-num-seqs", "2"],
+    ],
 )
 def test_invalid_settings_are_value_errors(argv: list[str]) -> None:
-    with pytest.raises(ValueError, match=r"model|max-num-seqs|api-key-file"):
+    with pytest.raises(ValueError, match=r"model|max-num-seqs|api-key-file|lanes"):
         settings(argv)
+
+
+def test_lanes_have_a_flag_and_an_env_twin() -> None:
+    assert settings(["--model", "/m"]).lanes == 1
+    assert settings(["--model", "/m"], {"LLMFLEET_LANES": "2"}).lanes == 2
+    assert settings(["--model", "/m", "--lanes", "4"], {"LLMFLEET_LANES": "2"}).lanes == 4
 
 
 def test_max_model_len_defaults_to_the_models_and_is_never_capped_silently() -> None:
