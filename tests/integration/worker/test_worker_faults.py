@@ -117,12 +117,15 @@ def test_a_failed_step_fails_its_request_and_the_worker_goes_on(
         worker.stop()
 
 
+@pytest.mark.parametrize("lanes", ["1", "2"])
 def test_a_fatal_device_error_makes_the_process_exit_non_zero(
-    tiny_model: Path, tmp_path: Path
+    tiny_model: Path, tmp_path: Path, lanes: str
 ) -> None:
+    """With lanes, the one that failed takes the process down with it, the others too."""
     worker = start_worker(
-        tiny_model, tmp_path, "--max-model-len", "256", program=(*FAULTY, "device")
-    )
+        tiny_model, tmp_path, "--max-model-len", "256", "--lanes", lanes,
+        program=(*FAULTY, "device"),
+    )  # fmt: skip
     try:
         body = {"model": "tiny", "prompt": "hi", "max_tokens": 4, "seed": TRIGGER_SEED}
         sent = time.monotonic()
