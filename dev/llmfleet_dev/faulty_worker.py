@@ -140,8 +140,11 @@ class FaultyEngine(EngineClient):
         self.max_model_len = engine.max_model_len
         self.vocab_size = engine.vocab_size
         self.max_chars_per_token = engine.max_chars_per_token
-        # The engine's own step statistics (updated in place), which the gauges read.
-        self.stats: EngineStats = engine.stats
+
+    @property
+    def stats(self) -> EngineStats:
+        """The engine's own step statistics, which the gauges read at every scrape."""
+        return self._engine.stats
 
     @property
     def ready(self) -> bool:

@@ -119,8 +119,12 @@ def test_the_compiled_decode_step_gives_the_eager_tokens(
 
     monkeypatch.setattr(compiled.scripted, "run", counted)
     expected = run(eager, budget=16)
+    assert compiled.scripted.kernel  # attention through llmfleet::decode_attention
     assert run(compiled, budget=16) == expected == reference(tiny_model)
     assert {2, 3} <= set(calls)
+    # Where the kernel did not compile, the compiled step keeps SDPA: the same tokens.
+    monkeypatch.setattr(compiled.scripted, "kernel", False)
+    assert run(compiled, budget=16) == expected
 
 
 def test_the_decode_step_stays_eager_where_it_is_not_compiled(

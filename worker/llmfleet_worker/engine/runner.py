@@ -575,6 +575,7 @@ class FastRunner(ModelRunner):
         assert on.sin is not None
         assert on.dec_mask is not None
         assert on.dec_slots is not None
+        assert on.dec_lens is not None
         return self.scripted.run(
             x,
             self.k_layers,
@@ -583,6 +584,7 @@ class FastRunner(ModelRunner):
             sin=on.sin,
             kv_index=on.dec_slots,
             mask=on.dec_mask,
+            lens=on.dec_lens,
             dec_len=batch.dec_len,
             padded_rows=_row_bucket(batch.tokens),
         )
@@ -789,16 +791,16 @@ class _OnDevice:
         rope = runner.rope_on.get(dev)
         self.cos = rope[0][self.pos][:, None, :] if rope else None
         self.sin = rope[1][self.pos][:, None, :] if rope else None  # first half negated
-        self.dec_rows = self.dec_pos = self.dec_mask = self.dec_slots = None
+        self.dec_rows = self.dec_pos = self.dec_mask = self.dec_slots = self.dec_lens = None
         if rows:
             self.dec_rows = torch.tensor(rows, device=dev)
             self.dec_pos = self.pos[: len(rows)]
             # Where each decode's key and value go in a layer's cache seen as one run of
             # [kv_heads, head_dim] blocks: row r, position p -> block r * max_model_len + p.
             self.dec_slots = self.dec_rows * runner.max_model_len + self.dec_pos
-            lens_t = torch.tensor([max(n, 1) for n in lens], device=dev)
+            self.dec_lens = torch.tensor([max(n, 1) for n in lens], device=dev)
             arange = torch.arange(dec_len, device=dev)
-            self.dec_mask = (arange[None, :] < lens_t[:, None])[:, None, None]
+            self.dec_mask = (arange[None, :] < self.dec_lens[:, None])[:, None, None]
 
 
 class _StepInputs:

@@ -6,7 +6,9 @@ while Python runs, torch's other OpenMP thread waits: on 2 cores the eager step 
 busy about 70 % of the time. Compiled with TorchScript (no C++ compiler needed, unlike
 inductor), the same operations run back to back from C++, and the residual adds ride on the
 output projections' oneDNN kernels (``_linear_pointwise``'s ``add`` post-op) instead of
-being separate passes over the hidden states.
+being separate passes over the hidden states. Attention goes through the numba kernel of
+:mod:`~llmfleet_worker.engine.decode_attention` (a torch operator the compiled code calls),
+or SDPA where that kernel did not compile.
 
 Only what :class:`~llmfleet_worker.engine.runner.FastRunner` calls ``decode_only`` comes
 here (every occupied cache row decodes one token, no prefill), on one CPU device, with every
@@ -45,20 +47,22 @@ def _decode_layers(
     ],
     shape: tuple[float, int, int, int, float],
     caches: tuple[list[torch.Tensor], list[torch.Tensor]],
-    step: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    step: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
     rows: int,
     dec_len: int,
+    kernel: bool,
 ) -> torch.Tensor:
     """Every decoder layer over ``x`` (``[padded rows, hidden]``, the first ``rows`` real):
     the eager path's maths (runner.FastRunner.step), in the same order. ``layers``: the
     norms' weights and the packed linears' weights and biases (q/k/v, o, gate/up, down per
     layer); ``shape``: eps, query heads, KV heads, head size, attention scale; ``step``:
-    the rotary cos and sin rows, the flat cache index of each row's write, the length mask.
+    the rotary cos and sin rows, the flat cache index of each row's write, the length mask
+    and the lengths; ``kernel``: attention through ``llmfleet::decode_attention`` (else SDPA).
     """
     norm1, norm2, weights, biases = layers
     eps, hq, hk, hd, scale = shape
     k_layers, v_layers = caches
-    cos, sin, kv_index, mask = step
+    cos, sin, kv_index, mask, lens = step
     n = rows
     gqa = hq != hk
     hidden = [x.size(1)]
@@ -74,14 +78,18 @@ def _decode_layers(
         kc, vc = k_layers[li], v_layers[li]
         kc.view(-1, hk * hd).index_copy_(0, kv_index, qk[:, hq:].reshape(n, hk * hd))
         vc.view(-1, hk * hd).index_copy_(0, kv_index, qkv[:n, (hq + hk) * hd :])
-        attn = F.scaled_dot_product_attention(
-            qk[:, :hq].unsqueeze(2),
-            kc[:n, :dec_len].transpose(1, 2),
-            vc[:n, :dec_len].transpose(1, 2),
-            attn_mask=mask,
-            scale=scale,
-            enable_gqa=gqa,
-        )
+        if kernel:
+            attn = torch.empty(n, hq, hd, dtype=x.dtype)
+            torch.ops.llmfleet.decode_attention(qk[:, :hq].contiguous(), kc, vc, lens, scale, attn)
+        else:
+            attn = F.scaled_dot_product_attention(
+                qk[:, :hq].unsqueeze(2),
+                kc[:n, :dec_len].transpose(1, 2),
+                vc[:n, :dec_len].transpose(1, 2),
+                attn_mask=mask,
+                scale=scale,
+                enable_gqa=gqa,
+            )
         attn = attn.reshape(n, hq * hd)
         if pad:
             attn = F.pad(attn, [0, 0, 0, pad])
@@ -106,6 +114,9 @@ def _compile() -> Any:
             # torch marks TorchScript deprecated in favour of torch.compile, which needs a
             # C++ compiler at start-up; the eager path stays for the day it is gone.
             warnings.simplefilter("ignore", FutureWarning)
+            # Registers llmfleet::decode_attention, which the compiled step may call.
+            from llmfleet_worker.engine import decode_attention  # noqa: F401
+
             unit = torch.jit.CompilationUnit(_ONEDNN_SOURCE)
             packed_linear, packed_linear_add = unit.packed_linear, unit.packed_linear_add
             _compiled = torch.jit.script(_decode_layers)
@@ -121,6 +132,8 @@ class ScriptedDecode:
     ]
     shape: tuple[float, int, int, int, float]  # eps, heads, KV heads, head size, scale
     fn: Any
+    #: Attention through the numba kernel (engine/decode_attention.py), else SDPA.
+    kernel: bool = False
 
     @classmethod
     def build(cls, model: Any) -> ScriptedDecode | None:
@@ -151,6 +164,8 @@ class ScriptedDecode:
         except Exception as exc:  # a torch without TorchScript: the eager path serves
             log.warning("decode step stays eager: TorchScript failed: %s", exc)
             return None
+        from llmfleet_worker.engine.decode_attention import ensure_compiled
+
         norm1 = [b.norm1.weight for b in blocks]
         norm2 = [b.norm2.weight for b in blocks]
         dims = (model.num_heads, model.num_kv_heads, model.head_dim)
@@ -158,6 +173,7 @@ class ScriptedDecode:
             layers=(norm1, norm2, [m.packed for m in linears], [m.bias for m in linears]),
             shape=(float(blocks[0].norm1.eps), *dims, float(model.scale)),
             fn=fn,
+            kernel=ensure_compiled(),
         )
 
     def run(
@@ -170,6 +186,7 @@ class ScriptedDecode:
         sin: torch.Tensor,
         kv_index: torch.Tensor,
         mask: torch.Tensor,
+        lens: torch.Tensor,
         dec_len: int,
         padded_rows: int,
     ) -> torch.Tensor:
@@ -183,8 +200,9 @@ class ScriptedDecode:
             self.layers,
             self.shape,
             (k_layers, v_layers),
-            (cos, sin, kv_index, mask),
+            (cos, sin, kv_index, mask, lens),
             rows,
             dec_len,
+            self.kernel,
         )
         return out[:rows]
